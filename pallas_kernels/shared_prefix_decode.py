@@ -1,0 +1,412 @@
+"""Shared-prefix decode attention: G samples of a group read the group's prompt KV cache once.
+
+At a decode (T = 1) or speculative-verify (T = γ+1) step, sample g of group b has T new queries.
+They attend to the group's prompt keys j < prompt_len[b] (stored once, [B, P, K, D]) and to the
+sample's own suffix keys s <= q_start[b, g] + t ([B, G, S, K, D]; the new tokens' K/V are already
+written at q_start .. q_start+T-1). The two parts are computed separately and merged exactly with
+the log-sum-exp helpers of `lse_merge`.
+
+The prompt part is the expensive one. For each KV head, the queries of all G samples × T tokens ×
+H//K query heads are stacked into one [G·T·(H//K), D] matrix, so every prompt KV block is loaded
+once per group and step and feeds a matrix product rather than G matrix-vector products.
+
+Public functions:
+- `shared_prefix_attention` — the Pallas kernel for the prompt part (o, lse).
+- `shared_prefix_attention_xla` — the same prompt part in plain jnp.
+- `suffix_attention` — each sample's causal attention over its own suffix, in jnp.
+- `shared_prefix_decode_attention` — prompt ⊕ suffix, with impl "xla" or "pallas".
+- `shared_prefix_decode_reference` — dense masked attention over prompt ++ suffix; ground truth.
+"""
+
+import dataclasses
+import functools
+import math
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+from jax.experimental import pallas as pl
+from jax.experimental.pallas import tpu as pl_tpu
+from jax.experimental.pallas import triton as pl_triton
+
+from pallas_kernels.lse_merge import NEG_INF, merge_attention, merge_unnormalised
+
+
+def _is_power_of_2(n):
+    return n > 0 and (n & (n - 1)) == 0
+
+
+@dataclasses.dataclass(frozen=True)
+class BlockSizes:
+    """Tiling of the prompt-attention kernel.
+
+    The grid is (B, K, query-row blocks, splits of P). Each program walks its split of the prompt
+    in blocks of `block_k` keys and returns an unnormalised partial result; splits are merged
+    outside the kernel. More splits mean more parallel programs for small B·K (long prompts,
+    few groups) at the price of a larger merge.
+    """
+
+    # Prompt keys per inner-loop iteration (a power of two ≥ 16 for Triton dots).
+    block_k: int = 64
+    # Number of independent programs along the prompt length.
+    num_splits: int = 4
+    # Query rows (G·T·H/K, padded) per program; None puts all rows of a KV head in one program,
+    # so each prompt KV block is read exactly once per group. Power of two ≥ 16 when set.
+    block_m: int | None = None
+    # Triton launch parameters (ignored in interpret mode).
+    num_warps: int = 4
+    num_stages: int = 2
+
+    def __post_init__(self):
+        if not (_is_power_of_2(self.block_k) and self.block_k >= 16):
+            raise ValueError(f"block_k must be a power of two >= 16, got {self.block_k}")
+        if self.num_splits < 1:
+            raise ValueError(f"num_splits must be >= 1, got {self.num_splits}")
+        if self.block_m is not None and not (_is_power_of_2(self.block_m) and self.block_m >= 16):
+            raise ValueError(f"block_m must be a power of two >= 16 or None, got {self.block_m}")
+        if self.num_warps < 1 or self.num_stages < 1:
+            raise ValueError("num_warps and num_stages must be >= 1")
+
+
+def _default_scale(sm_scale, head_dim):
+    return 1.0 / math.sqrt(head_dim) if sm_scale is None else float(sm_scale)
+
+
+def _check_shapes(q_BxGxTxHxD, k_prompt_BxPxKxD, v_prompt_BxPxKxD, prompt_len_B):
+    b, _, _, h, d = q_BxGxTxHxD.shape
+    bk, _, k, dk = k_prompt_BxPxKxD.shape
+    if k_prompt_BxPxKxD.shape != v_prompt_BxPxKxD.shape:
+        raise ValueError(f"k/v prompt shapes differ: {k_prompt_BxPxKxD.shape} vs {v_prompt_BxPxKxD.shape}")
+    if bk != b or dk != d:
+        raise ValueError(f"q {q_BxGxTxHxD.shape} does not match prompt cache {k_prompt_BxPxKxD.shape}")
+    if h % k:
+        raise ValueError(f"query heads {h} must be a multiple of kv heads {k}")
+    if prompt_len_B.shape != (b,):
+        raise ValueError(f"prompt_len must have shape ({b},), got {prompt_len_B.shape}")
+
+
+def _group_queries(q_BxGxTxHxD, num_kv_heads):
+    """[B, G, T, H, D] -> [B, K, G·T·R, D] with R = H // K; row order (g, t, r)."""
+    b, g, t, h, d = q_BxGxTxHxD.shape
+    r = h // num_kv_heads
+    q_BxGxTxKxRxD = q_BxGxTxHxD.reshape(b, g, t, num_kv_heads, r, d)
+    return q_BxGxTxKxRxD.transpose(0, 3, 1, 2, 4, 5).reshape(b, num_kv_heads, g * t * r, d)
+
+
+def _ungroup(x_BxKxMx_, g, t):
+    """Inverse of `_group_queries` for outputs [B, K, M, ...] -> [B, G, T, H, ...]."""
+    b, k, m = x_BxKxMx_.shape[:3]
+    rest = x_BxKxMx_.shape[3:]
+    r = m // (g * t)
+    x = x_BxKxMx_.reshape(b, k, g, t, r, *rest)
+    x = jnp.moveaxis(x, 1, 3)  # [B, G, T, K, R, ...]
+    return x.reshape(b, g, t, k * r, *rest)
+
+
+def _prompt_kernel(plen_ref, q_ref, k_ref, v_ref, acc_ref, m_ref, l_ref, *, sm_scale, block_k):
+    """One (group, kv head, row block, prompt split) program.
+
+    plen_ref [B] (all prompt lengths); q_ref [Mb, D]; k_ref, v_ref [split_len, D] (this head's
+    slice of the split). Outputs: acc [Mb, D] = Σ exp(s - m) v, m [Mb, 1] running max,
+    l [Mb, 1] = Σ exp(s - m). Row statistics stay 2-D so the body also lowers through Mosaic TPU.
+    """
+    split_len = k_ref.shape[0]
+    num_blocks = split_len // block_k
+    split_start = pl.program_id(3) * split_len
+    prompt_len = plen_ref[pl.program_id(0)]
+    # Blocks at or beyond prompt_len hold no visible key: the loop stops before them.
+    live_blocks = jnp.clip(pl.cdiv(prompt_len - split_start, block_k), 0, num_blocks)
+
+    q_MxD = q_ref[...]
+    rows = q_MxD.shape[0]
+
+    def body(i, carry):
+        acc_MxD, m_Mx1, l_Mx1 = carry
+        start = pl.multiple_of(i * block_k, block_k)
+        k_NxD = k_ref[pl.ds(start, block_k), :]
+        v_NxD = v_ref[pl.ds(start, block_k), :]
+        s_MxN = lax.dot_general(
+            q_MxD, k_NxD, (((1,), (1,)), ((), ())), preferred_element_type=jnp.float32
+        ) * sm_scale
+        pos_1xN = split_start + start + lax.broadcasted_iota(jnp.int32, (1, block_k), 1)
+        s_MxN = jnp.where(pos_1xN < prompt_len, s_MxN, NEG_INF)
+        m_new_Mx1 = jnp.maximum(m_Mx1, jnp.max(s_MxN, axis=1, keepdims=True))
+        p_MxN = jnp.exp(s_MxN - m_new_Mx1)
+        alpha_Mx1 = jnp.exp(m_Mx1 - m_new_Mx1)
+        l_new_Mx1 = alpha_Mx1 * l_Mx1 + jnp.sum(p_MxN, axis=1, keepdims=True)
+        pv_MxD = lax.dot_general(
+            p_MxN.astype(v_NxD.dtype), v_NxD, (((1,), (0,)), ((), ())),
+            preferred_element_type=jnp.float32,
+        )
+        return alpha_Mx1 * acc_MxD + pv_MxD, m_new_Mx1, l_new_Mx1
+
+    init = (
+        jnp.zeros((rows, q_MxD.shape[1]), jnp.float32),
+        jnp.full((rows, 1), NEG_INF, jnp.float32),
+        jnp.zeros((rows, 1), jnp.float32),
+    )
+    acc_MxD, m_Mx1, l_Mx1 = lax.fori_loop(0, live_blocks, body, init)
+    acc_ref[...] = acc_MxD
+    m_ref[...] = m_Mx1
+    l_ref[...] = l_Mx1
+
+
+def _plan(num_rows, prompt_size, block_sizes):
+    """Static tiling: (rows padded, row block, key block, split length, number of splits)."""
+    if block_sizes.block_m is None:
+        block_m = max(16, pl.next_power_of_2(num_rows))
+    else:
+        block_m = block_sizes.block_m
+    rows_padded = pl.cdiv(num_rows, block_m) * block_m
+    block_k = min(block_sizes.block_k, max(16, pl.next_power_of_2(prompt_size)))
+    num_splits = min(block_sizes.num_splits, pl.cdiv(prompt_size, block_k))
+    split_len = pl.cdiv(prompt_size, num_splits * block_k) * block_k
+    return rows_padded, block_m, block_k, split_len, num_splits
+
+
+def _prompt_call(
+    plen_B, q_BxKxMxD, k_BxPxKD, v_BxPxKD, *, sm_scale, block_k, block_m, split_len, block_sizes,
+    interpret, tpu,
+):
+    """pallas_call of `_prompt_kernel` over the grid (B, K, row blocks, splits).
+
+    Returns acc [B, K, splits, M, D], m and l [B, K, splits, M, 1], all fp32.
+    """
+    b, k, rows_padded, d = q_BxKxMxD.shape
+    num_splits = k_BxPxKD.shape[1] // split_len
+    grid = (b, k, rows_padded // block_m, num_splits)
+    sq = pl.squeezed
+    if tpu:
+        plen_spec = pl.BlockSpec(memory_space=pl_tpu.SMEM)
+        compiler_params = pl_tpu.CompilerParams(dimension_semantics=("parallel",) * len(grid))
+    else:
+        plen_spec = pl.BlockSpec((b,), lambda bi, ki, mi, si: (0,))
+        compiler_params = pl_triton.CompilerParams(
+            num_warps=block_sizes.num_warps, num_stages=block_sizes.num_stages
+        )
+    stat_spec = pl.BlockSpec((sq, sq, sq, block_m, 1), lambda bi, ki, mi, si: (bi, ki, si, mi, 0))
+    stat_shape = jax.ShapeDtypeStruct((b, k, num_splits, rows_padded, 1), jnp.float32)
+    return pl.pallas_call(
+        functools.partial(_prompt_kernel, sm_scale=sm_scale, block_k=block_k),
+        grid=grid,
+        in_specs=[
+            plen_spec,
+            pl.BlockSpec((sq, sq, block_m, d), lambda bi, ki, mi, si: (bi, ki, mi, 0)),
+            pl.BlockSpec((sq, split_len, d), lambda bi, ki, mi, si: (bi, si, ki)),
+            pl.BlockSpec((sq, split_len, d), lambda bi, ki, mi, si: (bi, si, ki)),
+        ],
+        out_specs=[
+            pl.BlockSpec((sq, sq, sq, block_m, d), lambda bi, ki, mi, si: (bi, ki, si, mi, 0)),
+            stat_spec,
+            stat_spec,
+        ],
+        out_shape=[
+            jax.ShapeDtypeStruct((b, k, num_splits, rows_padded, d), jnp.float32),
+            stat_shape,
+            stat_shape,
+        ],
+        compiler_params=compiler_params,
+        interpret=interpret,
+        name="shared_prefix_attention",
+    )(plen_B, q_BxKxMxD, k_BxPxKD, v_BxPxKD)
+
+
+def shared_prefix_attention(
+    q_BxGxTxHxD,
+    k_prompt_BxPxKxD,
+    v_prompt_BxPxKxD,
+    prompt_len_B,
+    *,
+    sm_scale=None,
+    block_sizes=BlockSizes(),
+    interpret=False,
+):
+    """Attention of all G·T queries of each group over the group's prompt KV (Pallas kernel).
+
+    Returns (o [B, G, T, H, D] normalised over the prompt keys j < prompt_len, in q's dtype;
+    lse [B, G, T, H] fp32 log-sum-exp of the scaled scores). prompt_len must be >= 1.
+    """
+    _check_shapes(q_BxGxTxHxD, k_prompt_BxPxKxD, v_prompt_BxPxKxD, prompt_len_B)
+    b, g, t, h, d = q_BxGxTxHxD.shape
+    _, p, k, _ = k_prompt_BxPxKxD.shape
+    sm_scale = _default_scale(sm_scale, d)
+
+    q_BxKxMxD = _group_queries(q_BxGxTxHxD, k)
+    m = q_BxKxMxD.shape[2]
+    rows_padded, block_m, block_k, split_len, num_splits = _plan(m, p, block_sizes)
+    if rows_padded != m:
+        q_BxKxMxD = jnp.pad(q_BxKxMxD, ((0, 0), (0, 0), (0, rows_padded - m), (0, 0)))
+    p_padded = split_len * num_splits
+    # Heads folded into the last axis (a free reshape): block (split_len, D) at column block k
+    # selects one KV head without transposing the cache.
+    k_BxPxKD = k_prompt_BxPxKxD.reshape(b, p, k * d)
+    v_BxPxKD = v_prompt_BxPxKxD.reshape(b, p, k * d)
+    if p_padded != p:
+        pad = ((0, 0), (0, p_padded - p), (0, 0))
+        k_BxPxKD = jnp.pad(k_BxPxKD, pad)
+        v_BxPxKD = jnp.pad(v_BxPxKD, pad)
+
+    call = functools.partial(
+        _prompt_call, sm_scale=sm_scale, block_k=block_k, block_m=block_m, split_len=split_len,
+        block_sizes=block_sizes, interpret=interpret,
+    )
+    args = (prompt_len_B.astype(jnp.int32), q_BxKxMxD, k_BxPxKD, v_BxPxKD)
+    # The platform is known only at lowering: TPU gets Mosaic parameters and prompt lengths in
+    # SMEM, every other platform (CUDA, and CPU in interpret mode) the Triton configuration.
+    acc, m_max, l_sum = lax.platform_dependent(
+        *args, tpu=functools.partial(call, tpu=True), default=functools.partial(call, tpu=False)
+    )
+    m_max, l_sum = m_max[..., 0], l_sum[..., 0]
+
+    acc_BxKxMxD, m_BxKxM, l_BxKxM = acc[:, :, 0], m_max[:, :, 0], l_sum[:, :, 0]
+    for s in range(1, num_splits):
+        acc_BxKxMxD, m_BxKxM, l_BxKxM = merge_unnormalised(
+            acc_BxKxMxD, m_BxKxM, l_BxKxM, acc[:, :, s], m_max[:, :, s], l_sum[:, :, s]
+        )
+    o_BxKxMxD = (acc_BxKxMxD / l_BxKxM[..., None])[:, :, :m]
+    lse_BxKxM = (m_BxKxM + jnp.log(l_BxKxM))[:, :, :m]
+    return _ungroup(o_BxKxMxD, g, t).astype(q_BxGxTxHxD.dtype), _ungroup(lse_BxKxM, g, t)
+
+
+def shared_prefix_attention_xla(
+    q_BxGxTxHxD,
+    k_prompt_BxPxKxD,
+    v_prompt_BxPxKxD,
+    prompt_len_B,
+    *,
+    sm_scale=None,
+    block_sizes=BlockSizes(),
+    interpret=False,
+):
+    """`shared_prefix_attention` in plain jnp: one [G·T·R, D] query matrix per KV head.
+
+    block_sizes and interpret are accepted for a drop-in signature and ignored.
+    """
+    del block_sizes, interpret
+    _check_shapes(q_BxGxTxHxD, k_prompt_BxPxKxD, v_prompt_BxPxKxD, prompt_len_B)
+    _, g, t, _, d = q_BxGxTxHxD.shape
+    _, p, k, _ = k_prompt_BxPxKxD.shape
+    sm_scale = _default_scale(sm_scale, d)
+
+    q_BxKxMxD = _group_queries(q_BxGxTxHxD, k)
+    s_BxKxMxP = jnp.einsum(
+        "bkmd,bpkd->bkmp", q_BxKxMxD, k_prompt_BxPxKxD, preferred_element_type=jnp.float32
+    ) * sm_scale
+    visible_BxP = jnp.arange(p)[None, :] < prompt_len_B[:, None]
+    s_BxKxMxP = jnp.where(visible_BxP[:, None, None, :], s_BxKxMxP, NEG_INF)
+    m_BxKxM = jnp.max(s_BxKxMxP, axis=-1)
+    e_BxKxMxP = jnp.exp(s_BxKxMxP - m_BxKxM[..., None])
+    l_BxKxM = jnp.sum(e_BxKxMxP, axis=-1)
+    acc_BxKxMxD = jnp.einsum(
+        "bkmp,bpkd->bkmd", e_BxKxMxP.astype(v_prompt_BxPxKxD.dtype), v_prompt_BxPxKxD,
+        preferred_element_type=jnp.float32,
+    )
+    o_BxKxMxD = acc_BxKxMxD / l_BxKxM[..., None]
+    lse_BxKxM = m_BxKxM + jnp.log(l_BxKxM)
+    return _ungroup(o_BxKxMxD, g, t).astype(q_BxGxTxHxD.dtype), _ungroup(lse_BxKxM, g, t)
+
+
+def suffix_attention(q_BxGxTxHxD, k_suffix_BxGxSxKxD, v_suffix_BxGxSxKxD, q_start_BxG, *, sm_scale=None):
+    """Each sample's causal attention over its own suffix: query t sees keys s <= q_start + t.
+
+    Returns (o [B, G, T, H, D] in q's dtype, lse [B, G, T, H] fp32). The new tokens' keys are in
+    the suffix cache already, so every query sees at least its own key.
+    """
+    b, g, t, h, d = q_BxGxTxHxD.shape
+    _, _, s, k, _ = k_suffix_BxGxSxKxD.shape
+    r = h // k
+    sm_scale = _default_scale(sm_scale, d)
+    q_BxGxTxKxRxD = q_BxGxTxHxD.reshape(b, g, t, k, r, d)
+    s_BxGxKxRxTxS = jnp.einsum(
+        "bgtkrd,bgskd->bgkrts", q_BxGxTxKxRxD, k_suffix_BxGxSxKxD, preferred_element_type=jnp.float32
+    ) * sm_scale
+    last_BxGxT = q_start_BxG[:, :, None] + jnp.arange(t)[None, None, :]
+    visible_BxGxTxS = jnp.arange(s)[None, None, None, :] <= last_BxGxT[..., None]
+    s_BxGxKxRxTxS = jnp.where(visible_BxGxTxS[:, :, None, None], s_BxGxKxRxTxS, NEG_INF)
+    m_BxGxKxRxT = jnp.max(s_BxGxKxRxTxS, axis=-1)
+    e_BxGxKxRxTxS = jnp.exp(s_BxGxKxRxTxS - m_BxGxKxRxT[..., None])
+    l_BxGxKxRxT = jnp.sum(e_BxGxKxRxTxS, axis=-1)
+    acc_BxGxTxKxRxD = jnp.einsum(
+        "bgkrts,bgskd->bgtkrd", e_BxGxKxRxTxS.astype(v_suffix_BxGxSxKxD.dtype), v_suffix_BxGxSxKxD,
+        preferred_element_type=jnp.float32,
+    )
+    l_BxGxTxKxR = l_BxGxKxRxT.transpose(0, 1, 4, 2, 3)
+    o_BxGxTxKxRxD = acc_BxGxTxKxRxD / l_BxGxTxKxR[..., None]
+    lse_BxGxTxKxR = m_BxGxKxRxT.transpose(0, 1, 4, 2, 3) + jnp.log(l_BxGxTxKxR)
+    return (
+        o_BxGxTxKxRxD.reshape(b, g, t, h, d).astype(q_BxGxTxHxD.dtype),
+        lse_BxGxTxKxR.reshape(b, g, t, h),
+    )
+
+
+def shared_prefix_decode_attention(
+    q_BxGxTxHxD,
+    k_prompt_BxPxKxD,
+    v_prompt_BxPxKxD,
+    prompt_len_B,
+    k_suffix_BxGxSxKxD,
+    v_suffix_BxGxSxKxD,
+    q_start_BxG,
+    *,
+    impl="xla",
+    sm_scale=None,
+    block_sizes=BlockSizes(),
+    interpret=False,
+):
+    """Decode/verify attention: (shared prompt part) ⊕ (own suffix part). Returns o [B, G, T, H, D]."""
+    if impl == "pallas":
+        prompt_fn = shared_prefix_attention
+    elif impl == "xla":
+        prompt_fn = shared_prefix_attention_xla
+    else:
+        raise ValueError(f"impl must be 'xla' or 'pallas', got {impl!r}")
+    o_prompt, lse_prompt = prompt_fn(
+        q_BxGxTxHxD, k_prompt_BxPxKxD, v_prompt_BxPxKxD, prompt_len_B,
+        sm_scale=sm_scale, block_sizes=block_sizes, interpret=interpret,
+    )
+    o_suffix, lse_suffix = suffix_attention(
+        q_BxGxTxHxD, k_suffix_BxGxSxKxD, v_suffix_BxGxSxKxD, q_start_BxG, sm_scale=sm_scale
+    )
+    o, _ = merge_attention(o_prompt, lse_prompt, o_suffix, lse_suffix)
+    return o
+
+
+def shared_prefix_decode_reference(
+    q_BxGxTxHxD,
+    k_prompt_BxPxKxD,
+    v_prompt_BxPxKxD,
+    prompt_len_B,
+    k_suffix_BxGxSxKxD,
+    v_suffix_BxGxSxKxD,
+    q_start_BxG,
+    *,
+    sm_scale=None,
+):
+    """Dense ground truth: per sample, keys = prompt ++ own suffix with one boolean mask; fp32 math."""
+    b, g, t, h, d = q_BxGxTxHxD.shape
+    _, p, k, _ = k_prompt_BxPxKxD.shape
+    s = k_suffix_BxGxSxKxD.shape[2]
+    sm_scale = _default_scale(sm_scale, d)
+    f32 = jnp.float32
+
+    def per_sample(x_BxPxKxD, x_BxGxSxKxD):
+        x_BxGxPxKxD = jnp.broadcast_to(x_BxPxKxD[:, None], (b, g, p, k, d))
+        x_BxGxNxKxD = jnp.concatenate([x_BxGxPxKxD, x_BxGxSxKxD], axis=2).astype(f32)
+        return jnp.repeat(x_BxGxNxKxD, h // k, axis=3)  # [B, G, P+S, H, D]
+
+    k_BxGxNxHxD = per_sample(k_prompt_BxPxKxD, k_suffix_BxGxSxKxD)
+    v_BxGxNxHxD = per_sample(v_prompt_BxPxKxD, v_suffix_BxGxSxKxD)
+    prompt_mask_BxGxTxP = jnp.broadcast_to(
+        (jnp.arange(p)[None, :] < prompt_len_B[:, None])[:, None, None, :], (b, g, t, p)
+    )
+    last_BxGxT = q_start_BxG[:, :, None] + jnp.arange(t)[None, None, :]
+    suffix_mask_BxGxTxS = jnp.arange(s)[None, None, None, :] <= last_BxGxT[..., None]
+    mask_BxGxTxN = jnp.concatenate([prompt_mask_BxGxTxP, suffix_mask_BxGxTxS], axis=-1)
+
+    scores_BxGxHxTxN = jnp.einsum(
+        "bgthd,bgnhd->bghtn", q_BxGxTxHxD.astype(f32), k_BxGxNxHxD
+    ) * sm_scale
+    scores_BxGxHxTxN = jnp.where(mask_BxGxTxN[:, :, None], scores_BxGxHxTxN, -jnp.inf)
+    probs_BxGxHxTxN = jax.nn.softmax(scores_BxGxHxTxN, axis=-1)
+    o_BxGxTxHxD = jnp.einsum("bghtn,bgnhd->bgthd", probs_BxGxHxTxN, v_BxGxNxHxD)
+    return o_BxGxTxHxD.astype(q_BxGxTxHxD.dtype)

@@ -1,0 +1,116 @@
+"""Attention dispatch: one entry per layout, keyed by backend ("reference" | "xla" | "pallas").
+
+The model calls these through the layout code and never knows which kernel runs. A backend that
+a layout does not support (or that cannot run on this platform) falls back to "xla" with a
+warning, never a crash.
+"""
+
+from __future__ import annotations
+
+import functools
+import warnings
+
+import jax
+import jax.numpy as jnp
+
+IMPLS = ("reference", "xla", "pallas")
+NEG_INF = -1e30
+
+
+def default_impl() -> str:
+    """'pallas' on GPU, 'xla' elsewhere (Pallas runs only in slow interpret mode on CPU)."""
+    return "pallas" if jax.default_backend() == "gpu" else "xla"
+
+
+@functools.cache
+def _warn_once(msg: str):
+    warnings.warn(msg, stacklevel=3)
+
+
+def resolve_impl(impl: str | None, layout: str, supported=IMPLS) -> str:
+    impl = impl or default_impl()
+    if impl not in IMPLS:
+        raise ValueError(f"attention impl must be one of {IMPLS}, got {impl!r}")
+    if impl not in supported:
+        _warn_once(f"attention impl {impl!r} is not available for layout {layout}; using 'xla'")
+        return "xla"
+    return impl
+
+
+def _gqa_scores(q_NxTxHxD, k_NxSxKxD, scale):
+    """Scores [N, K, H/K, T, S] without repeating K per query head."""
+    n, t, h, d = q_NxTxHxD.shape
+    kh = k_NxSxKxD.shape[2]
+    q = q_NxTxHxD.reshape(n, t, kh, h // kh, d)
+    return jnp.einsum("ntkgd,nskd->nkgts", q, k_NxSxKxD).astype(jnp.float32) * scale
+
+
+def causal_attention_xla(q_NxTxHxD, k_NxSxKxD, v_NxSxKxD, q_offset_N, *, sm_scale=None):
+    """Query t of row n attends keys s <= q_offset[n] + t (right-padded rows, cache decode)."""
+    n, t, h, d = q_NxTxHxD.shape
+    s_len = k_NxSxKxD.shape[1]
+    scale = sm_scale if sm_scale is not None else d**-0.5
+    s = _gqa_scores(q_NxTxHxD, k_NxSxKxD, scale)
+    q_pos = q_offset_N[:, None] + jnp.arange(t)[None, :]  # [N, T]
+    mask = jnp.arange(s_len)[None, None, :] <= q_pos[:, :, None]  # [N, T, S]
+    s = jnp.where(mask[:, None, None], s, NEG_INF)
+    p = jax.nn.softmax(s, axis=-1).astype(v_NxSxKxD.dtype)
+    o = jnp.einsum("nkgts,nskd->ntkgd", p, v_NxSxKxD)
+    return o.reshape(n, t, h, d)
+
+
+def causal_attention_reference(q_NxTxHxD, k_NxSxKxD, v_NxSxKxD, q_offset_N, *, sm_scale=None):
+    """Plain repeated-KV dense attention: the ground truth for the dense layout."""
+    n, t, h, d = q_NxTxHxD.shape
+    rep = h // k_NxSxKxD.shape[2]
+    k = jnp.repeat(k_NxSxKxD, rep, axis=2).astype(jnp.float32)
+    v = jnp.repeat(v_NxSxKxD, rep, axis=2).astype(jnp.float32)
+    scale = sm_scale if sm_scale is not None else d**-0.5
+    s = jnp.einsum("nthd,nshd->nhts", q_NxTxHxD.astype(jnp.float32), k) * scale
+    q_pos = q_offset_N[:, None] + jnp.arange(t)[None, :]
+    mask = jnp.arange(k.shape[1])[None, None, :] <= q_pos[:, :, None]
+    s = jnp.where(mask[:, None], s, -jnp.inf)
+    o = jnp.einsum("nhts,nshd->nthd", jax.nn.softmax(s, axis=-1), v)
+    return o.astype(q_NxTxHxD.dtype)
+
+
+def dense_attention(q, k, v, q_offset_N, impl: str | None = None):
+    """Causal attention on the `Dense` layout (training rows or a per-row KV cache)."""
+    impl = resolve_impl(impl, "Dense", supported=("reference", "xla"))
+    fn = causal_attention_reference if impl == "reference" else causal_attention_xla
+    return fn(q, k, v, q_offset_N)
+
+
+def prompt_groups_attention(q_tree, k_tree, v_tree, prompt_len_B, comp_len_BxG, impl=None, **kw):
+    """Split attention on the `PromptGroups` layout: trees are (prompt block, completion block)."""
+    from pallas_kernels import split_attention as sa
+
+    impl = resolve_impl(impl, "PromptGroups")
+    fn = {
+        "reference": sa.split_attention_reference,
+        "xla": sa.split_attention_xla,
+        "pallas": sa.split_attention,
+    }[impl]
+    if impl == "pallas":
+        kw.setdefault("interpret", jax.default_backend() != "gpu")
+    (q_p, q_c), (k_p, k_c), (v_p, v_c) = q_tree, k_tree, v_tree
+    return fn(q_p, k_p, v_p, q_c, k_c, v_c, prompt_len_B, comp_len_BxG, **kw)
+
+
+def shared_prefix_decode_attention(
+    q_BxGxTxHxD, k_prompt, v_prompt, prompt_len_B, k_suffix, v_suffix, q_start_BxG, impl=None, **kw
+):
+    """Decode/verify attention on the `SharedPrefixDecode` layout (prompt KV read once per group)."""
+    from pallas_kernels import shared_prefix_decode as spd
+
+    impl = resolve_impl(impl, "SharedPrefixDecode")
+    if impl == "reference":
+        return spd.shared_prefix_decode_reference(
+            q_BxGxTxHxD, k_prompt, v_prompt, prompt_len_B, k_suffix, v_suffix, q_start_BxG
+        )
+    if impl == "pallas":
+        kw.setdefault("interpret", jax.default_backend() != "gpu")
+    return spd.shared_prefix_decode_attention(
+        q_BxGxTxHxD, k_prompt, v_prompt, prompt_len_B, k_suffix, v_suffix, q_start_BxG,
+        impl=impl, **kw,
+    )

@@ -1,0 +1,105 @@
+"""Model forward on the `Dense` layout: logits, chunked per-token log-probs, and a KV cache.
+
+These are plain functions of a `Transformer`; jitted entry points wrap them as pure functions of
+(graphdef, state, inputs). The KV cache is an explicit pytree passed in and returned.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+from zorro_jax import attention
+from zorro_jax.layouts import Dense
+from zorro_jax.model.logprobs import token_logprobs
+from zorro_jax.model.transformer import Transformer
+
+
+def dense_hidden(model: Transformer, tokens_NxT, impl: str | None = None):
+    """Final-normed hidden states [N, T, E] for right-padded rows (causal attention)."""
+    n, t = tokens_NxT.shape
+    pos = jnp.broadcast_to(jnp.arange(t, dtype=jnp.int32)[None, :], (n, t))
+    zeros = jnp.zeros((n,), jnp.int32)
+    attend = lambda i, q, k, v: attention.dense_attention(q, k, v, zeros, impl)
+    return model.hidden(tokens_NxT, pos, attend)
+
+
+def dense_logits(model: Transformer, tokens_NxT, impl: str | None = None):
+    """Float32 logits [N, T, V]. Padding positions hold values that must be ignored."""
+    return model.logits(dense_hidden(model, tokens_NxT, impl))
+
+
+def dense_logprobs(model: Transformer, batch: Dense, *, impl=None, chunk_size=8192, with_entropy=True):
+    """log p(tokens[:, t+1] | tokens[:, :t+1]) for t < T-1: (logp [N, T-1], entropy, mask)."""
+    h = dense_hidden(model, batch.tokens_NxT, impl)[:, :-1]
+    logp, ent = token_logprobs(
+        h, model.unembedding(), batch.tokens_NxT[:, 1:], chunk_size=chunk_size, with_entropy=with_entropy
+    )
+    mask = batch.mask()[:, 1:]
+    return logp, ent, mask
+
+
+class DenseKVCache(NamedTuple):
+    """Per-row KV cache: k, v [layers, N, S, K, D]; lengths [N] = tokens written per row."""
+
+    k_LxNxSxKxD: jnp.ndarray
+    v_LxNxSxKxD: jnp.ndarray
+    lengths_N: jnp.ndarray
+
+    @classmethod
+    def empty(cls, model: Transformer, n: int, max_len: int, dtype=None):
+        c = model.config
+        dtype = dtype or model.compute_dtype
+        shape = (c.num_hidden_layers, n, max_len, c.num_key_value_heads, c.head_dim)
+        return cls(jnp.zeros(shape, dtype), jnp.zeros(shape, dtype), jnp.zeros((n,), jnp.int32))
+
+    def nbytes(self) -> int:
+        return int(self.k_LxNxSxKxD.nbytes + self.v_LxNxSxKxD.nbytes)
+
+
+def _write_rows(cache_NxSxKxD, new_NxTxKxD, start_N):
+    """Write each row's T new entries at its own offset."""
+    upd = lambda c, x, s: jax.lax.dynamic_update_slice(c, x, (s, 0, 0))
+    return jax.vmap(upd)(cache_NxSxKxD, new_NxTxKxD.astype(cache_NxSxKxD.dtype), start_N)
+
+
+def dense_step(model: Transformer, cache: DenseKVCache, tokens_NxT, n_new_N, impl=None):
+    """Append T tokens per row (of which n_new[n] are real) and return (hidden [N,T,E], cache).
+
+    Prefill is a step from an empty cache; one-token decode is T = 1. Positions continue at each
+    row's cache length, so rows of different lengths decode in lockstep.
+    """
+    n, t = tokens_NxT.shape
+    start = cache.lengths_N
+    pos = start[:, None] + jnp.arange(t, dtype=jnp.int32)[None, :]
+    ks, vs = [], []
+
+    def attend(i, q, k, v):
+        k_all = _write_rows(cache.k_LxNxSxKxD[i], k, start)
+        v_all = _write_rows(cache.v_LxNxSxKxD[i], v, start)
+        ks.append(k_all)
+        vs.append(v_all)
+        return attention.dense_attention(q, k_all, v_all, start, impl)
+
+    h = model.hidden(tokens_NxT, pos, attend)
+    new = DenseKVCache(jnp.stack(ks), jnp.stack(vs), start + n_new_N.astype(jnp.int32))
+    return h, new
+
+
+def dense_prefill(model: Transformer, batch: Dense, max_len: int, impl=None):
+    """Prefill right-padded prompts; returns (logits at each row's last real token [N, V], cache)."""
+    n, t = batch.tokens_NxT.shape
+    if t > max_len:
+        raise ValueError(f"prompt length {t} exceeds cache size {max_len}")
+    cache = DenseKVCache.empty(model, n, max_len)
+    h, cache = dense_step(model, cache, batch.tokens_NxT, batch.lengths_N, impl)
+    last = jnp.take_along_axis(h, (batch.lengths_N - 1)[:, None, None], axis=1)[:, 0]
+    return model.logits(last), cache
+
+
+def dense_decode(model: Transformer, cache: DenseKVCache, token_N, impl=None):
+    """One decode step for every row: returns (logits [N, V], cache)."""
+    h, cache = dense_step(model, cache, token_N[:, None], jnp.ones_like(token_N), impl)
+    return model.logits(h[:, 0]), cache

@@ -1,0 +1,196 @@
+"""Decoder-only transformer (Llama / Qwen2 / Qwen3) in Flax NNX, layout-agnostic.
+
+The model never knows which token layout it runs on: position-wise layers are mapped over a
+pytree of token blocks (one array for `Dense`, prompt + completion blocks for `PromptGroups`, ...)
+and attention is delegated to an `attend(layer, q, k, v)` callback built by the layout code in
+`zorro_jax.model.forward`. Parameters carry logical axis names for the sharding rules.
+"""
+
+from __future__ import annotations
+
+import math
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from zorro_jax.model.config import ModelConfig
+
+_INIT_STD = 0.02
+
+
+def _bcast(w, x):
+    """Reshape a trailing-axis vector so it broadcasts against x without rank promotion."""
+    return w.reshape((1,) * (x.ndim - w.ndim) + w.shape).astype(x.dtype)
+
+
+def _param(rngs: nnx.Rngs, shape, axes, *, std=_INIT_STD, ones=False, zeros=False) -> nnx.Param:
+    if ones:
+        value = jnp.ones(shape, jnp.float32)
+    elif zeros:
+        value = jnp.zeros(shape, jnp.float32)
+    else:
+        value = std * jax.random.normal(rngs.params(), shape, jnp.float32)
+    # eager_sharding=False: modules build without a mesh; shardings are derived from the
+    # logical names by zorro_jax.parallel when a mesh is in use.
+    return nnx.Param(value, out_sharding=axes, eager_sharding=False)
+
+
+class Linear(nnx.Module):
+    """y = x @ kernel (+ bias); kernel [in, out] in float32, computed in the input's dtype."""
+
+    def __init__(self, din: int, dout: int, axes, *, bias: bool, rngs: nnx.Rngs):
+        self.kernel = _param(rngs, (din, dout), axes)
+        self.bias = _param(rngs, (dout,), axes[1:], zeros=True) if bias else None
+
+    def __call__(self, x):
+        y = jnp.einsum("...i,io->...o", x, self.kernel[...].astype(x.dtype))
+        if self.bias is not None:
+            y = y + _bcast(self.bias[...], y)
+        return y
+
+
+class RMSNorm(nnx.Module):
+    def __init__(self, dim: int, eps: float, axis_name: str | None, *, rngs: nnx.Rngs):
+        self.weight = _param(rngs, (dim,), (axis_name,), ones=True)
+        self.eps = eps
+
+    def __call__(self, x):
+        x32 = x.astype(jnp.float32)
+        var = jnp.mean(x32 * x32, axis=-1, keepdims=True)
+        y = (x32 * jax.lax.rsqrt(var + self.eps)).astype(x.dtype)
+        return _bcast(self.weight[...], y) * y
+
+
+def rope_inv_freq(cfg: ModelConfig) -> jnp.ndarray:
+    """Inverse frequencies [head_dim // 2], with llama3 wavelength-dependent scaling if set."""
+    d = cfg.head_dim
+    inv = 1.0 / (cfg.rope_theta ** (jnp.arange(0, d, 2, dtype=jnp.float32) / d))
+    if cfg.rope_type == "llama3":
+        # Llama 3.1 scaling: long wavelengths divided by `factor`, short ones kept, a linear blend
+        # in between (by old_context / wavelength).
+        old_ctx = cfg.rope_original_max_position
+        low_wl = old_ctx / cfg.rope_low_freq_factor
+        high_wl = old_ctx / cfg.rope_high_freq_factor
+        wavelen = 2 * math.pi / inv
+        scaled = jnp.where(wavelen > low_wl, inv / cfg.rope_factor, inv)
+        smooth = (old_ctx / wavelen - cfg.rope_low_freq_factor) / (
+            cfg.rope_high_freq_factor - cfg.rope_low_freq_factor
+        )
+        blended = (1 - smooth) * scaled / cfg.rope_factor + smooth * scaled
+        medium = (wavelen >= high_wl) & (wavelen <= low_wl)
+        inv = jnp.where(medium, blended, scaled)
+    return inv
+
+
+def apply_rope(x_xTxHxD, pos_xT, inv_freq):
+    """Rotate-half RoPE; x [..., T, H, D], positions [..., T] (true positions, not padded ones)."""
+    ang = pos_xT.astype(jnp.float32)[..., None] * _bcast(inv_freq, pos_xT[..., None].astype(jnp.float32))
+    ang = jnp.concatenate([ang, ang], axis=-1)[..., None, :]  # [..., T, 1, D]
+    cos = jnp.cos(ang).astype(x_xTxHxD.dtype)
+    sin = jnp.sin(ang).astype(x_xTxHxD.dtype)
+    half = x_xTxHxD.shape[-1] // 2
+    rot = jnp.concatenate([-x_xTxHxD[..., half:], x_xTxHxD[..., :half]], axis=-1)
+    return x_xTxHxD * cos + rot * sin
+
+
+class Attention(nnx.Module):
+    def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
+        h, k, d, e = cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim, cfg.hidden_size
+        self.q_proj = Linear(e, h * d, ("embed", "heads"), bias=cfg.qkv_bias, rngs=rngs)
+        self.k_proj = Linear(e, k * d, ("embed", "kv_heads"), bias=cfg.qkv_bias, rngs=rngs)
+        self.v_proj = Linear(e, k * d, ("embed", "kv_heads"), bias=cfg.qkv_bias, rngs=rngs)
+        self.o_proj = Linear(h * d, e, ("heads", "embed"), bias=cfg.o_bias, rngs=rngs)
+        if cfg.qk_norm:
+            self.q_norm = RMSNorm(d, cfg.rms_norm_eps, None, rngs=rngs)
+            self.k_norm = RMSNorm(d, cfg.rms_norm_eps, None, rngs=rngs)
+        else:
+            self.q_norm = self.k_norm = None
+        self.heads, self.kv_heads, self.head_dim = h, k, d
+
+    def project(self, x, pos, inv_freq):
+        """Position-wise part for one block: x [..., T, E] -> q [..., T, H, D], k/v [..., T, K, D]."""
+        lead = x.shape[:-1]
+        q = self.q_proj(x).reshape(*lead, self.heads, self.head_dim)
+        k = self.k_proj(x).reshape(*lead, self.kv_heads, self.head_dim)
+        v = self.v_proj(x).reshape(*lead, self.kv_heads, self.head_dim)
+        if self.q_norm is not None:
+            q, k = self.q_norm(q), self.k_norm(k)
+        return apply_rope(q, pos, inv_freq), apply_rope(k, pos, inv_freq), v
+
+    def output(self, o):
+        return self.o_proj(o.reshape(*o.shape[:-2], self.heads * self.head_dim))
+
+
+class MLP(nnx.Module):
+    def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
+        e, f, b = cfg.hidden_size, cfg.intermediate_size, cfg.mlp_bias
+        self.gate_proj = Linear(e, f, ("embed", "mlp"), bias=b, rngs=rngs)
+        self.up_proj = Linear(e, f, ("embed", "mlp"), bias=b, rngs=rngs)
+        self.down_proj = Linear(f, e, ("mlp", "embed"), bias=b, rngs=rngs)
+
+    def __call__(self, x):
+        return self.down_proj(jax.nn.silu(self.gate_proj(x)) * self.up_proj(x))
+
+
+class Block(nnx.Module):
+    def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
+        self.input_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, "embed", rngs=rngs)
+        self.self_attn = Attention(cfg, rngs=rngs)
+        self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, "embed", rngs=rngs)
+        self.mlp = MLP(cfg, rngs=rngs)
+
+    def __call__(self, x_tree, pos_tree, inv_freq, attend):
+        h_tree = jax.tree.map(self.input_layernorm, x_tree)
+        qkv = jax.tree.map(lambda h, p: self.self_attn.project(h, p, inv_freq), h_tree, pos_tree)
+        is_triple = lambda t: isinstance(t, tuple) and len(t) == 3 and hasattr(t[0], "shape")
+        q_tree = jax.tree.map(lambda t: t[0], qkv, is_leaf=is_triple)
+        k_tree = jax.tree.map(lambda t: t[1], qkv, is_leaf=is_triple)
+        v_tree = jax.tree.map(lambda t: t[2], qkv, is_leaf=is_triple)
+        o_tree = attend(q_tree, k_tree, v_tree)
+        x_tree = jax.tree.map(lambda x, o: x + self.self_attn.output(o), x_tree, o_tree)
+        return jax.tree.map(lambda x: x + self.mlp(self.post_attention_layernorm(x)), x_tree)
+
+
+class Transformer(nnx.Module):
+    """The decoder. `hidden(tokens_tree, pos_tree, attend)` -> final-normed hidden states."""
+
+    def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
+        self.config = cfg
+        self.embed_tokens = _param(rngs, (cfg.vocab_size, cfg.hidden_size), ("vocab", "embed"))
+        self.layers = nnx.List([Block(cfg, rngs=rngs) for _ in range(cfg.num_hidden_layers)])
+        self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, "embed", rngs=rngs)
+        if cfg.tie_word_embeddings:
+            self.lm_head = None
+        else:
+            self.lm_head = _param(rngs, (cfg.hidden_size, cfg.vocab_size), ("embed", "vocab"))
+
+    @property
+    def compute_dtype(self):
+        return jnp.dtype(self.config.compute_dtype)
+
+    def embed(self, tokens):
+        return jnp.take(self.embed_tokens[...], tokens, axis=0).astype(self.compute_dtype)
+
+    def unembedding(self):
+        """The output projection as [E, V] (transposed embedding when tied)."""
+        w = self.embed_tokens[...].T if self.lm_head is None else self.lm_head[...]
+        return w.astype(self.compute_dtype)
+
+    def hidden(self, tokens_tree, pos_tree, attend):
+        """attend(layer_index, q_tree, k_tree, v_tree) -> o_tree, implemented per layout."""
+        return self.hidden_from_embeddings(jax.tree.map(self.embed, tokens_tree), pos_tree, attend)
+
+    def hidden_from_embeddings(self, x_tree, pos_tree, attend):
+        inv_freq = rope_inv_freq(self.config)
+        for i, layer in enumerate(self.layers):
+            x_tree = layer(x_tree, pos_tree, inv_freq, lambda q, k, v, i=i: attend(i, q, k, v))
+        return jax.tree.map(self.norm, x_tree)
+
+    def logits(self, h):
+        return jnp.einsum("...e,ev->...v", h, self.unembedding()).astype(jnp.float32)
+
+
+def init_model(cfg: ModelConfig, seed: int = 0) -> Transformer:
+    """A randomly initialised model (normal(0, 0.02) weights, unit norms)."""
+    return Transformer(cfg, rngs=nnx.Rngs(params=seed))
