@@ -54,8 +54,9 @@ def causal_attention_xla(q_NxTxHxD, k_NxSxKxD, v_NxSxKxD, q_offset_N, *, sm_scal
     q_pos = q_offset_N[:, None] + jnp.arange(t)[None, :]  # [N, T]
     mask = jnp.arange(s_len)[None, None, :] <= q_pos[:, :, None]  # [N, T, S]
     s = jnp.where(mask[:, None, None], s, NEG_INF)
-    p = jax.nn.softmax(s, axis=-1).astype(v_NxSxKxD.dtype)
-    o = jnp.einsum("nkgts,nskd->ntkgd", p, v_NxSxKxD)
+    p = jax.nn.softmax(s, axis=-1)
+    # Probabilities stay fp32 for the PV product: bf16 rounding here would dominate log-prob error.
+    o = jnp.einsum("nkgts,nskd->ntkgd", p, v_NxSxKxD.astype(jnp.float32)).astype(q_NxTxHxD.dtype)
     return o.reshape(n, t, h, d)
 
 

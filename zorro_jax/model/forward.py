@@ -12,8 +12,8 @@ import jax
 import jax.numpy as jnp
 
 from zorro_jax import attention
-from zorro_jax.layouts import Dense
-from zorro_jax.model.logprobs import token_logprobs
+from zorro_jax.layouts import Dense, PromptGroups
+from zorro_jax.model.logprobs import logsumexp_and_entropy, token_logprobs
 from zorro_jax.model.transformer import Transformer
 
 
@@ -103,3 +103,42 @@ def dense_decode(model: Transformer, cache: DenseKVCache, token_N, impl=None):
     """One decode step for every row: returns (logits [N, V], cache)."""
     h, cache = dense_step(model, cache, token_N[:, None], jnp.ones_like(token_N), impl)
     return model.logits(h[:, 0]), cache
+
+
+def prompt_groups_hidden(model: Transformer, batch: PromptGroups, impl: str | None = None):
+    """Hidden states of the prompt block [B, P, E] (computed once per group) and of the
+    completion block [B, G, R, E]; attention is the split prompt-once rule."""
+    b, p, g, r = batch.shape
+    pos_p = jnp.broadcast_to(jnp.arange(p, dtype=jnp.int32)[None, :], (b, p))
+    pos_c = batch.prompt_len_B[:, None, None] + jnp.arange(r, dtype=jnp.int32)[None, None, :]
+    pos_c = jnp.broadcast_to(pos_c, (b, g, r))
+    attend = lambda i, q, k, v: attention.prompt_groups_attention(
+        q, k, v, batch.prompt_len_B, batch.comp_len_BxG, impl
+    )
+    h_p, h_c = model.hidden((batch.prompt_BxP, batch.completions_BxGxR), (pos_p, pos_c), attend)
+    return h_p, h_c
+
+
+def prompt_groups_logprobs(model: Transformer, batch: PromptGroups, *, impl=None, chunk_size=8192,
+                           with_entropy=True):
+    """log-probs of every completion token [B, G, R], entropy [B, G, R] and the mask [B, G, R].
+
+    The first completion token is predicted by the last real prompt position: its log-sum-exp is
+    computed once per group and shared by the G samples.
+    """
+    h_p, h_c = prompt_groups_hidden(model, batch, impl)
+    w = model.unembedding()
+    comp = batch.completions_BxGxR
+    b, p, g, r = batch.shape
+    h_last = jnp.take_along_axis(h_p, (batch.prompt_len_B - 1)[:, None, None], axis=1)[:, 0]
+    lse0, ent0 = logsumexp_and_entropy(h_last, w, chunk_size=chunk_size, with_entropy=with_entropy)
+    z0 = jnp.einsum("be,bge->bg", h_last, jnp.take(w.T, comp[:, :, 0], axis=0)).astype(jnp.float32)
+    logp0 = z0 - lse0[:, None]
+    logp_rest, ent_rest = token_logprobs(h_c[:, :, :-1], w, comp[:, :, 1:], chunk_size=chunk_size,
+                                         with_entropy=with_entropy)
+    logp = jnp.concatenate([logp0[:, :, None], logp_rest], axis=2)
+    ent = None
+    if with_entropy:
+        ent0 = jnp.broadcast_to(ent0[:, None, None], (b, g, 1))
+        ent = jnp.concatenate([ent0, ent_rest], axis=2)
+    return logp, ent, batch.completion_mask()

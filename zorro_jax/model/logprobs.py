@@ -2,7 +2,8 @@
 
 With a large vocabulary the [N, T, V] float32 logits dominate activation memory. Here the
 log-sum-exp (and the entropy's Σ p·z) is accumulated chunk by chunk in a rematerialised scan, so
-neither the forward nor the backward holds more than one [N, chunk] slab of logits.
+neither the forward nor the backward holds more than one [N, chunk] slab of logits. The target
+logit needs only the target's column of the unembedding, never the full row.
 """
 
 from __future__ import annotations
@@ -11,45 +12,52 @@ import jax
 import jax.numpy as jnp
 
 
+def target_logits(h_NxE, w_ExV, targets_N):
+    """z[target] for each row: [N] float32."""
+    return jnp.einsum("ne,ne->n", h_NxE, jnp.take(w_ExV.T, targets_N, axis=0)).astype(jnp.float32)
+
+
+def logsumexp_and_entropy(h_NxE, w_ExV, *, chunk_size: int = 8192, with_entropy: bool = True):
+    """(log Σ exp z, entropy of softmax z) per row for z = h @ w, without materialising all of z."""
+    e, v = w_ExV.shape
+    n_chunks = -(-v // chunk_size)
+    if n_chunks == 1:
+        z = jnp.einsum("ne,ev->nv", h_NxE, w_ExV).astype(jnp.float32)
+        lse = jax.nn.logsumexp(z, axis=-1)
+        ent = lse - jnp.sum(jax.nn.softmax(z, axis=-1) * z, axis=-1) if with_entropy else None
+        return lse, ent
+    pad = n_chunks * chunk_size - v
+    w = jnp.pad(w_ExV, ((0, 0), (0, pad))).reshape(e, n_chunks, chunk_size).transpose(1, 0, 2)
+
+    @jax.checkpoint
+    def body(carry, xs):
+        m, s, sz = carry
+        w_c, idx = xs
+        z = jnp.einsum("ne,ec->nc", h_NxE, w_c).astype(jnp.float32)
+        valid = (idx * chunk_size + jnp.arange(chunk_size)) < v
+        z = jnp.where(valid[None, :], z, -jnp.inf)
+        m_new = jnp.maximum(m, jnp.max(z, axis=-1))
+        a = jnp.exp(m - m_new)
+        p = jnp.exp(z - m_new[:, None])
+        s = s * a + jnp.sum(p, axis=-1)
+        sz = sz * a + jnp.sum(p * jnp.where(valid[None, :], z, 0.0), axis=-1)
+        return (m_new, s, sz), None
+
+    n = h_NxE.shape[0]
+    init = (jnp.full((n,), -jnp.inf, jnp.float32), jnp.zeros((n,), jnp.float32),
+            jnp.zeros((n,), jnp.float32))
+    (m, s, sz), _ = jax.lax.scan(body, init, (w, jnp.arange(n_chunks)))
+    lse = m + jnp.log(s)
+    return lse, (lse - sz / s if with_entropy else None)
+
+
 def token_logprobs(h_xE, w_ExV, targets_x, *, chunk_size: int = 8192, with_entropy: bool = True):
     """log p(target) and entropy for hidden states h [..., E] against unembedding w [E, V].
 
     Returns (logp [...], entropy [...] or None), both float32.
     """
     lead = h_xE.shape[:-1]
-    e, v = w_ExV.shape
-    h = h_xE.reshape(-1, e)
-    tgt = targets_x.reshape(-1)
-    # The target logit needs only the target's column, never the full row.
-    tgt_logit = jnp.einsum("ne,ne->n", h, jnp.take(w_ExV.T, tgt, axis=0)).astype(jnp.float32)
-    n_chunks = -(-v // chunk_size)
-    if n_chunks == 1:
-        z = jnp.einsum("ne,ev->nv", h, w_ExV).astype(jnp.float32)
-        lse = jax.nn.logsumexp(z, axis=-1)
-        ent = lse - jnp.sum(jax.nn.softmax(z, axis=-1) * z, axis=-1) if with_entropy else None
-    else:
-        pad = n_chunks * chunk_size - v
-        w = jnp.pad(w_ExV, ((0, 0), (0, pad))).reshape(e, n_chunks, chunk_size).transpose(1, 0, 2)
-
-        @jax.checkpoint
-        def body(carry, xs):
-            m, s, sz = carry
-            w_c, idx = xs
-            z = jnp.einsum("ne,ec->nc", h, w_c).astype(jnp.float32)
-            valid = (idx * chunk_size + jnp.arange(chunk_size)) < v
-            z = jnp.where(valid[None, :], z, -jnp.inf)
-            m_new = jnp.maximum(m, jnp.max(z, axis=-1))
-            a = jnp.exp(m - m_new)
-            p = jnp.exp(z - m_new[:, None])
-            s = s * a + jnp.sum(p, axis=-1)
-            sz = sz * a + jnp.sum(p * jnp.where(valid[None, :], z, 0.0), axis=-1)
-            return (m_new, s, sz), None
-
-        n = h.shape[0]
-        init = (jnp.full((n,), -jnp.inf, jnp.float32), jnp.zeros((n,), jnp.float32),
-                jnp.zeros((n,), jnp.float32))
-        (m, s, sz), _ = jax.lax.scan(body, init, (w, jnp.arange(n_chunks)))
-        lse = m + jnp.log(s)
-        ent = lse - sz / s if with_entropy else None
-    logp = (tgt_logit - lse).reshape(lead)
+    h = h_xE.reshape(-1, h_xE.shape[-1])
+    lse, ent = logsumexp_and_entropy(h, w_ExV, chunk_size=chunk_size, with_entropy=with_entropy)
+    logp = (target_logits(h, w_ExV, targets_x.reshape(-1)) - lse).reshape(lead)
     return logp, (ent.reshape(lead) if ent is not None else None)
