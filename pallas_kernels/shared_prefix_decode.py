@@ -76,9 +76,13 @@ def _check_shapes(q_BxGxTxHxD, k_prompt_BxPxKxD, v_prompt_BxPxKxD, prompt_len_B)
     b, _, _, h, d = q_BxGxTxHxD.shape
     bk, _, k, dk = k_prompt_BxPxKxD.shape
     if k_prompt_BxPxKxD.shape != v_prompt_BxPxKxD.shape:
-        raise ValueError(f"k/v prompt shapes differ: {k_prompt_BxPxKxD.shape} vs {v_prompt_BxPxKxD.shape}")
+        raise ValueError(
+            f"k/v prompt shapes differ: {k_prompt_BxPxKxD.shape} vs {v_prompt_BxPxKxD.shape}"
+        )
     if bk != b or dk != d:
-        raise ValueError(f"q {q_BxGxTxHxD.shape} does not match prompt cache {k_prompt_BxPxKxD.shape}")
+        raise ValueError(
+            f"q {q_BxGxTxHxD.shape} does not match prompt cache {k_prompt_BxPxKxD.shape}"
+        )
     if h % k:
         raise ValueError(f"query heads {h} must be a multiple of kv heads {k}")
     if prompt_len_B.shape != (b,):
@@ -125,9 +129,12 @@ def _prompt_kernel(plen_ref, q_ref, k_ref, v_ref, acc_ref, m_ref, l_ref, *, sm_s
         start = pl.multiple_of(i * block_k, block_k)
         k_NxD = k_ref[pl.ds(start, block_k), :]
         v_NxD = v_ref[pl.ds(start, block_k), :]
-        s_MxN = lax.dot_general(
-            q_MxD, k_NxD, (((1,), (1,)), ((), ())), preferred_element_type=jnp.float32
-        ) * sm_scale
+        s_MxN = (
+            lax.dot_general(
+                q_MxD, k_NxD, (((1,), (1,)), ((), ())), preferred_element_type=jnp.float32
+            )
+            * sm_scale
+        )
         pos_1xN = split_start + start + lax.broadcasted_iota(jnp.int32, (1, block_k), 1)
         s_MxN = jnp.where(pos_1xN < prompt_len, s_MxN, NEG_INF)
         m_new_Mx1 = jnp.maximum(m_Mx1, jnp.max(s_MxN, axis=1, keepdims=True))
@@ -135,7 +142,9 @@ def _prompt_kernel(plen_ref, q_ref, k_ref, v_ref, acc_ref, m_ref, l_ref, *, sm_s
         alpha_Mx1 = jnp.exp(m_Mx1 - m_new_Mx1)
         l_new_Mx1 = alpha_Mx1 * l_Mx1 + jnp.sum(p_MxN, axis=1, keepdims=True)
         pv_MxD = lax.dot_general(
-            p_MxN.astype(v_NxD.dtype), v_NxD, (((1,), (0,)), ((), ())),
+            p_MxN.astype(v_NxD.dtype),
+            v_NxD,
+            (((1,), (0,)), ((), ())),
             preferred_element_type=jnp.float32,
         )
         return alpha_Mx1 * acc_MxD + pv_MxD, m_new_Mx1, l_new_Mx1
@@ -165,8 +174,18 @@ def _plan(num_rows, prompt_size, block_sizes):
 
 
 def _prompt_call(
-    plen_B, q_BxKxMxD, k_BxPxKD, v_BxPxKD, *, sm_scale, block_k, block_m, split_len, block_sizes,
-    interpret, tpu,
+    plen_B,
+    q_BxKxMxD,
+    k_BxPxKD,
+    v_BxPxKD,
+    *,
+    sm_scale,
+    block_k,
+    block_m,
+    split_len,
+    block_sizes,
+    interpret,
+    tpu,
 ):
     """pallas_call of `_prompt_kernel` over the grid (B, K, row blocks, splits).
 
@@ -220,22 +239,24 @@ def shared_prefix_attention(
     sm_scale=None,
     block_sizes=BlockSizes(),
     interpret=False,
+    out_dtype=None,
 ):
     """Attention of all G·T queries of each group over the group's prompt KV (Pallas kernel).
 
-    Returns (o [B, G, T, H, D] normalised over the prompt keys j < prompt_len, in q's dtype;
-    lse [B, G, T, H] fp32 log-sum-exp of the scaled scores). prompt_len must be >= 1.
+    Returns (o [B, G, T, H, D] normalised over the prompt keys j < prompt_len, in out_dtype
+    (default: q's dtype); lse [B, G, T, H] fp32 log-sum-exp of the scaled scores).
+    prompt_len must be >= 1.
     """
     _check_shapes(q_BxGxTxHxD, k_prompt_BxPxKxD, v_prompt_BxPxKxD, prompt_len_B)
-    b, g, t, h, d = q_BxGxTxHxD.shape
+    b, g, t, _, d = q_BxGxTxHxD.shape
     _, p, k, _ = k_prompt_BxPxKxD.shape
     sm_scale = _default_scale(sm_scale, d)
 
     q_BxKxMxD = _group_queries(q_BxGxTxHxD, k)
-    m = q_BxKxMxD.shape[2]
-    rows_padded, block_m, block_k, split_len, num_splits = _plan(m, p, block_sizes)
-    if rows_padded != m:
-        q_BxKxMxD = jnp.pad(q_BxKxMxD, ((0, 0), (0, 0), (0, rows_padded - m), (0, 0)))
+    num_rows = q_BxKxMxD.shape[2]
+    rows_padded, block_m, block_k, split_len, num_splits = _plan(num_rows, p, block_sizes)
+    if rows_padded != num_rows:
+        q_BxKxMxD = jnp.pad(q_BxKxMxD, ((0, 0), (0, 0), (0, rows_padded - num_rows), (0, 0)))
     p_padded = split_len * num_splits
     # Heads folded into the last axis (a free reshape): block (split_len, D) at column block k
     # selects one KV head without transposing the cache.
@@ -247,25 +268,39 @@ def shared_prefix_attention(
         v_BxPxKD = jnp.pad(v_BxPxKD, pad)
 
     call = functools.partial(
-        _prompt_call, sm_scale=sm_scale, block_k=block_k, block_m=block_m, split_len=split_len,
-        block_sizes=block_sizes, interpret=interpret,
+        _prompt_call,
+        sm_scale=sm_scale,
+        block_k=block_k,
+        block_m=block_m,
+        split_len=split_len,
+        block_sizes=block_sizes,
+        interpret=interpret,
     )
     args = (prompt_len_B.astype(jnp.int32), q_BxKxMxD, k_BxPxKD, v_BxPxKD)
     # The platform is known only at lowering: TPU gets Mosaic parameters and prompt lengths in
     # SMEM, every other platform (CUDA, and CPU in interpret mode) the Triton configuration.
-    acc, m_max, l_sum = lax.platform_dependent(
+    acc_BxKxSxMxD, m_BxKxSxMx1, l_BxKxSxMx1 = lax.platform_dependent(
         *args, tpu=functools.partial(call, tpu=True), default=functools.partial(call, tpu=False)
     )
-    m_max, l_sum = m_max[..., 0], l_sum[..., 0]
 
-    acc_BxKxMxD, m_BxKxM, l_BxKxM = acc[:, :, 0], m_max[:, :, 0], l_sum[:, :, 0]
+    acc_BxKxMxD, m_BxKxM, l_BxKxM = (
+        acc_BxKxSxMxD[:, :, 0],
+        m_BxKxSxMx1[:, :, 0, :, 0],
+        l_BxKxSxMx1[:, :, 0, :, 0],
+    )
     for s in range(1, num_splits):
         acc_BxKxMxD, m_BxKxM, l_BxKxM = merge_unnormalised(
-            acc_BxKxMxD, m_BxKxM, l_BxKxM, acc[:, :, s], m_max[:, :, s], l_sum[:, :, s]
+            acc_BxKxMxD,
+            m_BxKxM,
+            l_BxKxM,
+            acc_BxKxSxMxD[:, :, s],
+            m_BxKxSxMx1[:, :, s, :, 0],
+            l_BxKxSxMx1[:, :, s, :, 0],
         )
-    o_BxKxMxD = (acc_BxKxMxD / l_BxKxM[..., None])[:, :, :m]
-    lse_BxKxM = (m_BxKxM + jnp.log(l_BxKxM))[:, :, :m]
-    return _ungroup(o_BxKxMxD, g, t).astype(q_BxGxTxHxD.dtype), _ungroup(lse_BxKxM, g, t)
+    o_BxKxMxD = (acc_BxKxMxD / l_BxKxM[..., None])[:, :, :num_rows]
+    lse_BxKxM = (m_BxKxM + jnp.log(l_BxKxM))[:, :, :num_rows]
+    o_BxGxTxHxD = _ungroup(o_BxKxMxD, g, t).astype(out_dtype or q_BxGxTxHxD.dtype)
+    return o_BxGxTxHxD, _ungroup(lse_BxKxM, g, t)
 
 
 def shared_prefix_attention_xla(
@@ -277,6 +312,7 @@ def shared_prefix_attention_xla(
     sm_scale=None,
     block_sizes=BlockSizes(),
     interpret=False,
+    out_dtype=None,
 ):
     """`shared_prefix_attention` in plain jnp: one [G·T·R, D] query matrix per KV head.
 
@@ -289,37 +325,57 @@ def shared_prefix_attention_xla(
     sm_scale = _default_scale(sm_scale, d)
 
     q_BxKxMxD = _group_queries(q_BxGxTxHxD, k)
-    s_BxKxMxP = jnp.einsum(
-        "bkmd,bpkd->bkmp", q_BxKxMxD, k_prompt_BxPxKxD, preferred_element_type=jnp.float32
-    ) * sm_scale
+    s_BxKxMxP = (
+        jnp.einsum(
+            "bkmd,bpkd->bkmp", q_BxKxMxD, k_prompt_BxPxKxD, preferred_element_type=jnp.float32
+        )
+        * sm_scale
+    )
     visible_BxP = jnp.arange(p)[None, :] < prompt_len_B[:, None]
     s_BxKxMxP = jnp.where(visible_BxP[:, None, None, :], s_BxKxMxP, NEG_INF)
     m_BxKxM = jnp.max(s_BxKxMxP, axis=-1)
     e_BxKxMxP = jnp.exp(s_BxKxMxP - m_BxKxM[..., None])
     l_BxKxM = jnp.sum(e_BxKxMxP, axis=-1)
     acc_BxKxMxD = jnp.einsum(
-        "bkmp,bpkd->bkmd", e_BxKxMxP.astype(v_prompt_BxPxKxD.dtype), v_prompt_BxPxKxD,
+        "bkmp,bpkd->bkmd",
+        e_BxKxMxP.astype(v_prompt_BxPxKxD.dtype),
+        v_prompt_BxPxKxD,
         preferred_element_type=jnp.float32,
     )
     o_BxKxMxD = acc_BxKxMxD / l_BxKxM[..., None]
     lse_BxKxM = m_BxKxM + jnp.log(l_BxKxM)
-    return _ungroup(o_BxKxMxD, g, t).astype(q_BxGxTxHxD.dtype), _ungroup(lse_BxKxM, g, t)
+    o_BxGxTxHxD = _ungroup(o_BxKxMxD, g, t).astype(out_dtype or q_BxGxTxHxD.dtype)
+    return o_BxGxTxHxD, _ungroup(lse_BxKxM, g, t)
 
 
-def suffix_attention(q_BxGxTxHxD, k_suffix_BxGxSxKxD, v_suffix_BxGxSxKxD, q_start_BxG, *, sm_scale=None):
+def suffix_attention(
+    q_BxGxTxHxD,
+    k_suffix_BxGxSxKxD,
+    v_suffix_BxGxSxKxD,
+    q_start_BxG,
+    *,
+    sm_scale=None,
+    out_dtype=None,
+):
     """Each sample's causal attention over its own suffix: query t sees keys s <= q_start + t.
 
-    Returns (o [B, G, T, H, D] in q's dtype, lse [B, G, T, H] fp32). The new tokens' keys are in
-    the suffix cache already, so every query sees at least its own key.
+    Returns (o [B, G, T, H, D] in out_dtype, default q's dtype; lse [B, G, T, H] fp32). The new
+    tokens' keys are in the suffix cache already, so every query sees at least its own key.
     """
     b, g, t, h, d = q_BxGxTxHxD.shape
     _, _, s, k, _ = k_suffix_BxGxSxKxD.shape
     r = h // k
     sm_scale = _default_scale(sm_scale, d)
     q_BxGxTxKxRxD = q_BxGxTxHxD.reshape(b, g, t, k, r, d)
-    s_BxGxKxRxTxS = jnp.einsum(
-        "bgtkrd,bgskd->bgkrts", q_BxGxTxKxRxD, k_suffix_BxGxSxKxD, preferred_element_type=jnp.float32
-    ) * sm_scale
+    s_BxGxKxRxTxS = (
+        jnp.einsum(
+            "bgtkrd,bgskd->bgkrts",
+            q_BxGxTxKxRxD,
+            k_suffix_BxGxSxKxD,
+            preferred_element_type=jnp.float32,
+        )
+        * sm_scale
+    )
     last_BxGxT = q_start_BxG[:, :, None] + jnp.arange(t)[None, None, :]
     visible_BxGxTxS = jnp.arange(s)[None, None, None, :] <= last_BxGxT[..., None]
     s_BxGxKxRxTxS = jnp.where(visible_BxGxTxS[:, :, None, None], s_BxGxKxRxTxS, NEG_INF)
@@ -327,14 +383,16 @@ def suffix_attention(q_BxGxTxHxD, k_suffix_BxGxSxKxD, v_suffix_BxGxSxKxD, q_star
     e_BxGxKxRxTxS = jnp.exp(s_BxGxKxRxTxS - m_BxGxKxRxT[..., None])
     l_BxGxKxRxT = jnp.sum(e_BxGxKxRxTxS, axis=-1)
     acc_BxGxTxKxRxD = jnp.einsum(
-        "bgkrts,bgskd->bgtkrd", e_BxGxKxRxTxS.astype(v_suffix_BxGxSxKxD.dtype), v_suffix_BxGxSxKxD,
+        "bgkrts,bgskd->bgtkrd",
+        e_BxGxKxRxTxS.astype(v_suffix_BxGxSxKxD.dtype),
+        v_suffix_BxGxSxKxD,
         preferred_element_type=jnp.float32,
     )
     l_BxGxTxKxR = l_BxGxKxRxT.transpose(0, 1, 4, 2, 3)
     o_BxGxTxKxRxD = acc_BxGxTxKxRxD / l_BxGxTxKxR[..., None]
     lse_BxGxTxKxR = m_BxGxKxRxT.transpose(0, 1, 4, 2, 3) + jnp.log(l_BxGxTxKxR)
     return (
-        o_BxGxTxKxRxD.reshape(b, g, t, h, d).astype(q_BxGxTxHxD.dtype),
+        o_BxGxTxKxRxD.reshape(b, g, t, h, d).astype(out_dtype or q_BxGxTxHxD.dtype),
         lse_BxGxTxKxR.reshape(b, g, t, h),
     )
 
@@ -353,7 +411,11 @@ def shared_prefix_decode_attention(
     block_sizes=BlockSizes(),
     interpret=False,
 ):
-    """Decode/verify attention: (shared prompt part) ⊕ (own suffix part). Returns o [B, G, T, H, D]."""
+    """Decode/verify attention: (shared prompt part) ⊕ (own suffix part).
+
+    impl "pallas" runs the prompt part with the Pallas kernel, "xla" with jnp; the suffix part is
+    jnp in both. Returns o [B, G, T, H, D] in q's dtype.
+    """
     if impl == "pallas":
         prompt_fn = shared_prefix_attention
     elif impl == "xla":
@@ -361,14 +423,26 @@ def shared_prefix_decode_attention(
     else:
         raise ValueError(f"impl must be 'xla' or 'pallas', got {impl!r}")
     o_prompt, lse_prompt = prompt_fn(
-        q_BxGxTxHxD, k_prompt_BxPxKxD, v_prompt_BxPxKxD, prompt_len_B,
-        sm_scale=sm_scale, block_sizes=block_sizes, interpret=interpret,
+        q_BxGxTxHxD,
+        k_prompt_BxPxKxD,
+        v_prompt_BxPxKxD,
+        prompt_len_B,
+        sm_scale=sm_scale,
+        block_sizes=block_sizes,
+        interpret=interpret,
+        out_dtype=jnp.float32,
     )
     o_suffix, lse_suffix = suffix_attention(
-        q_BxGxTxHxD, k_suffix_BxGxSxKxD, v_suffix_BxGxSxKxD, q_start_BxG, sm_scale=sm_scale
+        q_BxGxTxHxD,
+        k_suffix_BxGxSxKxD,
+        v_suffix_BxGxSxKxD,
+        q_start_BxG,
+        sm_scale=sm_scale,
+        out_dtype=jnp.float32,
     )
+    # Both parts stay fp32 until after the merge, so a bf16 output is rounded once.
     o, _ = merge_attention(o_prompt, lse_prompt, o_suffix, lse_suffix)
-    return o
+    return o.astype(q_BxGxTxHxD.dtype)
 
 
 def shared_prefix_decode_reference(
@@ -382,7 +456,7 @@ def shared_prefix_decode_reference(
     *,
     sm_scale=None,
 ):
-    """Dense ground truth: per sample, keys = prompt ++ own suffix with one boolean mask; fp32 math."""
+    """Dense ground truth: per sample, keys = prompt ++ own suffix under one mask; fp32 math."""
     b, g, t, h, d = q_BxGxTxHxD.shape
     _, p, k, _ = k_prompt_BxPxKxD.shape
     s = k_suffix_BxGxSxKxD.shape[2]
@@ -403,9 +477,9 @@ def shared_prefix_decode_reference(
     suffix_mask_BxGxTxS = jnp.arange(s)[None, None, None, :] <= last_BxGxT[..., None]
     mask_BxGxTxN = jnp.concatenate([prompt_mask_BxGxTxP, suffix_mask_BxGxTxS], axis=-1)
 
-    scores_BxGxHxTxN = jnp.einsum(
-        "bgthd,bgnhd->bghtn", q_BxGxTxHxD.astype(f32), k_BxGxNxHxD
-    ) * sm_scale
+    scores_BxGxHxTxN = (
+        jnp.einsum("bgthd,bgnhd->bghtn", q_BxGxTxHxD.astype(f32), k_BxGxNxHxD) * sm_scale
+    )
     scores_BxGxHxTxN = jnp.where(mask_BxGxTxN[:, :, None], scores_BxGxHxTxN, -jnp.inf)
     probs_BxGxHxTxN = jax.nn.softmax(scores_BxGxHxTxN, axis=-1)
     o_BxGxTxHxD = jnp.einsum("bghtn,bgnhd->bgthd", probs_BxGxHxTxN, v_BxGxNxHxD)

@@ -1,0 +1,209 @@
+"""The GRPO training iteration and loop.
+
+One iteration: pick prompts → rollouts with the shared-prefix sampler → rewards → group-relative
+advantages → old (and reference) log-probs with the prompt-once forward → `epochs` passes of
+micro-batches of whole groups with gradient accumulation → AdamW. `mode="naive"` runs the same
+iteration on replicated prompts (naive sampler, Dense training): the baseline.
+
+Everything random derives from (seed, step), and the data order from (seed, position), so a run
+restored from a checkpoint continues exactly as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from zorro_jax.layouts import pack_prompt_groups
+from zorro_jax.rl.losses import LossConfig, compute_advantages, loss_normaliser
+from zorro_jax.rl.optim import OptimConfig
+from zorro_jax.rl.steps import MODES, add_grads, make_grpo_grad_fn, make_logprob_fn, slice_groups
+from zorro_jax.sampling.sampler import SamplerConfig, generate
+
+# rewards, details = reward_fn(completion texts, tasks)
+RewardFn = Callable[[list[str], list[Any]], tuple[np.ndarray, list]]
+
+
+@dataclasses.dataclass(frozen=True)
+class GRPOConfig:
+    steps: int = 20
+    # Unique prompts per iteration (B) and completions per prompt (G).
+    prompts_per_step: int = 8
+    group_size: int = 8
+    # Groups per micro-batch; gradients are accumulated over micro-batches (exactly).
+    micro_batch_groups: int = 8
+    # Optimisation passes over each iteration's rollouts (one update per pass).
+    epochs: int = 1
+    # "prompt_once" (ours) or "naive" (replicated prompts everywhere: the baseline).
+    mode: str = "prompt_once"
+    attention_impl: str | None = None
+    seed: int = 0
+    loss: LossConfig = LossConfig()
+    optim: OptimConfig = OptimConfig(lr=2e-4, warmup_steps=2, decay_steps=50)
+    sampler: SamplerConfig = SamplerConfig(max_new_tokens=64, temperature=1.0)
+    # Reward at or above which a rollout counts as correct (execution accuracy).
+    correct_threshold: float = 1.0
+
+    def __post_init__(self):
+        if self.mode not in MODES:
+            raise ValueError(f"mode must be one of {MODES}, got {self.mode!r}")
+        for name in ("steps", "prompts_per_step", "group_size", "micro_batch_groups", "epochs"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.prompts_per_step % self.micro_batch_groups:
+            raise ValueError(f"prompts_per_step ({self.prompts_per_step}) must be a multiple of "
+                             f"micro_batch_groups ({self.micro_batch_groups})")
+        if self.group_size < 2:
+            raise ValueError("group_size must be >= 2: group-relative advantages need a group")
+
+
+def data_order(n: int, seed: int, position: int, count: int) -> list[int]:
+    """Indices `position .. position+count-1` of an endless stream of seeded permutations."""
+    if n < 1:
+        raise ValueError("no training prompts")
+    out = []
+    for pos in range(position, position + count):
+        epoch, i = divmod(pos, n)
+        out.append(int(np.random.default_rng([seed, epoch]).permutation(n)[i]))
+    return out
+
+
+@dataclasses.dataclass
+class PromptItem:
+    """A task with its tokenised prompt (what the trainer needs of a data set)."""
+
+    task: Any
+    prompt_ids: list[int]
+
+
+class Policy:
+    """Mutable holder of (graphdef, params) so the sampler and the steps see the latest weights."""
+
+    def __init__(self, graphdef, params):
+        self.graphdef, self.params = graphdef, params
+
+    def model(self):
+        from flax import nnx
+
+        return nnx.merge(self.graphdef, self.params)
+
+
+def decode_texts(tokenizer, completions: Sequence[Sequence[int]], stop_ids: Sequence[int]) -> list[str]:
+    stop = set(stop_ids)
+    return [tokenizer.decode([t for t in c if t not in stop], skip_special_tokens=True)
+            for c in completions]
+
+
+def rollout_and_score(policy: Policy, tokenizer, items: list[PromptItem], group: int,
+                      sampler: SamplerConfig, key, reward_fn: RewardFn, mode: str):
+    """Generate G completions per item and score them; returns (rollouts, rewards [B,G], details)."""
+    t0 = time.perf_counter()
+    roll = generate(policy.model(), [it.prompt_ids for it in items], group, sampler, key,
+                    mode="shared" if mode == "prompt_once" else "naive")
+    t1 = time.perf_counter()
+    flat = [c for per_prompt in roll.completions for c in per_prompt]
+    texts = decode_texts(tokenizer, flat, sampler.eos_token_ids)
+    tasks = [it.task for it in items for _ in range(group)]
+    rewards, details = reward_fn(texts, tasks)
+    t2 = time.perf_counter()
+    return roll, np.asarray(rewards, np.float32).reshape(len(items), group), details, texts, t1 - t0, t2 - t1
+
+
+def evaluate(policy: Policy, tokenizer, items: list[PromptItem], reward_fn: RewardFn,
+             sampler: SamplerConfig, batch_size: int = 16, threshold: float = 1.0) -> dict:
+    """Greedy held-out execution accuracy. Batches are padded to a fixed size (one compile)."""
+    greedy = dataclasses.replace(sampler, greedy=True)
+    rewards, texts = [], []
+    for start in range(0, len(items), batch_size):
+        chunk = items[start:start + batch_size]
+        padded = chunk + [chunk[-1]] * (batch_size - len(chunk))
+        roll = generate(policy.model(), [it.prompt_ids for it in padded], 1, greedy,
+                        jax.random.key(0), mode="shared")
+        t = decode_texts(tokenizer, [c[0] for c in roll.completions[: len(chunk)]], greedy.eos_token_ids)
+        r, _ = reward_fn(t, [it.task for it in chunk])
+        rewards.extend(np.asarray(r).tolist())
+        texts.extend(t)
+    rewards = np.asarray(rewards)
+    return {"exec_accuracy": float(np.mean(rewards >= threshold)) if len(rewards) else math.nan,
+            "reward_mean": float(rewards.mean()) if len(rewards) else math.nan,
+            "n": len(items), "texts": texts}
+
+
+class GRPOTrainer:
+    """Holds the jitted steps; `iteration(step, opt_state)` runs one GRPO iteration."""
+
+    def __init__(self, policy: Policy, optimizer, apply_fn, tokenizer, items: list[PromptItem],
+                 reward_fn: RewardFn, cfg: GRPOConfig, ref_params=None):
+        self.policy, self.tok, self.items, self.reward_fn, self.cfg = policy, tokenizer, items, reward_fn, cfg
+        self.optimizer, self.apply_fn, self.ref_params = optimizer, apply_fn, ref_params
+        g = policy.graphdef
+        self.logprob_fn = make_logprob_fn(g, cfg.mode, cfg.attention_impl)
+        self.grad_fn = make_grpo_grad_fn(g, cfg.loss, cfg.mode, cfg.attention_impl)
+        if cfg.loss.kl_coef > 0 and ref_params is None:
+            raise ValueError("kl_coef > 0 needs reference params")
+
+    def iteration(self, step: int, opt_state):
+        cfg = self.cfg
+        idx = data_order(len(self.items), cfg.seed, step * cfg.prompts_per_step, cfg.prompts_per_step)
+        items = [self.items[i] for i in idx]
+        key = jax.random.fold_in(jax.random.key(cfg.seed), step)
+        roll, rewards, details, texts, t_roll, t_reward = rollout_and_score(
+            self.policy, self.tok, items, cfg.group_size, cfg.sampler, key, self.reward_fn, cfg.mode)
+
+        t0 = time.perf_counter()
+        adv = compute_advantages(jnp.asarray(rewards), cfg.loss)
+        batch = pack_prompt_groups([(it.prompt_ids, comps) for it, comps in zip(items, roll.completions)],
+                                   pad_id=cfg.sampler.pad_token_id)
+        old_lp, _ = self.logprob_fn(self.policy.params, batch)
+        ref_lp = self.logprob_fn(self.ref_params, batch)[0] if cfg.loss.kl_coef > 0 else old_lp
+        jax.block_until_ready((old_lp, ref_lp))
+        t1 = time.perf_counter()
+
+        norm = loss_normaliser(batch.completion_mask(), cfg.loss)
+        mb = cfg.micro_batch_groups
+        losses, metrics_acc, skipped, gnorm = [], [], 0, 0.0
+        for _ in range(cfg.epochs):
+            grads = None
+            for s in range(0, cfg.prompts_per_step, mb):
+                part = lambda x: slice_groups(x, s, s + mb)
+                loss, metrics, g = self.grad_fn(self.policy.params, part(batch), part(old_lp), part(adv),
+                                                part(ref_lp), norm)
+                grads = add_grads(grads, g)
+                losses.append(loss)
+                metrics_acc.append(metrics)
+            params, opt_state, gn, finite = self.apply_fn(self.policy.params, opt_state, grads)
+            loss_total = float(sum(losses[-(cfg.prompts_per_step // mb):]))
+            if bool(finite) and math.isfinite(loss_total):
+                self.policy.params = params
+            else:
+                skipped += 1
+            gnorm = float(gn)
+        jax.block_until_ready(self.policy.params)
+        t2 = time.perf_counter()
+
+        mean_metric = lambda k: float(np.mean([float(m[k]) for m in metrics_acc]))
+        gen_tokens = int(roll.lengths_BxG.sum())
+        total = t_roll + t_reward + (t1 - t0) + (t2 - t1)
+        row = {
+            "reward_mean": float(rewards.mean()),
+            "exec_accuracy": float((rewards >= cfg.correct_threshold).mean()),
+            "loss": float(np.sum([float(x) for x in losses]) / cfg.epochs),
+            "clip_fraction": mean_metric("clip_fraction"),
+            "kl": mean_metric("kl"),
+            "entropy": mean_metric("entropy"),
+            "grad_norm": gnorm,
+            "skipped_updates": skipped,
+            "completion_len_mean": float(roll.lengths_BxG.mean()),
+            "generated_tokens": gen_tokens,
+            "tokens_per_s": gen_tokens / max(t_roll, 1e-9),
+            "time_rollout": t_roll, "time_reward": t_reward,
+            "time_logprobs": t1 - t0, "time_update": t2 - t1, "time_total": total,
+        }
+        return row, opt_state, {"texts": texts, "rewards": rewards, "details": details, "items": items}
