@@ -15,8 +15,10 @@ comp_len [B,G]; query head h reads kv head h // (H // K). Every query row sees a
 key 0, so outputs are finite everywhere, padded rows included.
 
 The Pallas kernels fold the H // K query heads that share a kv head into the query rows (row =
-token * (H // K) + head), so each K/V tile is read once for all of them; the backward pass lives
-in `split_attention_bwd.py`.
+token * (H // K) + head), so each K/V tile is read once for all of them. Masks come from iota
+positions and the lengths; key blocks that are causally or length-masked for a whole query block
+are skipped. The same kernel bodies lower through Triton (GPU) and Mosaic (TPU); the backward
+kernels live in `split_attention_bwd.py`.
 """
 
 import dataclasses
@@ -36,6 +38,7 @@ def _default_scale(head_dim, sm_scale):
     return 1.0 / math.sqrt(head_dim) if sm_scale is None else float(sm_scale)
 
 
+@functools.partial(jax.jit, static_argnames=("sm_scale",))
 def split_attention_reference(q_p, k_p, v_p, q_c, k_c, v_c, prompt_len, comp_len, *, sm_scale=None):
     """Ground truth: one dense masked softmax over [prompt ++ all G completions], in fp32."""
     B, P, H, D = q_p.shape
@@ -54,8 +57,10 @@ def split_attention_reference(q_p, k_p, v_p, q_c, k_c, v_c, prompt_len, comp_len
     pos_T = jnp.concatenate([jnp.arange(P), jnp.tile(jnp.arange(R), G)])
     plen_Bx1x1 = prompt_len.astype(jnp.int32)[:, None, None]
     clen_BxT = jnp.take_along_axis(
-        comp_len.astype(jnp.int32), jnp.broadcast_to(jnp.maximum(seg_T, 0)[None, :], (B, P + G * R)),
-        axis=1)
+        comp_len.astype(jnp.int32),
+        jnp.broadcast_to(jnp.maximum(seg_T, 0)[None, :], (B, P + G * R)),
+        axis=1,
+    )
     sq, sk = seg_T[None, :, None], seg_T[None, None, :]
     pq, pk = pos_T[None, :, None], pos_T[None, None, :]
     key_is_prompt = sk == -1
@@ -96,24 +101,34 @@ def split_attention_xla(q_p, k_p, v_p, q_c, k_c, v_c, prompt_len, comp_len, *, s
     # Prompt queries: causal over the prompt, masked by its true length.
     i_P = jnp.arange(P)
     s_BxKxJxPxP = jnp.einsum("bikjd,bpkd->bkjip", q_BxPxKxJxD, k_p, preferred_element_type=f32)
-    mask_BxPxP = (i_P[None, None, :] <= i_P[None, :, None]) & (i_P[None, None, :] < plen_B[:, None, None])
+    mask_BxPxP = (i_P[None, None, :] <= i_P[None, :, None]) & (
+        i_P[None, None, :] < plen_B[:, None, None]
+    )
     p_pp, _ = _masked_softmax(s_BxKxJxPxP * scale, mask_BxPxP[:, None, None])
     o_p = jnp.einsum("bkjip,bpkd->bikjd", p_pp.astype(v_p.dtype), v_p, preferred_element_type=f32)
     o_p = o_p.reshape(B, P, H, D).astype(q_p.dtype)
 
     # Completion queries of the whole group against the shared prompt K/V in one contraction.
-    s_BxGxRxKxJxP = jnp.einsum("bgrkjd,bpkd->bgrkjp", q_BxGxRxKxJxD, k_p, preferred_element_type=f32)
+    s_BxGxRxKxJxP = jnp.einsum(
+        "bgrkjd,bpkd->bgrkjp", q_BxGxRxKxJxD, k_p, preferred_element_type=f32
+    )
     mask_Bx1x1x1x1xP = (i_P[None, :] < plen_B[:, None])[:, None, None, None, None, :]
     p_cp, lse_cp = _masked_softmax(s_BxGxRxKxJxP * scale, mask_Bx1x1x1x1xP)
-    o_cp = jnp.einsum("bgrkjp,bpkd->bgrkjd", p_cp.astype(v_p.dtype), v_p, preferred_element_type=f32)
+    o_cp = jnp.einsum(
+        "bgrkjp,bpkd->bgrkjd", p_cp.astype(v_p.dtype), v_p, preferred_element_type=f32
+    )
 
     # Completion queries against their own sample's keys, causal and masked by clen.
     i_R = jnp.arange(R)
-    s_BxGxRxKxJxR = jnp.einsum("bgrkjd,bgskd->bgrkjs", q_BxGxRxKxJxD, k_c, preferred_element_type=f32)
+    s_BxGxRxKxJxR = jnp.einsum(
+        "bgrkjd,bgskd->bgrkjs", q_BxGxRxKxJxD, k_c, preferred_element_type=f32
+    )
     causal_RxR = i_R[None, :] <= i_R[:, None]
     mask_BxGxRxR = causal_RxR[None, None] & (i_R[None, None, None, :] < clen_BxG[:, :, None, None])
     p_cc, lse_cc = _masked_softmax(s_BxGxRxKxJxR * scale, mask_BxGxRxR[:, :, :, None, None, :])
-    o_cc = jnp.einsum("bgrkjs,bgskd->bgrkjd", p_cc.astype(v_c.dtype), v_c, preferred_element_type=f32)
+    o_cc = jnp.einsum(
+        "bgrkjs,bgskd->bgrkjd", p_cc.astype(v_c.dtype), v_c, preferred_element_type=f32
+    )
 
     o_c, _ = lse_merge.merge_attention(o_cp, lse_cp, o_cc, lse_cc)
     return o_p, o_c.reshape(B, G, R, H, D).astype(q_c.dtype)
@@ -186,10 +201,26 @@ def _dot_tn(a, b):
     return lax.dot_general(a, b, (((0,), (0,)), ((), ())), preferred_element_type=jnp.float32)
 
 
-def _compiler_params():
+def _pallas_call(kernel, *, cfg, **kwargs):
+    """pl.pallas_call with per-backend compiler parameters (Triton on GPU, Mosaic on TPU).
+
+    The kernels are backend-neutral; only the compiler parameters differ, so the backend is
+    picked at lowering time.
+    """
+    if cfg.interpret:
+        return pl.pallas_call(kernel, interpret=True, **kwargs)
+    from jax.experimental.pallas import tpu as pltpu
     from jax.experimental.pallas import triton as plgpu
 
-    return plgpu.CompilerParams(num_warps=4, num_stages=2)
+    gpu_call = pl.pallas_call(
+        kernel, compiler_params=plgpu.CompilerParams(num_warps=4, num_stages=2), **kwargs
+    )
+    tpu_call = pl.pallas_call(
+        kernel,
+        compiler_params=pltpu.CompilerParams(dimension_semantics=("parallel",) * 3),
+        **kwargs,
+    )
+    return lambda *args: lax.platform_dependent(*args, tpu=tpu_call, default=gpu_call)
 
 
 def _row_positions(row_start, block_rows, heads_per_kv):
@@ -219,6 +250,25 @@ def _stream_keys(carry, q, k_ref, v_ref, num_blocks, block_k, visible, sm_scale)
     return lax.fori_loop(0, num_blocks, body, carry)
 
 
+def _lengths_spec(lengths):
+    """The whole (tiny) length array for every program; kernels index it with their program ids.
+
+    Scalar memory on TPU (scalar reads from vector memory do not lower); Triton ignores it.
+    """
+    from jax.experimental.pallas import tpu as pltpu
+
+    return pl.BlockSpec(lengths.shape, lambda *_: (0,) * lengths.ndim, memory_space=pltpu.SMEM)
+
+
+def _prompt_len(plen_ref):
+    return plen_ref[pl.program_id(0)]
+
+
+def _comp_len(clen_ref, blocks_per_sample):
+    """Length of the completion that grid axis 2 (blocks_per_sample blocks per sample) is in."""
+    return clen_ref[pl.program_id(0), lax.div(pl.program_id(2), blocks_per_sample)]
+
+
 def _init_state(block_rows, head_dim):
     return (
         jnp.zeros((block_rows, head_dim), jnp.float32),
@@ -231,39 +281,62 @@ def _fwd_prompt_kernel(plen_ref, q_ref, k_ref, v_ref, o_ref, lse_ref, *, cfg):
     block_q, head_dim = q_ref.shape
     block_k = cfg.block_sizes.block_k
     row_start = pl.program_id(2) * block_q
-    plen = plen_ref[()]
+    plen = _prompt_len(plen_ref)
     q_pos = _row_positions(row_start, block_q, cfg.heads_per_kv)[:, None]
     last_pos = lax.div(row_start + block_q - 1, cfg.heads_per_kv)
     # Key blocks past the block's last causal position or past the prompt length are all masked.
     num_blocks = jnp.minimum(_cdiv(last_pos + 1, block_k), _cdiv(plen, block_k))
     acc, m, l = _stream_keys(
-        _init_state(block_q, head_dim), q_ref[...], k_ref, v_ref, num_blocks, block_k,
-        lambda key_pos: (key_pos <= q_pos) & (key_pos < plen), cfg.sm_scale)
+        _init_state(block_q, head_dim),
+        q_ref[...],
+        k_ref,
+        v_ref,
+        num_blocks,
+        block_k,
+        lambda key_pos: (key_pos <= q_pos) & (key_pos < plen),
+        cfg.sm_scale,
+    )
     o_ref[...] = (acc / l[:, None]).astype(o_ref.dtype)
-    lse_ref[...] = m + jnp.log(l)
+    lse_ref[0, :] = m + jnp.log(l)
 
 
-def _fwd_comp_kernel(plen_ref, clen_ref, q_ref, kp_ref, vp_ref, kc_ref, vc_ref, o_ref, lse_ref, *, cfg):
+def _fwd_comp_kernel(
+    plen_ref, clen_ref, q_ref, kp_ref, vp_ref, kc_ref, vc_ref, o_ref, lse_ref, *, cfg
+):
     block_q, head_dim = q_ref.shape
     block_k = cfg.block_sizes.block_k
     rows_per_sample = cfg.padded_comp * cfg.heads_per_kv
     # Row offset inside this block's completion sample.
     row_start = lax.rem(pl.program_id(2) * block_q, rows_per_sample)
-    plen = plen_ref[()]
-    clen = clen_ref[()]
+    plen = _prompt_len(plen_ref)
+    clen = _comp_len(clen_ref, rows_per_sample // block_q)
     q = q_ref[...]
     carry = _init_state(block_q, head_dim)
     carry = _stream_keys(
-        carry, q, kp_ref, vp_ref, _cdiv(plen, block_k), block_k,
-        lambda key_pos: jnp.broadcast_to(key_pos < plen, (block_q, block_k)), cfg.sm_scale)
+        carry,
+        q,
+        kp_ref,
+        vp_ref,
+        _cdiv(plen, block_k),
+        block_k,
+        lambda key_pos: jnp.broadcast_to(key_pos < plen, (block_q, block_k)),
+        cfg.sm_scale,
+    )
     r_pos = _row_positions(row_start, block_q, cfg.heads_per_kv)[:, None]
     last_pos = lax.div(row_start + block_q - 1, cfg.heads_per_kv)
     num_own = jnp.minimum(_cdiv(last_pos + 1, block_k), _cdiv(clen, block_k))
     acc, m, l = _stream_keys(
-        carry, q, kc_ref, vc_ref, num_own, block_k,
-        lambda key_pos: (key_pos <= r_pos) & (key_pos < clen), cfg.sm_scale)
+        carry,
+        q,
+        kc_ref,
+        vc_ref,
+        num_own,
+        block_k,
+        lambda key_pos: (key_pos <= r_pos) & (key_pos < clen),
+        cfg.sm_scale,
+    )
     o_ref[...] = (acc / l[:, None]).astype(o_ref.dtype)
-    lse_ref[...] = m + jnp.log(l)
+    lse_ref[0, :] = m + jnp.log(l)
 
 
 def _forward(qp, kp, vp, qc, kc, vc, plen, clen, cfg):
@@ -274,33 +347,44 @@ def _forward(qp, kp, vp, qc, kc, vc, plen, clen, cfg):
     bq = cfg.block_sizes.block_q
     blocks_per_sample = Rp * cfg.heads_per_kv // bq
     f32 = jnp.float32
-    per_batch = pl.BlockSpec((None,), lambda b, k, i: (b,))
     q_block = pl.BlockSpec((None, None, bq, Dp), lambda b, k, i: (b, k, i, 0))
-    lse_block = pl.BlockSpec((None, None, bq), lambda b, k, i: (b, k, i))
+    lse_block = pl.BlockSpec((None, None, 1, bq), lambda b, k, i: (b, k, 0, i))
     prompt_kv = pl.BlockSpec((None, None, Pp, Dp), lambda b, k, i: (b, k, 0, 0))
 
-    o_p, lse_p = pl.pallas_call(
+    o_p, lse_p = _pallas_call(
         functools.partial(_fwd_prompt_kernel, cfg=cfg),
+        cfg=cfg,
         grid=(B, K, Np // bq),
-        in_specs=[per_batch, q_block, prompt_kv, prompt_kv],
+        in_specs=[_lengths_spec(plen), q_block, prompt_kv, prompt_kv],
         out_specs=[q_block, lse_block],
-        out_shape=[jax.ShapeDtypeStruct(qp.shape, qp.dtype), jax.ShapeDtypeStruct((B, K, Np), f32)],
-        compiler_params=_compiler_params(),
-        interpret=cfg.interpret,
+        out_shape=[
+            jax.ShapeDtypeStruct(qp.shape, qp.dtype),
+            jax.ShapeDtypeStruct((B, K, 1, Np), f32),
+        ],
         name="split_attention_fwd_prompt",
     )(plen, qp, kp, vp)
 
     own_kv = pl.BlockSpec(
-        (None, None, Rp, Dp), lambda b, k, i: (b, k, lax.div(i, blocks_per_sample), 0))
-    per_sample = pl.BlockSpec((None, None), lambda b, k, i: (b, lax.div(i, blocks_per_sample)))
-    o_c, lse_c = pl.pallas_call(
+        (None, None, Rp, Dp), lambda b, k, i: (b, k, lax.div(i, blocks_per_sample), 0)
+    )
+    o_c, lse_c = _pallas_call(
         functools.partial(_fwd_comp_kernel, cfg=cfg),
+        cfg=cfg,
         grid=(B, K, Nc // bq),
-        in_specs=[per_batch, per_sample, q_block, prompt_kv, prompt_kv, own_kv, own_kv],
+        in_specs=[
+            _lengths_spec(plen),
+            _lengths_spec(clen),
+            q_block,
+            prompt_kv,
+            prompt_kv,
+            own_kv,
+            own_kv,
+        ],
         out_specs=[q_block, lse_block],
-        out_shape=[jax.ShapeDtypeStruct(qc.shape, qc.dtype), jax.ShapeDtypeStruct((B, K, Nc), f32)],
-        compiler_params=_compiler_params(),
-        interpret=cfg.interpret,
+        out_shape=[
+            jax.ShapeDtypeStruct(qc.shape, qc.dtype),
+            jax.ShapeDtypeStruct((B, K, 1, Nc), f32),
+        ],
         name="split_attention_fwd_completion",
     )(plen, clen, qc, kp, vp, kc, vc)
     return o_p, o_c, lse_p, lse_c
@@ -318,6 +402,7 @@ def _fused_fwd(qp, kp, vp, qc, kc, vc, plen, clen, cfg):
 
 
 def _fused_bwd(cfg, residuals, cotangents):
+    # Imported late: the backward module builds on this module's kernel helpers.
     from pallas_kernels import split_attention_bwd
 
     return split_attention_bwd.backward(cfg, residuals, cotangents)
@@ -342,10 +427,26 @@ def _padded_tokens(n, block_sizes, heads_per_kv):
 
 @functools.partial(jax.jit, static_argnames=("sm_scale", "block_sizes", "interpret"))
 def split_attention(
-    q_p, k_p, v_p, q_c, k_c, v_c, prompt_len, comp_len, *, sm_scale=None,
-    block_sizes: BlockSizes = BlockSizes(), interpret: bool = False,
+    q_p,
+    k_p,
+    v_p,
+    q_c,
+    k_c,
+    v_c,
+    prompt_len,
+    comp_len,
+    *,
+    sm_scale=None,
+    block_sizes: BlockSizes = BlockSizes(),
+    interpret: bool = False,
 ):
-    """Fused Pallas split attention (forward and backward kernels under `jax.custom_vjp`)."""
+    """Fused Pallas split attention: flash-style forward and backward kernels under `jax.custom_vjp`.
+
+    P and R need not be multiples of the block sizes and D need not be a power of two: inputs
+    are zero-padded here and outputs sliced back. Lengths are clamped to [.., P] and [0, R] so
+    the kernels never read past the padded arrays. `interpret=True` runs the kernels on CPU;
+    otherwise they lower through Triton (GPU) or Mosaic (TPU; use 128-row query blocks there).
+    """
     B, P, H, D = q_p.shape
     _, G, R, _, _ = q_c.shape
     K = k_p.shape[2]
@@ -357,9 +458,16 @@ def split_attention(
     # Triton dots need power-of-two tiles of at least 16; zero padding leaves scores unchanged.
     Dp = max(16, pl.next_power_of_2(D))
     cfg = KernelConfig(
-        sm_scale=_default_scale(D, sm_scale), block_sizes=block_sizes, interpret=interpret,
-        heads_per_kv=hg, num_samples=G, prompt_tokens=P, comp_tokens=R,
-        padded_prompt=Pp, padded_comp=Rp)
+        sm_scale=_default_scale(D, sm_scale),
+        block_sizes=block_sizes,
+        interpret=interpret,
+        heads_per_kv=hg,
+        num_samples=G,
+        prompt_tokens=P,
+        comp_tokens=R,
+        padded_prompt=Pp,
+        padded_comp=Rp,
+    )
 
     def pad(x, axis, new):
         widths = [(0, 0)] * x.ndim
@@ -368,14 +476,20 @@ def split_attention(
         return jnp.pad(x, widths)
 
     # Kernel layout: [B, K, tokens × (H // K), D] queries, [B, K, tokens, D] keys and values.
-    qp = pad(q_p, 1, Pp).reshape(B, Pp, K, hg, Dp).transpose(0, 2, 1, 3, 4).reshape(B, K, Pp * hg, Dp)
+    qp = (
+        pad(q_p, 1, Pp)
+        .reshape(B, Pp, K, hg, Dp)
+        .transpose(0, 2, 1, 3, 4)
+        .reshape(B, K, Pp * hg, Dp)
+    )
     kp, vp = (pad(x, 1, Pp).transpose(0, 2, 1, 3) for x in (k_p, v_p))
     qc = pad(q_c, 2, Rp).reshape(B, G, Rp, K, hg, Dp).transpose(0, 3, 1, 2, 4, 5)
     qc = qc.reshape(B, K, G * Rp * hg, Dp)
     kc, vc = (pad(x, 2, Rp).transpose(0, 3, 1, 2, 4).reshape(B, K, G * Rp, Dp) for x in (k_c, v_c))
 
-    o_p, o_c = _fused(
-        qp, kp, vp, qc, kc, vc, prompt_len.astype(jnp.int32), comp_len.astype(jnp.int32), cfg)
+    plen = jnp.minimum(prompt_len.astype(jnp.int32), P)
+    clen = jnp.clip(comp_len.astype(jnp.int32), 0, R)
+    o_p, o_c = _fused(qp, kp, vp, qc, kc, vc, plen, clen, cfg)
     o_p = o_p.reshape(B, K, Pp, hg, Dp).transpose(0, 2, 1, 3, 4).reshape(B, Pp, H, Dp)[:, :P, :, :D]
     o_c = o_c.reshape(B, K, G, Rp, hg, Dp).transpose(0, 2, 3, 1, 4, 5).reshape(B, G, Rp, H, Dp)
     return o_p, o_c[:, :, :R, :, :D]
