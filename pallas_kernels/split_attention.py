@@ -98,6 +98,8 @@ def split_attention_xla(q_p, k_p, v_p, q_c, k_c, v_c, prompt_len, comp_len, *, s
     q_BxPxKxJxD = q_p.reshape(B, P, K, hg, D)
     q_BxGxRxKxJxD = q_c.reshape(B, G, R, K, hg, D)
 
+    # Probabilities stay fp32 in the PV products (v is upcast): with bf16 inputs, rounding p to
+    # bf16 would dominate the log-prob error against the replicated baseline.
     # Prompt queries: causal over the prompt, masked by its true length.
     i_P = jnp.arange(P)
     s_BxKxJxPxP = jnp.einsum("bikjd,bpkd->bkjip", q_BxPxKxJxD, k_p, preferred_element_type=f32)
@@ -105,7 +107,7 @@ def split_attention_xla(q_p, k_p, v_p, q_c, k_c, v_c, prompt_len, comp_len, *, s
         i_P[None, None, :] < plen_B[:, None, None]
     )
     p_pp, _ = _masked_softmax(s_BxKxJxPxP * scale, mask_BxPxP[:, None, None])
-    o_p = jnp.einsum("bkjip,bpkd->bikjd", p_pp.astype(v_p.dtype), v_p, preferred_element_type=f32)
+    o_p = jnp.einsum("bkjip,bpkd->bikjd", p_pp, v_p.astype(f32), preferred_element_type=f32)
     o_p = o_p.reshape(B, P, H, D).astype(q_p.dtype)
 
     # Completion queries of the whole group against the shared prompt K/V in one contraction.
@@ -115,7 +117,7 @@ def split_attention_xla(q_p, k_p, v_p, q_c, k_c, v_c, prompt_len, comp_len, *, s
     mask_Bx1x1x1x1xP = (i_P[None, :] < plen_B[:, None])[:, None, None, None, None, :]
     p_cp, lse_cp = _masked_softmax(s_BxGxRxKxJxP * scale, mask_Bx1x1x1x1xP)
     o_cp = jnp.einsum(
-        "bgrkjp,bpkd->bgrkjd", p_cp.astype(v_p.dtype), v_p, preferred_element_type=f32
+        "bgrkjp,bpkd->bgrkjd", p_cp, v_p.astype(f32), preferred_element_type=f32
     )
 
     # Completion queries against their own sample's keys, causal and masked by clen.
@@ -127,7 +129,7 @@ def split_attention_xla(q_p, k_p, v_p, q_c, k_c, v_c, prompt_len, comp_len, *, s
     mask_BxGxRxR = causal_RxR[None, None] & (i_R[None, None, None, :] < clen_BxG[:, :, None, None])
     p_cc, lse_cc = _masked_softmax(s_BxGxRxKxJxR * scale, mask_BxGxRxR[:, :, :, None, None, :])
     o_cc = jnp.einsum(
-        "bgrkjs,bgskd->bgrkjd", p_cc.astype(v_c.dtype), v_c, preferred_element_type=f32
+        "bgrkjs,bgskd->bgrkjd", p_cc, v_c.astype(f32), preferred_element_type=f32
     )
 
     o_c, _ = lse_merge.merge_attention(o_cp, lse_cp, o_cc, lse_cc)

@@ -42,7 +42,8 @@ def _gqa_scores(q_NxTxHxD, k_NxSxKxD, scale):
     n, t, h, d = q_NxTxHxD.shape
     kh = k_NxSxKxD.shape[2]
     q = q_NxTxHxD.reshape(n, t, kh, h // kh, d)
-    return jnp.einsum("ntkgd,nskd->nkgts", q, k_NxSxKxD).astype(jnp.float32) * scale
+    s = jnp.einsum("ntkgd,nskd->nkgts", q, k_NxSxKxD, preferred_element_type=jnp.float32)
+    return s * scale
 
 
 def causal_attention_xla(q_NxTxHxD, k_NxSxKxD, v_NxSxKxD, q_offset_N, *, sm_scale=None):

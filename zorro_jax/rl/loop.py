@@ -26,6 +26,11 @@ def drop_rows(log: MetricsLog, phases: set[str], after_step: int):
     log.path.write_text("".join(json.dumps(r) + "\n" for r in rows))
 
 
+def drop_phases(log: MetricsLog, phases: set[str]):
+    rows = [r for r in log.rows() if r.get("phase") not in phases]
+    log.path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+
 def run_phase(name: str, steps: int, step_fn: Callable[[int, Any], tuple[Any, dict]], state: Any,
               run_dir: str | Path, log: MetricsLog, *, checkpoint_every: int, keep: int = 2,
               after_restore: Callable[[Any], None] | None = None, later_phases: tuple[str, ...] = (),
@@ -42,10 +47,12 @@ def run_phase(name: str, steps: int, step_fn: Callable[[int, Any], tuple[Any, di
             after_restore(state)
         if not quiet:
             print(f"[{name}] resumed from step {start} ({ckpt.folder})", flush=True)
-    drop_rows(log, {name, *later_phases}, start)
+    drop_rows(log, {name}, start)
     if start >= steps:
         ckpt.close()
         return state
+    # This phase has work left, so whatever later phases logged came from stale weights.
+    drop_phases(log, set(later_phases))
     bar = tqdm(range(start + 1, steps + 1), desc=name, initial=start, total=steps, disable=quiet,
                dynamic_ncols=True, mininterval=1.0)
     for step in bar:

@@ -1,0 +1,236 @@
+"""The end-to-end text-to-SQL RL run behind `experiments/quickstart.py` and `experiments/train.py`.
+
+data → tokenizer → policy (new tiny model or a Hugging Face checkpoint) → SFT warm start →
+held-out eval → GRPO → held-out eval → report (metrics.jsonl, PNG plots, summary.md) and the
+trained policy exported as a Hugging Face folder. Each phase checkpoints, so re-running the same
+command after a crash resumes where it stopped.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from pathlib import Path
+
+import jax
+import numpy as np
+from flax import nnx
+
+from zorro_jax.checkpoints.hf import export_hf_model, load_hf_model
+from zorro_jax.model.config import ModelConfig
+from zorro_jax.model.transformer import init_model
+from zorro_jax.rl.grpo import GRPOConfig, GRPOTrainer, Policy, PromptItem, evaluate
+from zorro_jax.rl.loop import run_phase
+from zorro_jax.rl.optim import make_optimizer
+from zorro_jax.rl.report import MetricsLog, plot_metrics, write_summary
+from zorro_jax.rl.sft import SFTConfig, make_sft_step
+from zorro_jax.rl.steps import make_apply_fn
+from zorro_jax.tokenizer import load_tokenizer, train_bpe_tokenizer
+
+
+@dataclasses.dataclass(frozen=True)
+class DataConfig:
+    # "builtin" (the embedded benchmark) or a Spider/BIRD-format folder.
+    source: str = "builtin"
+    train_split: str = "train"
+    eval_split: str = "test"
+    # Cap on evaluated tasks (0 = all).
+    eval_limit: int = 0
+    # Prompt style of zorro_jax.tasks.text2sql.prompts ("compact" suits small models).
+    prompt_style: str = "compact"
+    max_prompt_tokens: int = 384
+
+
+@dataclasses.dataclass(frozen=True)
+class PolicyConfig:
+    # A Hugging Face folder (config.json, *.safetensors, tokenizer files); empty = new tiny model.
+    checkpoint: str = ""
+    # For a new model: tokenizer vocabulary and model size.
+    vocab_size: int = 1024
+    hidden_size: int = 128
+    num_layers: int = 4
+    num_heads: int = 4
+    num_kv_heads: int = 2
+    intermediate_size: int = 384
+    seed: int = 0
+
+
+@dataclasses.dataclass(frozen=True)
+class RunConfig:
+    run_dir: str = "runs/quickstart"
+    data: DataConfig = DataConfig()
+    policy: PolicyConfig = PolicyConfig()
+    sft: SFTConfig = SFTConfig()
+    grpo: GRPOConfig = GRPOConfig()
+    checkpoint_every: int = 10
+    keep_checkpoints: int = 2
+    eval_batch_size: int = 16
+    quiet: bool = False
+
+
+def load_tasks(data: DataConfig, split: str):
+    if data.source == "builtin":
+        from zorro_jax.tasks.text2sql.benchmark import load_builtin
+
+        return load_builtin(split)
+    from zorro_jax.tasks.text2sql.spider import load_spider
+
+    return load_spider(data.source, split)
+
+
+def prompt_and_answer_texts(tasks, data: DataConfig):
+    from zorro_jax.tasks.text2sql.prompts import build_prompt, format_answer
+
+    return [build_prompt(t, style=data.prompt_style) for t in tasks], [format_answer(t.gold_sql) for t in tasks]
+
+
+def get_tokenizer(cfg: RunConfig, train_texts: list[str]):
+    if cfg.policy.checkpoint:
+        return load_tokenizer(cfg.policy.checkpoint)
+    folder = Path(cfg.run_dir) / "tokenizer"
+    if (folder / "tokenizer.json").is_file():
+        return load_tokenizer(folder)
+    return train_bpe_tokenizer(train_texts, cfg.policy.vocab_size, folder)
+
+
+def new_model_config(cfg: RunConfig, tok) -> ModelConfig:
+    p = cfg.policy
+    return ModelConfig(
+        model_type="qwen3", vocab_size=len(tok), hidden_size=p.hidden_size,
+        intermediate_size=p.intermediate_size, num_hidden_layers=p.num_layers,
+        num_attention_heads=p.num_heads, num_key_value_heads=p.num_kv_heads,
+        head_dim=p.hidden_size // p.num_heads, qk_norm=True, tie_word_embeddings=True,
+        max_position_embeddings=4096, bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
+        pad_token_id=tok.pad_token_id,
+    )
+
+
+def encode(tok, text: str, max_tokens: int | None = None) -> list[int]:
+    ids = tok(text, add_special_tokens=False)["input_ids"]
+    prefix = [tok.bos_token_id] if tok.bos_token_id is not None else []
+    if max_tokens and len(ids) + len(prefix) > max_tokens:
+        ids = ids[len(ids) + len(prefix) - max_tokens:]  # keep the question, which comes last
+    return prefix + ids
+
+
+def run(cfg: RunConfig) -> dict:
+    t_start = time.perf_counter()
+    run_dir = Path(cfg.run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "config.json").write_text(json.dumps(dataclasses.asdict(cfg), indent=2, default=str))
+    say = (lambda *a: None) if cfg.quiet else (lambda *a: print(*a, flush=True))
+
+    train_tasks = load_tasks(cfg.data, cfg.data.train_split)
+    eval_tasks = load_tasks(cfg.data, cfg.data.eval_split)
+    if cfg.data.eval_limit:
+        eval_tasks = eval_tasks[: cfg.data.eval_limit]
+    train_prompts, train_answers = prompt_and_answer_texts(train_tasks, cfg.data)
+    eval_prompts, _ = prompt_and_answer_texts(eval_tasks, cfg.data)
+    tok = get_tokenizer(cfg, train_prompts + train_answers)
+    eos = tok.eos_token_id
+    say(f"data: {len(train_tasks)} train / {len(eval_tasks)} {cfg.data.eval_split} tasks; "
+        f"tokenizer vocab {len(tok)}")
+
+    if cfg.policy.checkpoint:
+        model = load_hf_model(cfg.policy.checkpoint)
+    else:
+        model = init_model(new_model_config(cfg, tok), seed=cfg.policy.seed)
+    graphdef, params = nnx.split(model)
+    n_params = sum(x.size for x in jax.tree.leaves(params))
+    say(f"policy: {model.config.model_type}, {n_params / 1e6:.2f}M parameters")
+
+    budget = cfg.data.max_prompt_tokens
+    train_items = [PromptItem(t, encode(tok, p, budget)) for t, p in zip(train_tasks, train_prompts)]
+    eval_items = [PromptItem(t, encode(tok, p, budget)) for t, p in zip(eval_tasks, eval_prompts)]
+    examples = [(it.prompt_ids, tok(a, add_special_tokens=False)["input_ids"] + [eos])
+                for it, a in zip(train_items, train_answers)]
+
+    from zorro_jax.tasks.text2sql.reward import RewardFn
+
+    reward = RewardFn()
+    reward_fn = reward.score
+    sampler = dataclasses.replace(cfg.grpo.sampler, eos_token_ids=(eos,), pad_token_id=tok.pad_token_id)
+    grpo_cfg = dataclasses.replace(cfg.grpo, sampler=sampler)
+    log = MetricsLog(run_dir)
+    phases = {}
+
+    # SFT warm start.
+    sft_opt = make_optimizer(cfg.sft.optim)
+    state = {"params": params, "opt": sft_opt.init(params)}
+    if cfg.sft.steps:
+        t0 = time.perf_counter()
+        step_fn = make_sft_step(graphdef, make_apply_fn(sft_opt), examples, cfg.sft, pad_id=tok.pad_token_id,
+                                impl=cfg.grpo.attention_impl)
+        state = run_phase("sft", cfg.sft.steps, step_fn, state, run_dir, log,
+                          checkpoint_every=cfg.checkpoint_every, keep=cfg.keep_checkpoints,
+                          later_phases=("eval", "grpo"), quiet=cfg.quiet,
+                          show=lambda r: {"loss": f"{r['loss']:.3f}"})
+        phases["sft_seconds"] = time.perf_counter() - t0
+    policy = Policy(graphdef, state["params"])
+
+    def held_out(step: int):
+        rows = [r for r in log.rows() if r.get("phase") == "eval" and r["step"] == step]
+        if rows:
+            return rows[-1]
+        t0 = time.perf_counter()
+        res = evaluate(policy, tok, eval_items, reward_fn, sampler, cfg.eval_batch_size, grpo_cfg.correct_threshold)
+        row = {"phase": "eval", "step": step, "exec_accuracy": res["exec_accuracy"],
+               "reward_mean": res["reward_mean"], "n": res["n"], "seconds": time.perf_counter() - t0}
+        log.append(row)
+        (run_dir / f"eval_step{step}.jsonl").write_text("".join(
+            json.dumps({"task_id": it.task.task_id, "question": it.task.question, "gold": it.task.gold_sql,
+                        "output": txt}) + "\n" for it, txt in zip(eval_items, res["texts"])))
+        return row
+
+    before = held_out(0)
+    say(f"held-out execution accuracy after SFT: {before['exec_accuracy']:.3f} (n={before['n']})")
+
+    # GRPO.
+    t0 = time.perf_counter()
+    grpo_opt = make_optimizer(grpo_cfg.optim)
+    trainer = GRPOTrainer(policy, grpo_opt, make_apply_fn(grpo_opt), tok, train_items, reward_fn, grpo_cfg,
+                          ref_params=state["params"] if grpo_cfg.loss.kl_coef > 0 else None)
+
+    def grpo_step(step, st):
+        policy.params = st["params"]
+        row, opt, _ = trainer.iteration(step - 1, st["opt"])
+        return {"params": policy.params, "opt": opt}, row
+
+    st = run_phase("grpo", grpo_cfg.steps, grpo_step, {"params": policy.params, "opt": grpo_opt.init(policy.params)},
+                   run_dir, log, checkpoint_every=cfg.checkpoint_every, keep=cfg.keep_checkpoints,
+                   quiet=cfg.quiet,
+                   after_restore=lambda s: setattr(policy, "params", s["params"]),
+                   show=lambda r: {"reward": f"{r['reward_mean']:.3f}", "acc": f"{r['exec_accuracy']:.2f}"})
+    policy.params = st["params"]
+    phases["grpo_seconds"] = time.perf_counter() - t0
+    after = held_out(grpo_cfg.steps)
+    say(f"held-out execution accuracy after GRPO: {after['exec_accuracy']:.3f} (n={after['n']})")
+
+    export_hf_model(policy.model(), run_dir / "policy", tokenizer=tok)
+    rows = log.rows()
+    plots = plot_metrics(rows, run_dir)
+    grpo_rows = [r for r in rows if r.get("phase") == "grpo"]
+    results = {
+        "held-out execution accuracy after SFT": before["exec_accuracy"],
+        "held-out execution accuracy after GRPO": after["exec_accuracy"],
+        "GRPO gain (points)": 100 * (after["exec_accuracy"] - before["exec_accuracy"]),
+        "eval split / tasks": f"{cfg.data.eval_split} / {after['n']}",
+        "GRPO rollout reward, first step": grpo_rows[0]["reward_mean"] if grpo_rows else float("nan"),
+        "GRPO rollout reward, last step": grpo_rows[-1]["reward_mean"] if grpo_rows else float("nan"),
+        "parameters (M)": n_params / 1e6,
+        "wall seconds (this invocation)": time.perf_counter() - t_start,
+        **phases,
+    }
+    if grpo_rows:
+        for k in ("time_rollout", "time_reward", "time_logprobs", "time_update"):
+            results[f"mean {k[5:]} seconds / GRPO step"] = float(np.mean([r[k] for r in grpo_rows]))
+    write_summary(run_dir, "zorro_jax text-to-SQL run", {
+        "Results": results,
+        "Files": [f"metrics.jsonl ({len(rows)} rows)", *[p.name for p in plots],
+                  "policy/ (Hugging Face folder)", "eval_step*.jsonl (held-out outputs)"],
+        "Config": f"```json\n{json.dumps(dataclasses.asdict(cfg), indent=1, default=str)}\n```",
+    })
+    reward.close()
+    say(f"report: {run_dir / 'summary.md'}")
+    return results
