@@ -60,18 +60,22 @@ def add_config_args(parser: argparse.ArgumentParser, cls, defaults=None):
                             help=f"(default: {value!r})")
 
 
-def _replace_path(obj, parts, value):
-    if len(parts) == 1:
-        return dataclasses.replace(obj, **{parts[0]: value})
-    child = getattr(obj, parts[0])
-    return dataclasses.replace(obj, **{parts[0]: _replace_path(child, parts[1:], value)})
+def _apply(obj, overrides: dict):
+    """One dataclasses.replace per level, so each config validates once with all its changes."""
+    changes = {k: _apply(getattr(obj, k), v) if isinstance(v, dict) else v for k, v in overrides.items()}
+    return dataclasses.replace(obj, **changes)
 
 
 def config_from_args(cls, args: argparse.Namespace, defaults=None):
     """Apply every option given on the command line to `defaults` (validated on the way)."""
-    cfg = defaults or cls()
+    tree: dict = {}
     for path, _, _ in _walk(cls):
         value = getattr(args, path, None)
-        if value is not None:
-            cfg = _replace_path(cfg, path.split("."), value)
-    return cfg
+        if value is None:
+            continue
+        node = tree
+        *parents, leaf = path.split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = value
+    return _apply(defaults or cls(), tree)

@@ -45,8 +45,7 @@ def run_phase(name: str, steps: int, step_fn: Callable[[int, Any], tuple[Any, di
             raise RuntimeError(f"checkpoint in {ckpt.folder} belongs to phase {host.get('phase')!r}")
         if after_restore:
             after_restore(state)
-        if not quiet:
-            print(f"[{name}] resumed from step {start} ({ckpt.folder})", flush=True)
+        print(f"[{name}] resumed from step {start} ({ckpt.folder})", flush=True)
     drop_rows(log, {name}, start)
     if start >= steps:
         ckpt.close()

@@ -34,7 +34,7 @@ class DataConfig:
     # "builtin" (the embedded benchmark) or a Spider/BIRD-format folder.
     source: str = "builtin"
     train_split: str = "train"
-    eval_split: str = "test"
+    eval_split: str = "dev"
     # Cap on evaluated tasks (0 = all).
     eval_limit: int = 0
     # Prompt style of zorro_jax.tasks.text2sql.prompts ("compact" suits small models).
@@ -74,15 +74,30 @@ def load_tasks(data: DataConfig, split: str):
         from zorro_jax.tasks.text2sql.benchmark import load_builtin
 
         return load_builtin(split)
-    from zorro_jax.tasks.text2sql.spider import load_spider
+    from zorro_jax.tasks.text2sql.spider import load
 
-    return load_spider(data.source, split)
+    root = Path(data.source)
+    if not root.is_dir():
+        raise FileNotFoundError(f"data source {root.resolve()} is neither 'builtin' nor a folder")
+    # A split names an examples file of the folder: "dev" -> dev.json, or a file name as given.
+    name = split if split.endswith(".json") else f"{split}.json"
+    if not (root / name).is_file():
+        raise FileNotFoundError(f"no examples file {name} in {root.resolve()}")
+    tasks, report = load(str(root), examples_file=name)
+    if report is not None:
+        print(f"{name}: {report}", flush=True)
+    return tasks
 
 
 def prompt_and_answer_texts(tasks, data: DataConfig):
     from zorro_jax.tasks.text2sql.prompts import build_prompt, format_answer
 
-    return [build_prompt(t, style=data.prompt_style) for t in tasks], [format_answer(t.gold_sql) for t in tasks]
+    def text(task):
+        prompt = build_prompt(task, style=data.prompt_style)
+        # The compact style is for small policies trained from scratch: no system turn needed.
+        return prompt.text if data.prompt_style == "compact" else f"{prompt.system}\n\n{prompt.text}"
+
+    return [text(t) for t in tasks], [format_answer(t.gold_sql) for t in tasks]
 
 
 def get_tokenizer(cfg: RunConfig, train_texts: list[str]):
