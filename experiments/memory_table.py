@@ -1,0 +1,152 @@
+"""Per-device memory of the sharded steps for a ~1.1B-parameter model on a simulated 8-device mesh.
+
+    python -m experiments.memory_table [--preset ci] [--json PATH]
+
+Compile only: parameters, optimizer state and batch are abstract (jax.ShapeDtypeStruct with
+shardings), nothing is allocated. Figures are XLA's `compiled.memory_analysis()` per device:
+arguments, outputs, temporaries, and the bytes of outputs aliased to donated arguments. Rows:
+the training preset (one GRPO train step on a PromptGroups batch: grad + AdamW apply) on several
+(data, fsdp, tensor) meshes, and the sampling preset (one shared-prefix decode step).
+
+Model (Llama-style): vocab 32000, d_model 2048, 16 layers, 16 heads × 128, 8 kv heads,
+MLP 8192, untied embeddings: 1.14B parameters (4.6 GB fp32; AdamW adds 9.1 GB).
+"""
+
+from __future__ import annotations
+
+import os
+
+# The simulated devices must exist before jax initialises.
+if "xla_force_host_platform_device_count" not in os.environ.get("XLA_FLAGS", ""):
+    os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "")
+                               + " --xla_force_host_platform_device_count=8").strip()
+
+import argparse
+import math
+import time
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from experiments.common import machine_note, write_json
+from zorro_jax.layouts import PromptGroups
+from zorro_jax.model.config import ModelConfig
+from zorro_jax.model.transformer import init_model
+from zorro_jax.parallel import rules, steps
+from zorro_jax.parallel.mesh import MeshConfig, check_batch, check_model
+from zorro_jax.rl.losses import LossConfig
+from zorro_jax.rl.optim import OptimConfig, make_optimizer
+from zorro_jax.sampling.cache import SharedPrefixKVCache
+
+TRAIN_MESHES = [(1, 8, 1), (1, 4, 2), (1, 2, 4)]
+SAMPLE_MESHES = [(8, 1, 1), (2, 1, 4), (1, 1, 8)]
+GIB = 2**30
+
+
+def model_config(layers: int, compute_dtype: str) -> ModelConfig:
+    return ModelConfig(model_type="llama", vocab_size=32000, hidden_size=2048, intermediate_size=8192,
+                       num_hidden_layers=layers, num_attention_heads=16, num_key_value_heads=8,
+                       head_dim=128, compute_dtype=compute_dtype)
+
+
+def shard_bytes(tree) -> int:
+    """Bytes one device holds of an abstract tree, from each leaf's sharding."""
+    return sum(math.prod(x.sharding.shard_shape(x.shape)) * x.dtype.itemsize for x in jax.tree.leaves(tree))
+
+
+def analyse(lowered) -> dict:
+    t0 = time.perf_counter()
+    m = lowered.compile().memory_analysis()
+    return {"argument_bytes": int(m.argument_size_in_bytes), "output_bytes": int(m.output_size_in_bytes),
+            "temp_bytes": int(m.temp_size_in_bytes), "alias_bytes": int(m.alias_size_in_bytes),
+            "compile_s": time.perf_counter() - t0}
+
+
+def train_row(cfg, graphdef, state, sizes, shape) -> dict:
+    b, p, g, r = shape
+    mesh = MeshConfig(*sizes).make()
+    check_model(mesh, cfg)
+    check_batch(mesh, b)
+    optimizer = make_optimizer(OptimConfig())
+    sh = steps.step_shardings(mesh, state, "training", optimizer)
+    params = rules.abstract_params(state, sh.params)
+    opt_state = rules.abstract_params(jax.eval_shape(optimizer.init, state), sh.opt_state)
+    sds = lambda s, dt: jax.ShapeDtypeStruct(s, dt, sharding=sh.batch)
+    batch = PromptGroups(sds((b, p), jnp.int32), sds((b,), jnp.int32), sds((b, g, r), jnp.int32),
+                         sds((b, g), jnp.int32))
+    per_token = sds((b, g, r), jnp.float32)
+    norm = jax.ShapeDtypeStruct((), jnp.float32, sharding=sh.replicated)
+    step = steps.make_train_step(graphdef, optimizer, LossConfig(), sh, mode="prompt_once", impl="xla")
+    lowered = step.lower(params, opt_state, batch, per_token, sds((b, g), jnp.float32), per_token, norm)
+    return {"preset": "training", "mesh": sizes, "params_bytes": shard_bytes(params),
+            "opt_state_bytes": shard_bytes(opt_state), "cache_bytes": 0, **analyse(lowered)}
+
+
+def decode_row(cfg, graphdef, state, sizes, shape) -> dict:
+    b, p, g, s = shape
+    mesh = MeshConfig(*sizes).make()
+    check_model(mesh, cfg)
+    check_batch(mesh, b)
+    sh = steps.step_shardings(mesh, state, "sampling")
+    params = rules.abstract_params(state, sh.params)
+    dt = jnp.dtype(cfg.compute_dtype)
+    kv_p = (cfg.num_hidden_layers, b, p, cfg.num_key_value_heads, cfg.head_dim)
+    kv_s = (cfg.num_hidden_layers, b, g, s, cfg.num_key_value_heads, cfg.head_dim)
+    cache = SharedPrefixKVCache(jax.ShapeDtypeStruct(kv_p, dt), jax.ShapeDtypeStruct(kv_p, dt),
+                                jax.ShapeDtypeStruct((b,), jnp.int32), jax.ShapeDtypeStruct(kv_s, dt),
+                                jax.ShapeDtypeStruct(kv_s, dt), jax.ShapeDtypeStruct((b, g), jnp.int32))
+    cache = rules.abstract_params(cache, steps.cache_shardings(mesh))
+    tok = jax.ShapeDtypeStruct((b, g), jnp.int32, sharding=sh.batch)
+    live = jax.ShapeDtypeStruct((b, g), jnp.bool_, sharding=sh.batch)
+    lowered = steps.make_decode_step(graphdef, sh, impl="xla").lower(params, cache, tok, live)
+    return {"preset": "sampling", "mesh": sizes, "params_bytes": shard_bytes(params),
+            "opt_state_bytes": 0, "cache_bytes": shard_bytes(cache), **analyse(lowered)}
+
+
+def print_row(row):
+    gib = lambda k: f"{row[k] / GIB:7.2f}"
+    print(f"{row['preset']:>8} {tuple(row['mesh'])!s:>10} | {gib('params_bytes')} {gib('opt_state_bytes')} "
+          f"{gib('cache_bytes')} | {gib('argument_bytes')} {gib('output_bytes')} {gib('alias_bytes')} "
+          f"{gib('temp_bytes')} | {row['compile_s']:6.1f}", flush=True)
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--preset", choices=["full", "ci"], default="full",
+                    help="ci: 2 layers and one mesh per preset (a quick check of the script)")
+    ap.add_argument("--compute-dtype", default="bfloat16", choices=["bfloat16", "float32"],
+                    help="activation / matmul dtype (params and optimizer state are fp32)")
+    ap.add_argument("--json", default=None, help="write all figures to this path")
+    args = ap.parse_args(argv)
+    if jax.device_count() != 8:
+        raise SystemExit(f"needs 8 (simulated) devices, found {jax.device_count()}; XLA_FLAGS was set "
+                         "before this script could set it")
+    ci = args.preset == "ci"
+    cfg = model_config(2 if ci else 16, args.compute_dtype)
+    graphdef, state = nnx.split(nnx.eval_shape(lambda: init_model(cfg)))
+    n_params = sum(x.size for x in jax.tree.leaves(state))
+    train_shape, decode_shape = (8, 512, 8, 256), (8, 512, 8, 256)
+    print(f"per-device memory, {machine_note()}, 8 simulated devices (compile only)")
+    print(f"model: {n_params / 1e9:.2f}B params (d 2048, {cfg.num_hidden_layers} layers, 16 heads, 8 kv heads, "
+          f"MLP 8192, vocab 32000), fp32 params, {cfg.compute_dtype} compute")
+    print("training: GRPO train step (grad + AdamW), PromptGroups B={} P={} G={} R={}".format(*train_shape))
+    print("sampling: one shared-prefix decode step, B={} P={} G={} suffix S={}".format(*decode_shape))
+    print(f"{'preset':>8} {'mesh d,f,t':>10} | {'params':>7} {'opt':>7} {'kvcache':>7} | {'args':>7} "
+          f"{'outputs':>7} {'aliased':>7} {'temp':>7} | compile s   (GiB per device)")
+    rows = []
+    for sizes in TRAIN_MESHES[1:2] if ci else TRAIN_MESHES:
+        rows.append(train_row(cfg, graphdef, state, sizes, train_shape))
+        print_row(rows[-1])
+    for sizes in SAMPLE_MESHES[1:2] if ci else SAMPLE_MESHES:
+        rows.append(decode_row(cfg, graphdef, state, sizes, decode_shape))
+        print_row(rows[-1])
+    payload = {"machine": machine_note(), "params": int(n_params), "layers": cfg.num_hidden_layers,
+               "compute_dtype": cfg.compute_dtype, "train_shape_BPGR": train_shape,
+               "decode_shape_BPGS": decode_shape, "rows": rows}
+    write_json(args.json, payload)
+    return payload
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,234 @@
+"""Multi-device checks, run in a subprocess with 8 simulated CPU devices.
+
+`python tests/parallel/sharded_checks.py CHECK` sets XLA_FLAGS before jax starts (pytest's
+conftest has already initialised jax in the parent process) and exits non-zero on failure.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8").strip()
+sys.path.insert(0, os.path.abspath(os.path.join(os.path.dirname(__file__), "..", "..")))
+
+import jax
+
+jax.config.update("jax_numpy_rank_promotion", "raise")
+jax.config.update("jax_default_matmul_precision", "highest")
+
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import nnx
+
+from pallas_kernels import shared_prefix_decode as spd
+from pallas_kernels import split_attention as sa
+from zorro_jax.layouts import pack_prompt_groups
+from zorro_jax.model.config import ModelConfig
+from zorro_jax.model.transformer import init_model
+from zorro_jax.parallel import kernels, rules, steps
+from zorro_jax.parallel.mesh import MeshConfig
+from zorro_jax.rl.losses import LossConfig, loss_normaliser
+from zorro_jax.rl.optim import OptimConfig, make_optimizer
+from zorro_jax.rl.steps import make_apply_fn, make_grpo_grad_fn, make_logprob_fn
+from zorro_jax.sampling.cache import shared_prefix_step
+from zorro_jax.sampling.sampler import SamplerConfig, generate, pack_prompts, shared_prefill
+
+MESHES = [(8, 1, 1), (2, 2, 2), (1, 4, 2), (1, 1, 8)]
+RTOL = 1e-5
+
+
+def tiny_config(**kw) -> ModelConfig:
+    base = {"model_type": "llama", "vocab_size": 256, "hidden_size": 64, "intermediate_size": 128,
+            "num_hidden_layers": 2, "num_attention_heads": 8, "num_key_value_heads": 8, "head_dim": 8}
+    return ModelConfig(**{**base, **kw})
+
+
+def grpo_inputs(cfg: ModelConfig, b=8, g=3, seed=0):
+    rng = np.random.default_rng(seed)
+    groups = []
+    for _ in range(b):
+        prompt = rng.integers(1, cfg.vocab_size, rng.integers(3, 12)).tolist()
+        comps = [rng.integers(1, cfg.vocab_size, rng.integers(1, 9)).tolist() for _ in range(g)]
+        groups.append((prompt, comps))
+    batch = pack_prompt_groups(groups, prompt_buckets=(16,), completion_buckets=(8,))
+    mask = batch.completion_mask()
+    old = jnp.where(mask, -jnp.asarray(rng.uniform(4.0, 7.0, mask.shape), jnp.float32), 0.0)
+    adv = jnp.asarray(rng.normal(size=(b, g)), jnp.float32)
+    return batch, old, adv, old
+
+
+def assert_close(name, got, want, rtol=RTOL):
+    """Per-array relative check: |got - want| <= rtol · max|want| elementwise (and rtol·|want|)."""
+    for (path, a), b in zip(jax.tree_util.tree_leaves_with_path(got), jax.tree.leaves(want)):
+        a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+        scale = max(np.max(np.abs(b)), 1e-30)
+        err = np.max(np.abs(a - b)) / scale
+        if os.environ.get("ZORRO_SHOW_ERRORS"):
+            print(f"  {name}{jax.tree_util.keystr(path)}: {err:.2e}")
+        if not err <= rtol:
+            raise AssertionError(f"{name}{jax.tree_util.keystr(path)}: relative error {err:.3g} > {rtol}")
+
+
+def check_train():
+    cfg = tiny_config()
+    loss_cfg = LossConfig()
+    # AdamW as in rl.optim but with eps above the fp32 rounding noise of the gradients (~1e-9
+    # here): with optax's default eps=1e-8, a gradient element of 5e-9 turns a 1e-9 difference in
+    # summation order (any two programs, sharded or not) into a 20 % difference of its update
+    # g / (|g| + eps). The gradients themselves are compared at the same tolerance.
+    optimizer = optax.chain(optax.clip_by_global_norm(1.0),
+                            optax.adamw(1e-4, eps=1e-5, weight_decay=0.01))
+    graphdef, params0 = nnx.split(init_model(cfg, seed=0))
+    batch, old, adv, ref = grpo_inputs(cfg)
+    norm = loss_normaliser(batch.completion_mask(), loss_cfg)
+
+    # One device, no mesh: the plain single-device steps of the training loop.
+    grad_fn = make_grpo_grad_fn(graphdef, loss_cfg, "prompt_once", "xla")
+    loss, _, grads = grad_fn(params0, batch, old, adv, ref, norm)
+    new_params, new_opt, gnorm, finite = make_apply_fn(optimizer)(params0, optimizer.init(params0), grads)
+    assert bool(finite) and abs(float(loss)) > 0
+    want = jax.device_get((loss, gnorm, grads, new_params, new_opt))
+    lp_after = jax.device_get(make_logprob_fn(graphdef, "prompt_once", "xla")(new_params, batch))
+
+    for sizes in MESHES:
+        mesh = MeshConfig(*sizes).make()
+        sh = steps.step_shardings(mesh, params0, "training", optimizer)
+        params = jax.device_put(jax.tree.map(jnp.copy, params0), sh.params)
+        opt_state = jax.device_put(optimizer.init(params0), sh.opt_state)
+        s_loss, _, s_grads = steps.make_grad_step(graphdef, loss_cfg, sh, impl="xla")(
+            params, batch, old, adv, ref, norm)
+        step = steps.make_train_step(graphdef, optimizer, loss_cfg, sh, impl="xla")
+        s_params, s_opt, loss2, _, s_gnorm, s_finite = step(params, opt_state, batch, old, adv, ref, norm)
+        assert bool(s_finite)
+        assert params["embed_tokens"][...].is_deleted(), "params were not donated"
+        got = jax.device_get((loss2, s_gnorm, s_grads, s_params, s_opt))
+        for name, a, b in zip(("loss", "grad_norm", "grads", "params", "opt_state"), got, want):
+            assert_close(f"{sizes} {name}", a, b)
+        assert_close(f"{sizes} grad-step loss", s_loss, loss)
+        s_lp, s_ent = steps.make_logprob_step(graphdef, sh, impl="xla")(s_params, batch)
+        assert_close(f"{sizes} logprobs", (s_lp, s_ent), lp_after)
+        # The updated state comes back with the declared shardings (ready for the next step).
+        for x, s in zip(jax.tree.leaves(s_params) + jax.tree.leaves(s_opt),
+                        jax.tree.leaves(sh.params) + jax.tree.leaves(sh.opt_state)):
+            assert x.sharding.is_equivalent_to(s, x.ndim), (sizes, x.sharding, s)
+        print(f"train {sizes}: ok")
+
+
+def check_memory():
+    cfg = tiny_config()
+    optimizer = make_optimizer(OptimConfig())
+    _, params0 = nnx.split(init_model(cfg, seed=0))
+    for sizes in MESHES:
+        mesh = MeshConfig(*sizes).make()
+        sh = steps.step_shardings(mesh, params0, "training", optimizer)
+        params = jax.device_put(params0, sh.params)
+        opt_state = jax.device_put(optimizer.init(params0), sh.opt_state)
+        split = sizes[1] * sizes[2]
+        for name, tree in (("params", params), ("opt_state", opt_state)):
+            total = rules.total_bytes(tree)
+            vectors = sum(x.nbytes for x in jax.tree.leaves(tree) if x.ndim == 1)
+            scalars = sum(x.nbytes for x in jax.tree.leaves(tree) if x.ndim == 0)
+            per_dev = rules.per_device_bytes(tree)
+            assert len(per_dev) == 8
+            # Matrices split over fsdp × tensor; the 1-D norm weights ("embed") over fsdp only;
+            # the optimizer's step counts are replicated.
+            want = (total - vectors - scalars) // split + vectors // sizes[1] + scalars
+            for dev, nbytes in per_dev.items():
+                assert nbytes == want, (sizes, name, dev, nbytes, want)
+                assert total / split <= nbytes <= 1.05 * total / split, (sizes, name, nbytes, total)
+        sampling = rules.shard_params(params, mesh, "sampling")
+        for dev, nbytes in rules.per_device_bytes(sampling).items():
+            # Sampling: only the tensor axis splits; the 1-D norm weights ("embed") replicate.
+            norms = sum(x.nbytes for x in jax.tree.leaves(params0) if x.ndim == 1)
+            assert nbytes == (rules.total_bytes(params0) - norms) // sizes[2] + norms, (sizes, nbytes)
+        print(f"memory {sizes}: ok")
+
+
+def check_generate():
+    cfg = tiny_config(num_key_value_heads=4, num_attention_heads=8)
+    model = init_model(cfg, seed=1)
+    graphdef, state = nnx.split(model)
+    rng = np.random.default_rng(3)
+    prompts = [rng.integers(1, cfg.vocab_size, rng.integers(2, 14)).tolist() for _ in range(6)]
+    scfg = SamplerConfig(max_new_tokens=12, greedy=True, eos_token_ids=(5,), prompt_buckets=(16,),
+                         response_buckets=(16,), attention_impl="xla")
+    key = jax.random.key(0)
+    want = generate(model, prompts, 3, scfg, key, mode="shared")
+    for sizes in [(2, 2, 2), (1, 2, 4), (4, 2, 1)]:
+        mesh = MeshConfig(*sizes).make()
+        sharded = nnx.merge(graphdef, rules.shard_params(state, mesh, "sampling"))
+        got = steps.generate_sharded(sharded, prompts, 3, scfg, key, mesh)
+        np.testing.assert_array_equal(got.tokens_BxGxR, want.tokens_BxGxR)
+        np.testing.assert_array_equal(got.lengths_BxG, want.lengths_BxG)
+        assert got.completions == want.completions
+        assert_close(f"{sizes} logp", got.logp_BxGxR, want.logp_BxGxR)
+
+        # One decode step with declared shardings == the sampler's step on one device.
+        tokens, plen = pack_prompts(prompts[:4], scfg)
+        cache, tok0, _ = shared_prefill(graphdef, state, tokens, plen, key, spec=scfg.draw_spec(),
+                                        group_size=3, response_size=16)
+        live = jnp.ones(tok0.shape, bool)
+        h, want_cache = shared_prefix_step(model, cache, tok0[:, :, None], live.astype(jnp.int32), "xla")
+        want_logits = model.logits(h[:, :, 0])
+        sh = steps.step_shardings(mesh, state, "sampling")
+        step = steps.make_decode_step(graphdef, sh, impl="xla")
+        if 4 % (sizes[0] * sizes[1]) == 0:
+            placed = jax.device_put(cache, steps.cache_shardings(mesh))
+            tok, logits, new_cache = step(rules.shard_params(state, mesh, "sampling"), placed, tok0, live)
+            assert_close(f"{sizes} decode logits", logits, want_logits)
+            assert_close(f"{sizes} decode cache", new_cache, want_cache)
+            np.testing.assert_array_equal(tok, jnp.argmax(want_logits, axis=-1))
+        print(f"generate {sizes}: ok")
+
+
+def check_kernels():
+    rng = np.random.default_rng(0)
+    b, p, g, r, h, k, d = 4, 16, 2, 8, 8, 4, 16
+    f = lambda *s: jnp.asarray(rng.normal(size=s), jnp.float32)
+    q_p, k_p, v_p = f(b, p, h, d), f(b, p, k, d), f(b, p, k, d)
+    q_c, k_c, v_c = f(b, g, r, h, d), f(b, g, r, k, d), f(b, g, r, k, d)
+    plen = jnp.asarray([16, 5, 9, 1], jnp.int32)
+    clen = jnp.asarray(rng.integers(1, r + 1, (b, g)), jnp.int32)
+    args = (q_p, k_p, v_p, q_c, k_c, v_c)
+    want = sa.split_attention(*args, plen, clen, interpret=True)
+    q_d = f(b, g, 1, h, d)
+    want_d = spd.shared_prefix_attention(q_d, k_p, v_p, plen, interpret=True)
+    loss = lambda fn: lambda *a: sum(jnp.sum(o * o) for o in fn(*a))
+    want_grads = jax.grad(loss(lambda *a: sa.split_attention(*a, plen, clen, interpret=True)),
+                          argnums=tuple(range(6)))(*args)
+
+    for sizes in [(2, 2, 1), (1, 2, 4)]:
+        mesh = MeshConfig(*sizes).make(jax.devices()[: int(np.prod(sizes))])
+        got = kernels.split_attention_sharded(mesh, *args, plen, clen, interpret=True)
+        assert_close(f"{sizes} split_attention", got, want)
+        assert got[1].sharding.spec == kernels.completion_spec(), got[1].sharding
+        got_d = kernels.shared_prefix_attention_sharded(mesh, q_d, k_p, v_p, plen, interpret=True)
+        assert_close(f"{sizes} shared_prefix_attention", got_d, want_d)
+        if sizes[2] == 1:
+            print(f"kernels {sizes}: ok")
+            continue
+        # The fused backward (prompt dK/dV summed over each group) runs per device too.
+        sharded = lambda *a, m=mesh: kernels.split_attention_sharded(m, *a, plen, clen, interpret=True)
+        assert_close(f"{sizes} split_attention grads",
+                     jax.grad(loss(sharded), argnums=tuple(range(6)))(*args), want_grads)
+        print(f"kernels {sizes}: ok")
+
+    mesh = MeshConfig(1, 1, 8).make()
+    try:
+        kernels.split_attention_sharded(mesh, *args, plen, clen, interpret=True)
+    except ValueError as e:
+        assert "kv heads (4)" in str(e) and "tensor axis (8)" in str(e), e
+    else:
+        raise AssertionError("kv heads not divisible by the tensor axis must be rejected")
+    print("kernels (1, 1, 8): rejected as expected")
+
+
+CHECKS = {"train": check_train, "memory": check_memory, "generate": check_generate,
+          "kernels": check_kernels}
+
+if __name__ == "__main__":
+    assert jax.device_count() == 8, jax.devices()
+    for name in sys.argv[1:] or CHECKS:
+        CHECKS[name]()

@@ -1,0 +1,58 @@
+"""Sharded == single device on 8 simulated CPU devices (each check in its own subprocess: the
+device count must be set before jax starts, and conftest has started it here)."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+SCRIPT = Path(__file__).with_name("sharded_checks.py")
+
+
+def run_check(name: str):
+    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+    env["XLA_FLAGS"] = "--xla_force_host_platform_device_count=8"
+    env["JAX_PLATFORMS"] = "cpu"
+    proc = subprocess.run([sys.executable, str(SCRIPT), name], env=env, capture_output=True, check=False,
+                          text=True, timeout=600)
+    assert proc.returncode == 0, f"{name} failed:\n{proc.stdout}\n{proc.stderr[-6000:]}"
+    return proc.stdout
+
+
+def test_train_step_matches_single_device():
+    out = run_check("train")
+    for mesh in ("(8, 1, 1)", "(2, 2, 2)", "(1, 4, 2)", "(1, 1, 8)"):
+        assert f"train {mesh}: ok" in out
+
+
+def test_param_and_optimizer_bytes_per_device():
+    assert "memory (1, 4, 2): ok" in run_check("memory")
+
+
+def test_greedy_generation_matches_single_device():
+    assert "generate (2, 2, 2): ok" in run_check("generate")
+
+
+def test_kernels_under_shard_map_match_unsharded():
+    out = run_check("kernels")
+    assert "kernels (1, 2, 4): ok" in out and "rejected as expected" in out
+
+
+@pytest.mark.slow
+def test_memory_table_script(tmp_path):
+    """The memory-table entry point compiles (abstract shapes only) and splits the weights."""
+    out = tmp_path / "mem.json"
+    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+    proc = subprocess.run([sys.executable, "-m", "experiments.memory_table", "--preset", "ci", "--json",
+                           str(out)], cwd=SCRIPT.parents[2], env=env, capture_output=True, text=True,
+                          timeout=900, check=False)
+    assert proc.returncode == 0, proc.stderr[-6000:]
+    rows = json.loads(out.read_text())["rows"]
+    train, sample = rows[0], rows[1]
+    assert train["preset"] == "training" and tuple(train["mesh"]) == (1, 4, 2)
+    # fp32 AdamW moments: twice the params on every device.
+    assert abs(train["opt_state_bytes"] - 2 * train["params_bytes"]) < 1024
+    assert sample["preset"] == "sampling" and sample["temp_bytes"] > 0

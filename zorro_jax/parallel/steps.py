@@ -1,0 +1,210 @@
+"""Sharded jitted steps: train (grad + AdamW apply), log-probs, decode, and greedy/sampled generation.
+
+Each step is the single-device step of `zorro_jax.rl.steps` / `zorro_jax.sampling` jitted with
+declared in/out shardings: params and optimizer state follow the preset's rules, every batch
+array splits its unique-prompt axis B over ("data", "fsdp"), scalars are replicated. The train
+step donates the params and optimizer state it replaces. Inside, XLA's sharding propagation
+places the activations; `constrain_batch` pins the batch layout at the step boundary so the
+propagation starts from a B-sharded batch even when a caller passes unplaced host arrays.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import nnx
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
+
+from zorro_jax.parallel.mesh import BATCH_AXES, batch_shards
+from zorro_jax.parallel.rules import (
+    batch_sharding,
+    batch_shardings,
+    opt_state_shardings,
+    param_shardings,
+    replicated,
+)
+from zorro_jax.rl.losses import LossConfig
+from zorro_jax.rl.steps import check_mode, completion_logprobs, make_apply_fn, make_grpo_grad_fn
+from zorro_jax.sampling.cache import SharedPrefixKVCache, shared_prefix_step
+from zorro_jax.sampling.sampler import (
+    Rollouts,
+    SamplerConfig,
+    bucket,
+    pack_prompts,
+    shared_decode,
+    shared_prefill,
+)
+
+
+class StepShardings(NamedTuple):
+    """Everything a caller needs to place inputs for the sharded steps."""
+
+    mesh: Mesh
+    params: object
+    opt_state: object
+    batch: NamedSharding
+    replicated: NamedSharding
+
+
+def step_shardings(mesh: Mesh, params, preset: str = "training",
+                   optimizer: optax.GradientTransformation | None = None) -> StepShardings:
+    """Shardings for a (concrete or abstract) params state under a preset; optimizer state
+    shardings too when an optimizer is given."""
+    ps = param_shardings(params, mesh, preset)
+    os_ = opt_state_shardings(optimizer, params, ps, mesh) if optimizer is not None else None
+    return StepShardings(mesh, ps, os_, batch_sharding(mesh), replicated(mesh))
+
+
+def constrain_batch(tree, mesh: Mesh):
+    """Activation hook: pin a batch pytree's B axis to ("data", "fsdp") inside a jitted step."""
+    return jax.lax.with_sharding_constraint(tree, batch_shardings(tree, mesh))
+
+
+def make_grad_step(graphdef, loss_cfg: LossConfig, sh: StepShardings, *, mode: str = "prompt_once",
+                   impl=None):
+    """grad(params, batch, old_logp, adv, ref_logp, normaliser) -> (loss, metrics, grads).
+
+    The single-device GRPO gradient with declared shardings; grads come back sharded like the
+    params, so micro-batch accumulation stays sharded.
+    """
+    check_mode(mode)
+    grad_fn = make_grpo_grad_fn(graphdef, loss_cfg, mode, impl)
+
+    def fn(params, batch, old_logp, adv, ref_logp, normaliser):
+        batch, old_logp, adv, ref_logp = constrain_batch((batch, old_logp, adv, ref_logp), sh.mesh)
+        return grad_fn(params, batch, old_logp, adv, ref_logp, normaliser)
+
+    b, r = sh.batch, sh.replicated
+    return jax.jit(fn, in_shardings=(sh.params, b, b, b, b, r), out_shardings=(r, r, sh.params))
+
+
+def make_apply_step(optimizer: optax.GradientTransformation, sh: StepShardings):
+    """apply(params, opt_state, grads) -> (params, opt_state, grad_norm, finite); donates the
+    params and optimizer state."""
+    if sh.opt_state is None:
+        raise ValueError("make_apply_step needs StepShardings built with the optimizer")
+    r = sh.replicated
+    return jax.jit(make_apply_fn(optimizer),
+                   in_shardings=(sh.params, sh.opt_state, sh.params),
+                   out_shardings=(sh.params, sh.opt_state, r, r), donate_argnums=(0, 1))
+
+
+def make_train_step(graphdef, optimizer: optax.GradientTransformation, loss_cfg: LossConfig,
+                    sh: StepShardings, *, mode: str = "prompt_once", impl=None):
+    """step(params, opt_state, batch, old_logp, adv, ref_logp, normaliser)
+    -> (params, opt_state, loss, metrics, grad_norm, finite).
+
+    One GRPO update on a PromptGroups batch: the grad and apply steps fused into one program.
+    params and opt_state are donated.
+    """
+    check_mode(mode)
+    if sh.opt_state is None:
+        raise ValueError("make_train_step needs StepShardings built with the optimizer")
+    grad_fn = make_grpo_grad_fn(graphdef, loss_cfg, mode, impl)
+    apply_fn = make_apply_fn(optimizer)
+
+    def step(params, opt_state, batch, old_logp, adv, ref_logp, normaliser):
+        batch, old_logp, adv, ref_logp = constrain_batch((batch, old_logp, adv, ref_logp), sh.mesh)
+        loss, metrics, grads = grad_fn(params, batch, old_logp, adv, ref_logp, normaliser)
+        # Reduce-scatter the gradients into the params' layout before the optimizer touches them.
+        grads = jax.lax.with_sharding_constraint(grads, sh.params)
+        params, opt_state, gnorm, finite = apply_fn(params, opt_state, grads)
+        return params, opt_state, loss, metrics, gnorm, finite
+
+    b, r = sh.batch, sh.replicated
+    return jax.jit(step,
+                   in_shardings=(sh.params, sh.opt_state, b, b, b, b, r),
+                   out_shardings=(sh.params, sh.opt_state, r, r, r, r),
+                   donate_argnums=(0, 1))
+
+
+def make_logprob_step(graphdef, sh: StepShardings, *, mode: str = "prompt_once", impl=None):
+    """logp(params, batch) -> (logp [B, G, R], entropy [B, G, R]), both B-sharded."""
+    check_mode(mode)
+
+    def fn(params, batch):
+        model = nnx.merge(graphdef, params)
+        lp, ent, _ = completion_logprobs(model, constrain_batch(batch, sh.mesh), mode, impl)
+        return lp, ent
+
+    return jax.jit(fn, in_shardings=(sh.params, sh.batch), out_shardings=(sh.batch, sh.batch))
+
+
+def cache_shardings(mesh: Mesh) -> SharedPrefixKVCache:
+    """A shared-prefix cache split over groups (B on data × fsdp) and kv heads (tensor)."""
+    kv_p = NamedSharding(mesh, P(None, BATCH_AXES, None, "tensor", None))
+    kv_s = NamedSharding(mesh, P(None, BATCH_AXES, None, None, "tensor", None))
+    b = batch_sharding(mesh)
+    return SharedPrefixKVCache(kv_p, kv_p, b, kv_s, kv_s, b)
+
+
+def make_decode_step(graphdef, sh: StepShardings, *, impl=None):
+    """step(params, cache, last_BxG, live_BxG) -> (greedy token [B, G], logits [B, G, V], cache).
+
+    One shared-prefix decode step with declared shardings (the cache is donated): the unit the
+    sampler's loop repeats, exposed for memory accounting and custom loops.
+    """
+    cs = cache_shardings(sh.mesh)
+
+    def fn(params, cache, last_BxG, live_BxG):
+        model = nnx.merge(graphdef, params)
+        h_BxGx1xE, cache = shared_prefix_step(model, cache, last_BxG[:, :, None],
+                                              live_BxG.astype(jnp.int32), impl)
+        logits_BxGxV = model.logits(h_BxGx1xE[:, :, 0])
+        return jnp.argmax(logits_BxGxV, axis=-1).astype(jnp.int32), logits_BxGxV, cache
+
+    b = sh.batch
+    return jax.jit(fn, in_shardings=(sh.params, cs, b, b), out_shardings=(b, b, cs),
+                   donate_argnums=(1,))
+
+
+def _pad_prompts(prompts: list[list[int]], multiple: int) -> list[list[int]]:
+    """Repeat the last prompt so B divides the batch shards; the extra rows are dropped after."""
+    extra = (-len(prompts)) % multiple
+    return list(prompts) + [prompts[-1]] * extra
+
+
+def generate_sharded(model, prompts: list[list[int]], group_size: int, cfg: SamplerConfig,
+                     rng: jax.Array, mesh: Mesh) -> Rollouts:
+    """`sampling.generate` (shared-prefix mode) with the batch split over the mesh.
+
+    The model's params should already be placed (e.g. merged from
+    `reshard(state, mesh, "sampling")`). The prompts are padded to a multiple of data × fsdp and
+    split over those axes; the sampler's jitted prefill and decode then run SPMD with shardings
+    propagated from the placed inputs, so each device prefills and decodes its own groups
+    against its slice of the heads. Same draws as `generate` for the same key.
+    """
+    if not prompts:
+        raise ValueError("generate_sharded needs at least one prompt")
+    vocab = model.config.vocab_size
+    bad = [t for p in prompts for t in p if not 0 <= t < vocab]
+    if bad:
+        raise ValueError(f"prompt token ids out of range [0, {vocab}): {bad[:5]}")
+    if max((cfg.pad_token_id, *cfg.eos_token_ids)) >= vocab:
+        raise ValueError(f"pad/eos token ids must be < vocab size {vocab}")
+    n = len(prompts)
+    padded = _pad_prompts(prompts, batch_shards(mesh))
+    tokens_BxP, prompt_len_B = pack_prompts(padded, cfg)
+    b = batch_sharding(mesh)
+    graphdef, params = nnx.split(model)
+    response_size = bucket(cfg.max_new_tokens, cfg.response_buckets)
+    spec = cfg.draw_spec()
+    cache, tok0, logp0 = shared_prefill(graphdef, params, jax.device_put(tokens_BxP, b),
+                                        jax.device_put(prompt_len_B, b), rng, spec=spec,
+                                        group_size=group_size, response_size=response_size)
+    kv_bytes = cache.nbytes() * n // len(padded)
+    tokens, logp, lengths, _ = shared_decode(graphdef, params, cache, tok0, logp0, rng,
+                                             jnp.int32(cfg.max_new_tokens), spec=spec,
+                                             response_size=response_size)
+    r = cfg.max_new_tokens
+    tokens = np.asarray(tokens)[:n, :, :r]
+    lengths = np.asarray(lengths)[:n]
+    completions = [[tokens[i, g, : lengths[i, g]].tolist() for g in range(group_size)]
+                   for i in range(n)]
+    return Rollouts(tokens, lengths, np.asarray(logp)[:n, :, :r], prompt_len_B[:n], completions,
+                    kv_bytes)
