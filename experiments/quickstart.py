@@ -11,7 +11,6 @@ plots, summary.md, the policy as a Hugging Face folder). Re-running resumes from
 from __future__ import annotations
 
 import argparse
-import dataclasses
 
 from zorro_jax.cli import add_config_args, config_from_args
 from zorro_jax.rl.grpo import GRPOConfig

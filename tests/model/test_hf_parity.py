@@ -5,9 +5,10 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from hf_fixtures import CONFIGS, make_hf_model  # noqa: E402
-from zorro_jax.checkpoints.hf import export_hf_model, load_hf_model  # noqa: E402
-from zorro_jax.model.forward import dense_logits  # noqa: E402
+from hf_fixtures import CONFIGS, make_hf_model
+
+from zorro_jax.checkpoints.hf import export_hf_model, load_hf_model
+from zorro_jax.model.forward import dense_logits
 
 
 def _batch(vocab, seed=0):

@@ -59,10 +59,13 @@ class DenseKVCache(NamedTuple):
         return int(self.k_LxNxSxKxD.nbytes + self.v_LxNxSxKxD.nbytes)
 
 
-def _write_rows(cache_NxSxKxD, new_NxTxKxD, start_N):
-    """Write each row's T new entries at its own offset."""
-    upd = lambda c, x, s: jax.lax.dynamic_update_slice(c, x, (s, 0, 0))
-    return jax.vmap(upd)(cache_NxSxKxD, new_NxTxKxD.astype(cache_NxSxKxD.dtype), start_N)
+def _write_layer_rows(cache_LxNxSxKxD, layer: int, new_NxTxKxD, start_N):
+    """Write each row's T new entries at its own offset, in place in the [L, ...] cache (one
+    scatter; no per-step restacking of the layers)."""
+    n, t = new_NxTxKxD.shape[:2]
+    rows = jnp.arange(n)[:, None]
+    pos = start_N[:, None] + jnp.arange(t)[None, :]
+    return cache_LxNxSxKxD.at[layer, rows, pos].set(new_NxTxKxD.astype(cache_LxNxSxKxD.dtype))
 
 
 def dense_step(model: Transformer, cache: DenseKVCache, tokens_NxT, n_new_N, impl=None):
@@ -74,17 +77,15 @@ def dense_step(model: Transformer, cache: DenseKVCache, tokens_NxT, n_new_N, imp
     n, t = tokens_NxT.shape
     start = cache.lengths_N
     pos = start[:, None] + jnp.arange(t, dtype=jnp.int32)[None, :]
-    ks, vs = [], []
+    kv = {"k": cache.k_LxNxSxKxD, "v": cache.v_LxNxSxKxD}
 
     def attend(i, q, k, v):
-        k_all = _write_rows(cache.k_LxNxSxKxD[i], k, start)
-        v_all = _write_rows(cache.v_LxNxSxKxD[i], v, start)
-        ks.append(k_all)
-        vs.append(v_all)
-        return attention.dense_attention(q, k_all, v_all, start, impl)
+        kv["k"] = _write_layer_rows(kv["k"], i, k, start)
+        kv["v"] = _write_layer_rows(kv["v"], i, v, start)
+        return attention.dense_attention(q, kv["k"][i], kv["v"][i], start, impl)
 
     h = model.hidden(tokens_NxT, pos, attend)
-    new = DenseKVCache(jnp.stack(ks), jnp.stack(vs), start + n_new_N.astype(jnp.int32))
+    new = DenseKVCache(kv["k"], kv["v"], start + n_new_N.astype(jnp.int32))
     return h, new
 
 
