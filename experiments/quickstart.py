@@ -25,9 +25,11 @@ QUICKSTART = RunConfig(
     data=DataConfig(source="builtin", eval_split="dev", prompt_style="compact"),
     sft=SFTConfig(steps=300, batch_size=16, optim=OptimConfig(lr=2e-3, warmup_steps=20, decay_steps=280)),
     grpo=GRPOConfig(
-        steps=30, prompts_per_step=8, group_size=8, micro_batch_groups=8,
+        steps=30, prompts_per_step=8, group_size=16, micro_batch_groups=8,
         loss=LossConfig(aggregation="token_mean", clip_low=0.2, clip_high=0.28),
-        optim=OptimConfig(lr=3e-4, warmup_steps=0, decay_steps=30, final_lr_fraction=0.3),
+        # Warmup matters: Adam's first steps move every weight by ~lr, which breaks the SFT policy
+        # at higher rates (1e-3 collapsed the reward to 0 in our runs).
+        optim=OptimConfig(lr=1e-4, warmup_steps=5, decay_steps=25, final_lr_fraction=0.3),
         sampler=SamplerConfig(max_new_tokens=80, temperature=1.0, top_p=1.0,
                               response_buckets=(80,)),
     ),
