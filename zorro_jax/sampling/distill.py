@@ -1,0 +1,119 @@
+"""Draft distillation: fit a small draft model to the policy on the policy's own rollouts.
+
+The loss is the forward KL(p_policy || q_draft) over the full vocabulary at every completion
+position, masked to real tokens and averaged over them. Both models run the prompt-once forward
+(`prompt_groups_hidden`, layout `PromptGroups`): position 0 of a completion is predicted from the
+last real prompt position, positions 1.. from the completion's own hidden states. Higher
+acceptance in speculative sampling is what this buys: the expected acceptance of a draft token is
+Σ min(p, q) = 1 − TV(p, q), and TV is bounded by sqrt(KL / 2).
+
+`distill_step` is a pure jitted function of (graphdefs, states, optimizer state, batch) so GRPO
+can call it on the rollouts it already has; `distill_on_rollouts` is the host-side loop used by
+the offline entry point.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import optax
+from flax import nnx
+
+from zorro_jax.layouts import PromptGroups, pack_prompt_groups
+from zorro_jax.model.forward import prompt_groups_hidden
+from zorro_jax.model.transformer import Transformer
+from zorro_jax.sampling.sampler import SamplerConfig, generate
+
+
+def _next_token_logits(model: Transformer, batch: PromptGroups, temperature: float, impl):
+    """Logits [B, G, R, V] predicting completion token r (float32, divided by temperature)."""
+    h_p, h_c = prompt_groups_hidden(model, batch, impl)
+    last_B11 = (batch.prompt_len_B - 1)[:, None, None]
+    h_last_BxE = jnp.take_along_axis(h_p, last_B11, axis=1)[:, 0]
+    b, _, g, _ = batch.shape
+    first_BxGx1xE = jnp.broadcast_to(h_last_BxE[:, None, None, :], (b, g, 1, h_last_BxE.shape[-1]))
+    h_BxGxRxE = jnp.concatenate([first_BxGx1xE, h_c[:, :, :-1]], axis=2)
+    return model.logits(h_BxGxRxE) / temperature
+
+
+def distill_loss(draft: Transformer, policy: Transformer, batch: PromptGroups, *,
+                 temperature: float = 1.0, impl=None):
+    """Mean over real completion tokens of KL(p_policy || q_draft) over the full vocabulary.
+
+    The policy is a fixed target (no gradient flows into it). Returns (loss, metrics).
+    """
+    logp_BxGxRxV = jax.lax.stop_gradient(
+        jax.nn.log_softmax(_next_token_logits(policy, batch, temperature, impl), axis=-1))
+    logq_BxGxRxV = jax.nn.log_softmax(_next_token_logits(draft, batch, temperature, impl), axis=-1)
+    kl_BxGxR = jnp.sum(jnp.exp(logp_BxGxRxV) * (logp_BxGxRxV - logq_BxGxRxV), axis=-1)
+    mask_BxGxR = batch.completion_mask().astype(jnp.float32)
+    n = jnp.maximum(jnp.sum(mask_BxGxR), 1.0)
+    loss = jnp.sum(kl_BxGxR * mask_BxGxR) / n
+    # Expected acceptance of a draft token sampled from q: Σ_v min(p, q).
+    overlap_BxGxR = jnp.sum(jnp.minimum(jnp.exp(logp_BxGxRxV), jnp.exp(logq_BxGxRxV)), axis=-1)
+    return loss, {"kl": loss, "expected_acceptance": jnp.sum(overlap_BxGxR * mask_BxGxR) / n}
+
+
+@functools.partial(jax.jit, static_argnames=("draft_graph", "policy_graph", "tx", "temperature", "impl"),
+                   donate_argnames=("draft_params", "opt_state"))
+def distill_step(draft_graph, draft_params, draft_rest, opt_state, policy_graph, policy_state,
+                 batch: PromptGroups, *, tx: optax.GradientTransformation, temperature: float = 1.0,
+                 impl=None):
+    """One optax step on the draft's parameters. Returns (draft_params, opt_state, metrics).
+
+    draft_params / draft_rest are `nnx.split(draft, nnx.Param, ...)`; the policy state is read
+    only. `tx` must be hashable (the same optax object across calls), as it is a static argument.
+    """
+    policy = nnx.merge(policy_graph, policy_state)
+
+    def loss_fn(params):
+        draft = nnx.merge(draft_graph, params, draft_rest)
+        return distill_loss(draft, policy, batch, temperature=temperature, impl=impl)
+
+    (_, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(draft_params)
+    updates, opt_state = tx.update(grads, opt_state, draft_params)
+    return optax.apply_updates(draft_params, updates), opt_state, metrics
+
+
+class DraftTrainer:
+    """Holds a draft's split state and optimizer state between `distill_step` calls."""
+
+    def __init__(self, draft: Transformer, tx: optax.GradientTransformation, temperature: float = 1.0,
+                 impl=None):
+        self.graph, self.params, self.rest = nnx.split(draft, nnx.Param, ...)
+        self.tx = tx
+        self.opt_state = tx.init(self.params)
+        self.temperature = temperature
+        self.impl = impl
+
+    def step(self, policy: Transformer, batch: PromptGroups) -> dict:
+        policy_graph, policy_state = nnx.split(policy)
+        self.params, self.opt_state, metrics = distill_step(
+            self.graph, self.params, self.rest, self.opt_state, policy_graph, policy_state, batch,
+            tx=self.tx, temperature=self.temperature, impl=self.impl)
+        return {k: float(v) for k, v in metrics.items()}
+
+    def model(self) -> Transformer:
+        return nnx.merge(self.graph, self.params, self.rest)
+
+
+def distill_on_rollouts(policy: Transformer, draft: Transformer, prompts: list[list[int]], *,
+                        steps: int, group_size: int, sampler_cfg: SamplerConfig, rng, lr: float = 3e-3,
+                        prompts_per_step: int = 4, log=None) -> tuple[Transformer, list[dict]]:
+    """Offline distillation: each step samples `group_size` completions of a few prompts from the
+    policy (plain shared-prefix sampler) and takes one KL step on them. Returns (draft, history)."""
+    trainer = DraftTrainer(draft, optax.adam(lr), temperature=sampler_cfg.temperature)
+    history = []
+    for step in range(steps):
+        start = (step * prompts_per_step) % len(prompts)
+        chunk = [prompts[(start + i) % len(prompts)] for i in range(prompts_per_step)]
+        rollouts = generate(policy, chunk, group_size, sampler_cfg, jax.random.fold_in(rng, step))
+        batch = pack_prompt_groups(list(zip(chunk, rollouts.completions)),
+                                   pad_id=sampler_cfg.pad_token_id)
+        metrics = trainer.step(policy, batch)
+        history.append(metrics)
+        if log is not None:
+            log(step, metrics)
+    return trainer.model(), history
