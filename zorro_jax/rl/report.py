@@ -1,7 +1,7 @@
 """Run reporting: metrics.jsonl (one line per step), PNG plots, and summary.md.
 
-On resume the log is truncated to the restored step so a restarted run's file reads exactly like
-an uninterrupted one.
+On resume, zorro_jax.rl.loop drops rows logged after the restored step so a restarted run's file
+reads exactly like an uninterrupted one.
 """
 
 from __future__ import annotations
@@ -20,11 +20,6 @@ class MetricsLog:
         if not self.path.is_file():
             return []
         return [json.loads(line) for line in self.path.read_text().splitlines() if line.strip()]
-
-    def truncate_after(self, step: int):
-        """Drop rows logged after `step` (they belong to work the checkpoint does not hold)."""
-        keep = [r for r in self.rows() if r.get("step", -1) <= step]
-        self.path.write_text("".join(json.dumps(r) + "\n" for r in keep))
 
     def append(self, row: dict):
         clean = {k: (float(v) if hasattr(v, "item") else v) for k, v in row.items()}
