@@ -104,32 +104,48 @@ def main(argv=None):
     ap.add_argument("--R", type=int)
     ap.add_argument("--B", type=int)
     ap.add_argument("--repeats", type=int, default=3, help="timed iterations after the compile one")
+    ap.add_argument("--hidden-size", type=int, default=256,
+                    help="model width (intermediate = 4x, head_dim 64); wider models keep the naive "
+                         "computation closer to the matmul peak")
+    ap.add_argument("--layers", type=int, default=4)
     ap.add_argument("--json", default=None)
     args = ap.parse_args(argv)
     p, g, r, b = (256, 8, 32, 1) if args.preset == "ci" else (1024, 8, 128, 1)
     p, g, r, b = args.P or p, args.G or g, args.R or r, args.B or b
     if min(p, g, r, b) < 1 or g < 2:
         ap.error("P, R, B must be >= 1 and G >= 2")
-    cfg_model = bench_model_config()
+    if args.hidden_size % 64 or args.hidden_size < 64 or args.layers < 1:
+        ap.error("--hidden-size must be a positive multiple of 64 and --layers >= 1")
+    heads = args.hidden_size // 64
+    cfg_model = bench_model_config(hidden_size=args.hidden_size, intermediate_size=4 * args.hidden_size,
+                                   num_hidden_layers=args.layers, num_attention_heads=heads,
+                                   num_key_value_heads=heads)
     _, params0 = nnx.split(init_model(cfg_model, seed=0))
     rng = np.random.default_rng(0)
     items = [PromptItem(task=None, prompt_ids=list(rng.integers(3, cfg_model.vocab_size, p))) for _ in range(b)]
 
     peak = matmul_peak()
-    print(f"GRPO iteration, {machine_note()}; model d=256 L=4 H=4 V=2048 fp32; P={p} G={g} R={r} B={b}")
+    c = cfg_model
+    print(f"GRPO iteration, {machine_note()}; model d={c.hidden_size} L={c.num_hidden_layers} "
+          f"H={c.num_attention_heads} V={c.vocab_size} fp32; P={p} G={g} R={r} B={b}")
     results = {}
     for mode in ("naive", "prompt_once"):
         results[mode], _ = run_mode(mode, cfg_model, params0, items, b, g, r, args.repeats)
         print(f"  {mode:12s} " + "  ".join(f"{k[5:]} {results[mode][k]:.2f}s" for k in (*PHASES, "time_total")),
               flush=True)
+    # The peak is measured before and after the runs and the larger taken (the stricter yardstick).
+    peak = max(peak, matmul_peak())
     naive_flops = naive_iteration_flops(cfg_model, b, g, p, r)
     speedup = results["naive"]["time_total"] / results["prompt_once"]["time_total"]
     perceived = naive_flops / results["prompt_once"]["time_total"]
     print(f"speedup (naive / prompt-once): {speedup:.2f}x   per phase: " + "  ".join(
         f"{k[5:]} {results['naive'][k] / max(results['prompt_once'][k], 1e-9):.2f}x" for k in PHASES))
-    print(f"naive computation {naive_flops / 1e9:.1f} GFLOP; perceived {perceived / 1e9:.1f} GFLOP/s "
+    achieved = naive_flops / results["naive"]["time_total"]
+    print(f"naive computation {naive_flops / 1e9:.1f} GFLOP, achieved by naive {achieved / 1e9:.1f} GFLOP/s "
+          f"({achieved / peak:.2f}x peak); perceived {perceived / 1e9:.1f} GFLOP/s "
           f"vs measured fp32 matmul peak {peak / 1e9:.1f} GFLOP/s ({perceived / peak:.2f}x peak)")
-    payload = {"machine": machine_note(), "P": p, "G": g, "R": r, "B": b, "phases": results,
+    payload = {"machine": machine_note(), "P": p, "G": g, "R": r, "B": b, "hidden_size": c.hidden_size,
+               "layers": c.num_hidden_layers, "phases": results, "naive_achieved_flops_per_s": achieved,
                "speedup": speedup, "naive_flops": naive_flops, "perceived_flops_per_s": perceived,
                "matmul_peak_flops_per_s": peak}
     write_json(args.json, payload)

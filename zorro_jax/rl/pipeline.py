@@ -33,7 +33,9 @@ from zorro_jax.tokenizer import load_tokenizer, train_bpe_tokenizer
 class DataConfig:
     # "builtin" (the embedded benchmark) or a Spider/BIRD-format folder.
     source: str = "builtin"
+    # SFT examples come from train_split; GRPO prompts from grpo_split (empty = train_split).
     train_split: str = "train"
+    grpo_split: str = ""
     eval_split: str = "dev"
     # Cap on evaluated tasks (0 = all).
     eval_limit: int = 0
@@ -142,10 +144,13 @@ def run(cfg: RunConfig) -> dict:
         eval_tasks = eval_tasks[: cfg.data.eval_limit]
     train_prompts, train_answers = prompt_and_answer_texts(train_tasks, cfg.data)
     eval_prompts, _ = prompt_and_answer_texts(eval_tasks, cfg.data)
+    grpo_split = cfg.data.grpo_split or cfg.data.train_split
+    grpo_tasks = train_tasks if grpo_split == cfg.data.train_split else load_tasks(cfg.data, grpo_split)
+    grpo_prompts, _ = prompt_and_answer_texts(grpo_tasks, cfg.data)
     tok = get_tokenizer(cfg, train_prompts + train_answers)
     eos = tok.eos_token_id
-    say(f"data: {len(train_tasks)} train / {len(eval_tasks)} {cfg.data.eval_split} tasks; "
-        f"tokenizer vocab {len(tok)}")
+    say(f"data: {len(train_tasks)} SFT ({cfg.data.train_split}) / {len(grpo_tasks)} GRPO ({grpo_split}) / "
+        f"{len(eval_tasks)} eval ({cfg.data.eval_split}) tasks; tokenizer vocab {len(tok)}")
 
     if cfg.policy.checkpoint:
         model = load_hf_model(cfg.policy.checkpoint)
@@ -158,6 +163,7 @@ def run(cfg: RunConfig) -> dict:
     budget = cfg.data.max_prompt_tokens
     train_items = [PromptItem(t, encode(tok, p, budget)) for t, p in zip(train_tasks, train_prompts)]
     eval_items = [PromptItem(t, encode(tok, p, budget)) for t, p in zip(eval_tasks, eval_prompts)]
+    grpo_items = [PromptItem(t, encode(tok, p, budget)) for t, p in zip(grpo_tasks, grpo_prompts)]
     examples = [(it.prompt_ids, tok(a, add_special_tokens=False)["input_ids"] + [eos])
                 for it, a in zip(train_items, train_answers)]
 
@@ -204,7 +210,7 @@ def run(cfg: RunConfig) -> dict:
     # GRPO.
     t0 = time.perf_counter()
     grpo_opt = make_optimizer(grpo_cfg.optim)
-    trainer = GRPOTrainer(policy, grpo_opt, make_apply_fn(grpo_opt), tok, train_items, reward_fn, grpo_cfg,
+    trainer = GRPOTrainer(policy, grpo_opt, make_apply_fn(grpo_opt), tok, grpo_items, reward_fn, grpo_cfg,
                           ref_params=state["params"] if grpo_cfg.loss.kl_coef > 0 else None)
 
     def grpo_step(step, st):

@@ -32,6 +32,7 @@ def test_split_sizes_and_difficulties(built):
     assert len(splits["train"]) >= 300
     assert 80 <= len(splits["dev"]) <= 130
     assert 80 <= len(splits["test"]) <= 130
+    assert len(splits["rl"]) >= 300
     for tasks in splits.values():
         assert {t.difficulty for t in tasks} == {"easy", "medium", "hard"}
 
@@ -44,9 +45,11 @@ def test_splits_disjoint_and_held_out_schema_only_in_test(built):
     assert not gold["train"] & gold["dev"]
     assert not gold["train"] & gold["test"]
     assert not gold["dev"] & gold["test"]
+    assert not gold["rl"] & (gold["train"] | gold["dev"] | gold["test"])
     dbs = {s: {t.db_id for t in tasks} for s, tasks in splits.items()}
     assert schemas.HELD_OUT in dbs["test"]
-    assert schemas.HELD_OUT not in dbs["train"] | dbs["dev"]
+    assert schemas.HELD_OUT not in dbs["train"] | dbs["dev"] | dbs["rl"]
+    assert dbs["rl"] == dbs["train"]
     assert len(dbs["train"]) >= 5
 
 
@@ -108,3 +111,16 @@ def test_failed_build_leaves_no_cache(tmp_path, monkeypatch):
 def test_unknown_split():
     with pytest.raises(ValueError):
         benchmark.load_builtin("validation")
+
+
+def test_rl_pool_does_not_change_the_other_splits(built, tmp_path, monkeypatch):
+    """The rl split draws from its own random stream: without it, train/dev/test are identical."""
+    _root, splits = built
+    monkeypatch.setattr(benchmark, "RL_INSTANCES", 0)
+    root = str(tmp_path / "no_rl")
+    assert benchmark.load_builtin("rl", root) == []
+    for name in ("train", "dev", "test"):
+        again = benchmark.load_builtin(name, root)
+        assert [(t.task_id, t.question, t.gold_sql) for t in again] == [
+            (t.task_id, t.question, t.gold_sql) for t in splits[name]
+        ]

@@ -9,6 +9,9 @@ renamed into place, so an interrupted build never leaves a half-written cache.
 
 Splits: `test` holds every task drawn from the held-out schema (never in train or dev) plus
 some unseen instances of the other schemas; `dev` and `train` share schemas but no gold query.
+`rl` is a pool of RL prompts: further instances of the train schemas' templates (other slot
+values), none of whose gold queries is in train, dev or test. SFT learns from `train`; GRPO can
+draw prompts from `rl`, where the warm-started policy has not seen the answers.
 
     python -m zorro_jax.tasks.text2sql.benchmark --summary
 """
@@ -32,9 +35,10 @@ from zorro_jax.tasks.text2sql import compare, schemas, templates
 from zorro_jax.tasks.text2sql.executor import Executor, ExecutorConfig
 from zorro_jax.tasks.text2sql.reward import Task
 
-VERSION = "v1"
-SPLITS = ("train", "dev", "test")
-MAX_INSTANCES = 6  # per (schema, template)
+VERSION = "v2"
+SPLITS = ("train", "dev", "test", "rl")
+MAX_INSTANCES = 6  # per (schema, template), shared by train, dev and test
+RL_INSTANCES = 20  # further instances per (schema, template) for the rl split
 DEV_SIZE = 100
 TEST_SEEN_SIZE = 40  # test tasks from schemas that are also in train
 TEST_HELD_OUT_SIZE = 60
@@ -143,14 +147,19 @@ def _valid_gold(ex: Executor, db_path: str, sql: str, tmpl, fmt: dict, sql_slots
 
 
 def _instances(ex: Executor, db_path: str, spec: schemas.SchemaSpec, cands: dict):
+    """Yield (record, extra) pairs: up to MAX_INSTANCES validated instances per template for
+    train/dev/test (extra=False), then, for templates with slots, up to RL_INSTANCES more from
+    the slot combinations left over (extra=True). The extras use their own random stream, so
+    the base instances do not depend on RL_INSTANCES."""
     rng = random.Random(spec.seed * 7919)
     fmt = {**spec.roles, **spec.words}
+    leftovers = []
     for tmpl in templates.TEMPLATES:
         names = _slot_names(tmpl)
         combos = list(itertools.product(*(cands[n] for n in names)))
         rng.shuffle(combos)
         made = 0
-        for combo in combos:
+        for i, combo in enumerate(combos):
             text_slots, sql_slots = _fill(dict(zip(names, combo)))
             sql = tmpl.sql.format(**spec.roles, **sql_slots)
             if not _valid_gold(ex, db_path, sql, tmpl, spec.roles, sql_slots):
@@ -161,17 +170,36 @@ def _instances(ex: Executor, db_path: str, spec: schemas.SchemaSpec, cands: dict
             )
             for p in phrasings:
                 question = tmpl.questions[p].format(**fmt, **text_slots)
-                yield {
-                    "task_id": f"{spec.db_id}/{tmpl.template_id}/{made}",
-                    "db_id": spec.db_id,
-                    "question": question[0].upper() + question[1:],
-                    "gold_sql": sql,
-                    "difficulty": tmpl.difficulty,
-                    "template_id": tmpl.template_id,
-                }
+                yield _record(spec, tmpl, made, question, sql), False
                 made += 1
             if made >= MAX_INSTANCES:
+                if names:
+                    leftovers.append((tmpl, names, combos[i + 1 :], made))
                 break
+    extra_rng = random.Random(spec.seed * 7919 + 1)
+    for tmpl, names, combos, made in leftovers:
+        extra = 0
+        for combo in combos:
+            if extra >= RL_INSTANCES:
+                break
+            text_slots, sql_slots = _fill(dict(zip(names, combo)))
+            sql = tmpl.sql.format(**spec.roles, **sql_slots)
+            if not _valid_gold(ex, db_path, sql, tmpl, spec.roles, sql_slots):
+                continue
+            question = tmpl.questions[extra_rng.randrange(len(tmpl.questions))].format(**fmt, **text_slots)
+            yield _record(spec, tmpl, made + extra, question, sql), True
+            extra += 1
+
+
+def _record(spec, tmpl, index: int, question: str, sql: str) -> dict:
+    return {
+        "task_id": f"{spec.db_id}/{tmpl.template_id}/{index}",
+        "db_id": spec.db_id,
+        "question": question[0].upper() + question[1:],
+        "gold_sql": sql,
+        "difficulty": tmpl.difficulty,
+        "template_id": tmpl.template_id,
+    }
 
 
 def write_database(path: str, spec: schemas.SchemaSpec):
@@ -194,7 +222,7 @@ def write_database(path: str, spec: schemas.SchemaSpec):
         conn.close()
 
 
-def _split(records: list[dict]) -> dict[str, list[dict]]:
+def _split(records: list[dict], extras: list[dict]) -> dict[str, list[dict]]:
     rng = random.Random(SPLIT_SEED)
     groups: dict[tuple, list[dict]] = collections.defaultdict(list)
     for rec in records:
@@ -214,6 +242,9 @@ def _split(records: list[dict]) -> dict[str, list[dict]]:
             out["test"].extend(group)
         else:
             out["train"].extend(group)
+    # The RL pool: extra instances of schemas seen in training whose gold query no other split has.
+    taken = {(r["db_id"], r["gold_sql"]) for recs in out.values() for r in recs}
+    out["rl"] = [r for r in extras if r["db_id"] != schemas.HELD_OUT and (r["db_id"], r["gold_sql"]) not in taken]
     for split in out.values():
         split.sort(key=lambda r: r["task_id"])
     return out
@@ -222,7 +253,7 @@ def _split(records: list[dict]) -> dict[str, list[dict]]:
 def build(folder: str):
     """Generate the databases and splits into `folder` (which must be empty)."""
     os.makedirs(os.path.join(folder, "db"), exist_ok=True)
-    records = []
+    records, extras = [], []
     with Executor(ExecutorConfig(timeout_s=10.0)) as ex:
         for spec in schemas.SCHEMAS:
             rel = os.path.join("db", f"{spec.db_id}.duckdb")
@@ -233,9 +264,9 @@ def build(folder: str):
                 cands = _slot_candidates(conn, spec)
             finally:
                 conn.close()
-            for rec in _instances(ex, path, spec, cands):
-                records.append({**rec, "db_path": rel})
-    splits = _split(records)
+            for rec, extra in _instances(ex, path, spec, cands):
+                (extras if extra else records).append({**rec, "db_path": rel})
+    splits = _split(records, extras)
     for name, recs in splits.items():
         with open(os.path.join(folder, f"{name}.jsonl"), "w") as f:
             for rec in recs:
@@ -272,7 +303,7 @@ def ensure_built(cache_dir: str | os.PathLike | None = None) -> str:
 
 
 def load_builtin(split: str, cache_dir: str | os.PathLike | None = None) -> list[Task]:
-    """Tasks of a split ("train", "dev", "test"), building the cache on first use."""
+    """Tasks of a split ("train", "dev", "test", "rl"), building the cache on first use."""
     if split not in SPLITS:
         raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
     folder = ensure_built(cache_dir)
