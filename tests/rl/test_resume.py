@@ -17,10 +17,15 @@ ARGS = ["--sft.steps", "4", "--sft.batch_size", "4", "--grpo.steps", "8", "--grp
         "--policy.hidden_size", "32", "--policy.num_layers", "1", "--policy.intermediate_size", "64",
         "--policy.vocab_size", "400", "--eval_batch_size", "8", "--quiet", "true"]
 VOLATILE = ("seconds", "tokens_per_s")
+# Speculative rollouts with a draft warmed up before GRPO and refreshed online: the draft's params
+# and optimiser state are part of the checkpoint.
+SPECULATIVE = ["--grpo.speculative.enabled", "true", "--grpo.speculative.gamma", "2",
+               "--grpo.speculative.warmup_steps", "3", "--grpo.speculative.warmup_prompts_per_step", "4",
+               "--grpo.speculative.draft_hidden_size", "16"]
 
 
-def command(run_dir):
-    return [sys.executable, "-m", "experiments.train", "--run_dir", str(run_dir), *ARGS]
+def command(run_dir, extra=()):
+    return [sys.executable, "-m", "experiments.train", "--run_dir", str(run_dir), *ARGS, *extra]
 
 
 def stable_rows(run_dir):
@@ -29,13 +34,14 @@ def stable_rows(run_dir):
 
 
 @pytest.mark.slow
-def test_sigkill_then_rerun_matches_uninterrupted(tmp_path):
+@pytest.mark.parametrize("extra", [(), SPECULATIVE], ids=["plain", "speculative"])
+def test_sigkill_then_rerun_matches_uninterrupted(tmp_path, extra):
     root = Path(__file__).resolve().parents[2]
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    subprocess.run(command(tmp_path / "full"), cwd=root, env=env, check=True, timeout=900)
+    subprocess.run(command(tmp_path / "full", extra), cwd=root, env=env, check=True, timeout=900)
 
     killed = tmp_path / "killed"
-    proc = subprocess.Popen(command(killed), cwd=root, env=env)
+    proc = subprocess.Popen(command(killed, extra), cwd=root, env=env)
     metrics = killed / "metrics.jsonl"
     deadline = time.time() + 900
     while time.time() < deadline and proc.poll() is None:
@@ -49,8 +55,13 @@ def test_sigkill_then_rerun_matches_uninterrupted(tmp_path):
     assert proc.returncode == -signal.SIGKILL, "the run finished before it could be killed"
     assert (killed / "ckpt_grpo").is_dir()
 
-    out = subprocess.run(command(killed), cwd=root, env=env, check=True, timeout=900,
+    out = subprocess.run(command(killed, extra), cwd=root, env=env, check=True, timeout=900,
                          capture_output=True, text=True)
     assert "[grpo] resumed from step" in out.stdout
     assert stable_rows(killed) == stable_rows(tmp_path / "full")
     assert (killed / "summary.md").is_file() and (killed / "policy" / "config.json").is_file()
+    if extra:
+        rows = stable_rows(killed)
+        assert any(r["phase"] == "distill" for r in rows)
+        assert all("spec_acceptance_rate" in r and "distill_kl" in r for r in rows if r["phase"] == "grpo")
+        assert (killed / "draft" / "config.json").is_file()

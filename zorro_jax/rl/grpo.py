@@ -25,14 +25,59 @@ from zorro_jax.layouts import pack_prompt_groups
 from zorro_jax.rl.losses import LossConfig, compute_advantages, loss_normaliser
 from zorro_jax.rl.optim import OptimConfig
 from zorro_jax.rl.steps import MODES, add_grads, make_grpo_grad_fn, make_logprob_fn, slice_groups
-from zorro_jax.sampling.sampler import SamplerConfig, generate
+from zorro_jax.sampling.sampler import SamplerConfig, generate, pack_prompts
 
 # rewards, details = reward_fn(completion texts, tasks)
 RewardFn = Callable[[list[str], list[Any]], tuple[np.ndarray, list]]
 
 
 @dataclasses.dataclass(frozen=True)
+class SpeculativeRolloutConfig:
+    """Speculative rollouts: a small draft proposes `gamma` tokens per sample, the policy verifies
+    them in one forward with exact rejection sampling (same distribution as the plain sampler, the
+    policy's log-probs). The draft is distilled from the starting policy before GRPO
+    (`warmup_steps`, its own resumable phase) and then refreshed online on each iteration's
+    rollouts so its acceptance follows the moving policy."""
+
+    enabled: bool = False
+    gamma: int = 4
+    # Draft size (same family, tokenizer and vocabulary as the policy).
+    draft_hidden_size: int = 64
+    draft_layers: int = 1
+    draft_heads: int = 2
+    draft_kv_heads: int = 1
+    # Online distillation: every `refresh_every` iterations (0 = never: the draft stays as warmed
+    # up) the draft takes `refresh_steps` forward-KL steps on that iteration's rollouts against
+    # the updated policy.
+    refresh_every: int = 1
+    refresh_steps: int = 1
+    lr: float = 3e-3
+    # Distillation steps before GRPO (0 = none), each on this many SFT examples: KL to the
+    # starting policy at every position of the reference answer (teacher forcing, no sampling).
+    warmup_steps: int = 200
+    warmup_prompts_per_step: int = 16
+    seed: int = 0
+
+    def __post_init__(self):
+        if self.gamma < 1:
+            raise ValueError(f"speculative gamma must be >= 1, got {self.gamma}")
+        for name in ("refresh_every", "warmup_steps"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"speculative {name} must be >= 0, got {getattr(self, name)}")
+        for name in ("refresh_steps", "warmup_prompts_per_step", "draft_hidden_size", "draft_layers",
+                     "draft_heads", "draft_kv_heads"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"speculative {name} must be >= 1, got {getattr(self, name)}")
+        if self.draft_heads % self.draft_kv_heads:
+            raise ValueError("speculative draft_heads must be a multiple of draft_kv_heads")
+        if self.lr <= 0:
+            raise ValueError(f"speculative lr must be positive, got {self.lr}")
+
+
+@dataclasses.dataclass(frozen=True)
 class GRPOConfig:
+    """One GRPO run: batch shape, optimisation, loss, sampler and (optional) speculative rollouts."""
+
     steps: int = 20
     # Unique prompts per iteration (B) and completions per prompt (G).
     prompts_per_step: int = 8
@@ -50,6 +95,7 @@ class GRPOConfig:
     sampler: SamplerConfig = SamplerConfig(max_new_tokens=64, temperature=1.0)
     # Reward at or above which a rollout counts as correct (execution accuracy).
     correct_threshold: float = 1.0
+    speculative: SpeculativeRolloutConfig = SpeculativeRolloutConfig()
 
     def __post_init__(self):
         if self.mode not in MODES:
@@ -62,6 +108,8 @@ class GRPOConfig:
                              f"micro_batch_groups ({self.micro_batch_groups})")
         if self.group_size < 2:
             raise ValueError("group_size must be >= 2: group-relative advantages need a group")
+        if self.speculative.enabled and self.mode != "prompt_once":
+            raise ValueError("speculative rollouts run on shared-prefix caches: they need mode='prompt_once'")
 
 
 def data_order(n: int, seed: int, position: int, count: int) -> list[int]:
@@ -102,18 +150,31 @@ def decode_texts(tokenizer, completions: Sequence[Sequence[int]], stop_ids: Sequ
 
 
 def rollout_and_score(policy: Policy, tokenizer, items: list[PromptItem], group: int,
-                      sampler: SamplerConfig, key, reward_fn: RewardFn, mode: str):
-    """Generate G completions per item and score them; returns (rollouts, rewards [B,G], details)."""
+                      sampler: SamplerConfig, key, reward_fn: RewardFn, mode: str, draft=None, gamma: int = 4):
+    """Generate G completions per item and score them.
+
+    With `draft` (a draft model) the rollouts are speculative (exact: the policy's distribution).
+    Returns (rollouts, rewards [B, G], reward details, texts, rollout seconds, reward seconds,
+    speculative stats or None).
+    """
     t0 = time.perf_counter()
-    roll = generate(policy.model(), [it.prompt_ids for it in items], group, sampler, key,
-                    mode="shared" if mode == "prompt_once" else "naive")
+    prompts = [it.prompt_ids for it in items]
+    spec_stats = None
+    if draft is not None:
+        from zorro_jax.sampling.speculative import generate_speculative
+
+        roll, spec_stats = generate_speculative(policy.model(), draft, prompts, group, sampler, key, gamma)
+    else:
+        roll = generate(policy.model(), prompts, group, sampler, key,
+                        mode="shared" if mode == "prompt_once" else "naive")
     t1 = time.perf_counter()
     flat = [c for per_prompt in roll.completions for c in per_prompt]
     texts = decode_texts(tokenizer, flat, sampler.eos_token_ids)
     tasks = [it.task for it in items for _ in range(group)]
     rewards, details = reward_fn(texts, tasks)
     t2 = time.perf_counter()
-    return roll, np.asarray(rewards, np.float32).reshape(len(items), group), details, texts, t1 - t0, t2 - t1
+    return (roll, np.asarray(rewards, np.float32).reshape(len(items), group), details, texts, t1 - t0, t2 - t1,
+            spec_stats)
 
 
 def evaluate(policy: Policy, tokenizer, items: list[PromptItem], reward_fn: RewardFn,
@@ -137,12 +198,21 @@ def evaluate(policy: Policy, tokenizer, items: list[PromptItem], reward_fn: Rewa
 
 
 class GRPOTrainer:
-    """Holds the jitted steps; `iteration(step, opt_state)` runs one GRPO iteration."""
+    """Holds the jitted steps; `iteration(step, opt_state)` runs one GRPO iteration.
+
+    `draft` (a `zorro_jax.sampling.distill.DraftTrainer`) switches on speculative rollouts and
+    online draft distillation as configured by `cfg.speculative`; its params and optimiser state
+    are the caller's to checkpoint (`draft.params`, `draft.opt_state`).
+    """
 
     def __init__(self, policy: Policy, optimizer, apply_fn, tokenizer, items: list[PromptItem],
-                 reward_fn: RewardFn, cfg: GRPOConfig, ref_params=None):
+                 reward_fn: RewardFn, cfg: GRPOConfig, ref_params=None, draft=None):
         self.policy, self.tok, self.items, self.reward_fn, self.cfg = policy, tokenizer, items, reward_fn, cfg
         self.optimizer, self.apply_fn, self.ref_params = optimizer, apply_fn, ref_params
+        if cfg.speculative.enabled and draft is None:
+            raise ValueError("cfg.speculative.enabled needs a draft (DraftTrainer)")
+        self.draft = draft if cfg.speculative.enabled else None
+        self._round_costs: dict = {}
         g = policy.graphdef
         self.logprob_fn = make_logprob_fn(g, cfg.mode, cfg.attention_impl)
         self.grad_fn = make_grpo_grad_fn(g, cfg.loss, cfg.mode, cfg.attention_impl)
@@ -154,8 +224,10 @@ class GRPOTrainer:
         idx = data_order(len(self.items), cfg.seed, step * cfg.prompts_per_step, cfg.prompts_per_step)
         items = [self.items[i] for i in idx]
         key = jax.random.fold_in(jax.random.key(cfg.seed), step)
-        roll, rewards, details, texts, t_roll, t_reward = rollout_and_score(
-            self.policy, self.tok, items, cfg.group_size, cfg.sampler, key, self.reward_fn, cfg.mode)
+        spec = cfg.speculative
+        roll, rewards, details, texts, t_roll, t_reward, spec_stats = rollout_and_score(
+            self.policy, self.tok, items, cfg.group_size, cfg.sampler, key, self.reward_fn, cfg.mode,
+            draft=self.draft.model() if self.draft else None, gamma=spec.gamma)
 
         t0 = time.perf_counter()
         adv = compute_advantages(jnp.asarray(rewards), cfg.loss)
@@ -187,10 +259,11 @@ class GRPOTrainer:
             gnorm = float(gn)
         jax.block_until_ready(self.policy.params)
         t2 = time.perf_counter()
+        spec_row = self._draft_metrics(step, items, batch, spec_stats, t_roll) if self.draft else {}
 
         mean_metric = lambda k: float(np.mean([float(m[k]) for m in metrics_acc]))
         gen_tokens = int(roll.lengths_BxG.sum())
-        total = t_roll + t_reward + (t1 - t0) + (t2 - t1)
+        total = t_roll + t_reward + (t1 - t0) + (t2 - t1) + spec_row.get("time_distill", 0.0)
         row = {
             "reward_mean": float(rewards.mean()),
             "exec_accuracy": float((rewards >= cfg.correct_threshold).mean()),
@@ -205,5 +278,31 @@ class GRPOTrainer:
             "tokens_per_s": gen_tokens / max(t_roll, 1e-9),
             "time_rollout": t_roll, "time_reward": t_reward,
             "time_logprobs": t1 - t0, "time_update": t2 - t1, "time_total": total,
+            **spec_row,
         }
         return row, opt_state, {"texts": texts, "rewards": rewards, "details": details, "items": items}
+
+    def _draft_metrics(self, step: int, items, batch, spec_stats: dict, t_roll: float) -> dict:
+        """Speculative metrics of this iteration, and the online draft refresh when it is due."""
+        from zorro_jax.sampling.speculative import measure_round_costs, split_time
+
+        spec, cfg = self.cfg.speculative, self.cfg
+        prompts = [it.prompt_ids for it in items]
+        shape = pack_prompts(prompts, cfg.sampler)[0].shape
+        if shape not in self._round_costs:  # measured once per padded prompt shape
+            self._round_costs[shape] = measure_round_costs(
+                self.policy.model(), self.draft.model(), prompts, cfg.group_size, cfg.sampler, spec.gamma)
+        row = {
+            "spec_acceptance_rate": spec_stats["acceptance_rate"],
+            "spec_tokens_per_forward": spec_stats["tokens_per_policy_forward"],
+            "spec_policy_forwards": spec_stats["policy_forwards"],
+            **split_time(t_roll, self._round_costs[shape]),
+        }
+        if spec.refresh_every and (step + 1) % spec.refresh_every == 0:
+            t0 = time.perf_counter()
+            policy = self.policy.model()
+            for _ in range(spec.refresh_steps):
+                m = self.draft.step(policy, batch)
+            row.update(distill_kl=m["kl"], distill_expected_acceptance=m["expected_acceptance"],
+                       time_distill=time.perf_counter() - t0)
+        return row

@@ -72,6 +72,9 @@ class RunConfig:
 
 
 def load_tasks(data: DataConfig, split: str):
+    """Tasks of a split of the configured source; "a+b" concatenates splits (e.g. "train+rl")."""
+    if "+" in split:
+        return [t for part in split.split("+") for t in load_tasks(data, part)]
     if data.source == "builtin":
         from zorro_jax.tasks.text2sql.benchmark import load_builtin
 
@@ -131,6 +134,51 @@ def encode(tok, text: str, max_tokens: int | None = None) -> list[int]:
     return prefix + ids
 
 
+def warm_up_draft(cfg: RunConfig, grpo_cfg: GRPOConfig, policy: Policy, examples: list[tuple[list[int], list[int]]],
+                  run_dir: Path, log: MetricsLog):
+    """Build the draft and distil it from the policy before GRPO (the resumable "distill" phase).
+
+    Each warm-up step takes `warmup_prompts_per_step` SFT examples (prompt, reference answer) and
+    one forward-KL step of the draft towards the policy's distributions at every answer position
+    (teacher forcing: no sampling, so the warm-up is cheap). Online refreshes during GRPO then
+    distil on the policy's own rollouts. Returns a `DraftTrainer` (draft params + optimiser state).
+    """
+    import optax
+
+    from zorro_jax.layouts import pack_prompt_groups
+    from zorro_jax.rl.grpo import data_order
+    from zorro_jax.sampling.distill import DraftTrainer
+    from zorro_jax.sampling.speculative import draft_config
+
+    spec, sampler = grpo_cfg.speculative, grpo_cfg.sampler
+    model_cfg = policy.model().config
+    dcfg = draft_config(model_cfg, hidden_size=spec.draft_hidden_size, num_layers=spec.draft_layers,
+                        num_heads=spec.draft_heads, num_kv_heads=spec.draft_kv_heads)
+    trainer = DraftTrainer(init_model(dcfg, seed=spec.seed), optax.adam(spec.lr),
+                           temperature=sampler.temperature, impl=grpo_cfg.attention_impl)
+    n = spec.warmup_prompts_per_step
+
+    def step_fn(step, st):
+        trainer.params, trainer.opt_state = st["draft"], st["draft_opt"]
+        chosen = [examples[i] for i in data_order(len(examples), spec.seed + 1, (step - 1) * n, n)]
+        batch = pack_prompt_groups([(prompt, [answer]) for prompt, answer in chosen], pad_id=sampler.pad_token_id)
+        m = trainer.step(policy.model(), batch)
+        return {"draft": trainer.params, "draft_opt": trainer.opt_state}, {
+            "distill_kl": m["kl"], "distill_expected_acceptance": m["expected_acceptance"]}
+
+    def restore(st):
+        trainer.params, trainer.opt_state = st["draft"], st["draft_opt"]
+
+    if spec.warmup_steps:
+        st = run_phase("distill", spec.warmup_steps, step_fn, {"draft": trainer.params, "draft_opt": trainer.opt_state},
+                       run_dir, log, checkpoint_every=max(cfg.checkpoint_every, 50), keep=cfg.keep_checkpoints,
+                       later_phases=("grpo",), quiet=cfg.quiet, after_restore=restore,
+                       show=lambda r: {"kl": f"{r['distill_kl']:.3f}",
+                                       "accept": f"{r['distill_expected_acceptance']:.2f}"})
+        restore(st)
+    return trainer
+
+
 def run(cfg: RunConfig) -> dict:
     t_start = time.perf_counter()
     run_dir = Path(cfg.run_dir)
@@ -185,7 +233,7 @@ def run(cfg: RunConfig) -> dict:
                                 impl=cfg.grpo.attention_impl)
         state = run_phase("sft", cfg.sft.steps, step_fn, state, run_dir, log,
                           checkpoint_every=cfg.checkpoint_every, keep=cfg.keep_checkpoints,
-                          later_phases=("eval", "grpo"), quiet=cfg.quiet,
+                          later_phases=("eval", "distill", "grpo"), quiet=cfg.quiet,
                           show=lambda r: {"loss": f"{r['loss']:.3f}"})
         phases["sft_seconds"] = time.perf_counter() - t0
     policy = Policy(graphdef, state["params"])
@@ -207,28 +255,51 @@ def run(cfg: RunConfig) -> dict:
     before = held_out(0)
     say(f"held-out execution accuracy after SFT: {before['exec_accuracy']:.3f} (n={before['n']})")
 
+    # Speculative rollouts: a draft distilled from the SFT policy before GRPO, refreshed during it.
+    draft = None
+    if grpo_cfg.speculative.enabled:
+        t0 = time.perf_counter()
+        draft = warm_up_draft(cfg, grpo_cfg, policy, examples, run_dir, log)
+        phases["draft_warmup_seconds"] = time.perf_counter() - t0
+
     # GRPO.
     t0 = time.perf_counter()
     grpo_opt = make_optimizer(grpo_cfg.optim)
     trainer = GRPOTrainer(policy, grpo_opt, make_apply_fn(grpo_opt), tok, grpo_items, reward_fn, grpo_cfg,
-                          ref_params=state["params"] if grpo_cfg.loss.kl_coef > 0 else None)
+                          ref_params=state["params"] if grpo_cfg.loss.kl_coef > 0 else None, draft=draft)
 
     def grpo_step(step, st):
         policy.params = st["params"]
+        if draft:
+            draft.params, draft.opt_state = st["draft"], st["draft_opt"]
         row, opt, _ = trainer.iteration(step - 1, st["opt"])
-        return {"params": policy.params, "opt": opt}, row
+        out = {"params": policy.params, "opt": opt}
+        return ({**out, "draft": draft.params, "draft_opt": draft.opt_state} if draft else out), row
 
-    st = run_phase("grpo", grpo_cfg.steps, grpo_step, {"params": policy.params, "opt": grpo_opt.init(policy.params)},
-                   run_dir, log, checkpoint_every=cfg.checkpoint_every, keep=cfg.keep_checkpoints,
-                   quiet=cfg.quiet,
-                   after_restore=lambda s: setattr(policy, "params", s["params"]),
-                   show=lambda r: {"reward": f"{r['reward_mean']:.3f}", "acc": f"{r['exec_accuracy']:.2f}"})
-    policy.params = st["params"]
+    def restore(s):
+        policy.params = s["params"]
+        if draft:
+            draft.params, draft.opt_state = s["draft"], s["draft_opt"]
+
+    def show(r):
+        out = {"reward": f"{r['reward_mean']:.3f}", "acc": f"{r['exec_accuracy']:.2f}"}
+        if "spec_acceptance_rate" in r:
+            out["accept"] = f"{r['spec_acceptance_rate']:.2f}"
+        return out
+
+    init = {"params": policy.params, "opt": grpo_opt.init(policy.params)}
+    if draft:
+        init.update(draft=draft.params, draft_opt=draft.opt_state)
+    st = run_phase("grpo", grpo_cfg.steps, grpo_step, init, run_dir, log, checkpoint_every=cfg.checkpoint_every,
+                   keep=cfg.keep_checkpoints, quiet=cfg.quiet, after_restore=restore, show=show)
+    restore(st)
     phases["grpo_seconds"] = time.perf_counter() - t0
     after = held_out(grpo_cfg.steps)
     say(f"held-out execution accuracy after GRPO: {after['exec_accuracy']:.3f} (n={after['n']})")
 
     export_hf_model(policy.model(), run_dir / "policy", tokenizer=tok)
+    if draft:
+        export_hf_model(draft.model(), run_dir / "draft", tokenizer=tok)
     rows = log.rows()
     plots = plot_metrics(rows, run_dir)
     grpo_rows = [r for r in rows if r.get("phase") == "grpo"]
@@ -244,8 +315,14 @@ def run(cfg: RunConfig) -> dict:
         **phases,
     }
     if grpo_rows:
-        for k in ("time_rollout", "time_reward", "time_logprobs", "time_update"):
-            results[f"mean {k[5:]} seconds / GRPO step"] = float(np.mean([r[k] for r in grpo_rows]))
+        for k in ("time_rollout", "time_reward", "time_logprobs", "time_update", "time_draft_est",
+                  "time_verify_est", "time_distill"):
+            vals = [r[k] for r in grpo_rows if k in r]
+            if vals:
+                results[f"mean {k[5:]} seconds / GRPO step"] = float(np.mean(vals))
+        if draft:
+            for k in ("spec_acceptance_rate", "spec_tokens_per_forward"):
+                results[f"{k}, first / last GRPO step"] = f"{grpo_rows[0][k]:.3f} / {grpo_rows[-1][k]:.3f}"
     write_summary(run_dir, "zorro_jax text-to-SQL run", {
         "Results": results,
         "Files": [f"metrics.jsonl ({len(rows)} rows)", *[p.name for p in plots],

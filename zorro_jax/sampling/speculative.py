@@ -298,3 +298,80 @@ def generate_speculative(policy_model: Transformer, draft_model: Transformer, pr
         "seconds": seconds,
     }
     return Rollouts(tokens, lengths, logp, prompt_len_B, completions, kv), stats_out
+
+
+@functools.partial(jax.jit, static_argnames=("pgraph", "dgraph", "group_size", "response_size", "impl"))
+def _prefill_both(pgraph, pstate, dgraph, dstate, tokens_BxP, prompt_len_B, *, group_size, response_size,
+                  impl):
+    policy, draft = nnx.merge(pgraph, pstate), nnx.merge(dgraph, dstate)
+    _, pcache = shared_prefix_prefill(policy, tokens_BxP, prompt_len_B, group_size, response_size, impl)
+    _, dcache = shared_prefix_prefill(draft, tokens_BxP, prompt_len_B, group_size, response_size, impl)
+    return pcache, dcache
+
+
+@functools.partial(jax.jit, static_argnames=("dgraph", "gamma", "impl"))
+def _draft_round(dgraph, dstate, dcache, last_BxG, *, gamma, impl):
+    """The draft's work in one round: a T=2 catch-up step, then γ−1 T=1 steps, with logits."""
+    draft = nnx.merge(dgraph, dstate)
+    b, g = last_BxG.shape
+    h, dcache = shared_prefix_step(draft, dcache, jnp.stack([last_BxG, last_BxG], -1),
+                                   jnp.full((b, g), 2, jnp.int32), impl)
+    tok = jnp.argmax(draft.logits(h[:, :, -1]), axis=-1).astype(jnp.int32)
+    for _ in range(1, gamma):
+        h, dcache = shared_prefix_step(draft, dcache, tok[:, :, None], jnp.ones((b, g), jnp.int32), impl)
+        tok = jnp.argmax(draft.logits(h[:, :, 0]), axis=-1).astype(jnp.int32)
+    return tok
+
+
+@functools.partial(jax.jit, static_argnames=("pgraph", "gamma", "impl"))
+def _verify_round(pgraph, pstate, pcache, last_BxG, *, gamma, impl):
+    """The policy's work in one round: one T=γ+1 step and its logits."""
+    policy = nnx.merge(pgraph, pstate)
+    b, g = last_BxG.shape
+    toks = jnp.broadcast_to(last_BxG[:, :, None], (b, g, gamma + 1))
+    h, _ = shared_prefix_step(policy, pcache, toks, jnp.zeros((b, g), jnp.int32), impl)
+    return jnp.argmax(policy.logits(h), axis=-1)
+
+
+def measure_round_costs(policy_model: Transformer, draft_model: Transformer, prompts: list[list[int]],
+                        group_size: int, sampler_cfg: SamplerConfig, gamma: int, repeats: int = 3) -> dict:
+    """Seconds of the draft's share and of the policy's share of one speculative round.
+
+    The speculative loop is one compiled `while_loop`, so its draft and verify parts cannot be
+    timed from inside. This times, outside the loop but at the same shapes (B prompts, G samples,
+    the same cache sizes), the draft's round (catch-up + γ−1 proposal steps) and the policy's
+    round (one γ+1-token verify step), each compiled first and then the median of `repeats` runs.
+    `split_time` apportions a measured loop time between the two with these costs.
+    Returns {"draft_round_s", "verify_round_s", "draft_fraction"}.
+    """
+    cfg = sampler_cfg
+    tokens_BxP, prompt_len_B = pack_prompts(prompts, cfg)
+    need = cfg.max_new_tokens + gamma + 1
+    buckets = cfg.response_buckets if cfg.response_buckets and cfg.response_buckets[-1] >= need else ()
+    response_size = bucket(need, buckets)
+    pgraph, pstate = nnx.split(policy_model)
+    dgraph, dstate = nnx.split(draft_model)
+    impl = cfg.draw_spec().impl
+    pcache, dcache = _prefill_both(pgraph, pstate, dgraph, dstate, tokens_BxP, prompt_len_B,
+                                   group_size=group_size, response_size=response_size, impl=impl)
+    last = jnp.full((len(prompts), group_size), cfg.pad_token_id, jnp.int32)
+
+    def median_seconds(fn):
+        jax.block_until_ready(fn())
+        times = []
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            jax.block_until_ready(fn())
+            times.append(time.perf_counter() - t0)
+        return float(np.median(times))
+
+    t_draft = median_seconds(lambda: _draft_round(dgraph, dstate, dcache, last, gamma=gamma, impl=impl))
+    t_verify = median_seconds(lambda: _verify_round(pgraph, pstate, pcache, last, gamma=gamma, impl=impl))
+    return {"draft_round_s": t_draft, "verify_round_s": t_verify,
+            "draft_fraction": t_draft / max(t_draft + t_verify, 1e-12)}
+
+
+def split_time(seconds: float, costs: dict) -> dict:
+    """Apportion a speculative generation's wall time into estimated draft and verify seconds."""
+    f = costs["draft_fraction"]
+    return {"time_draft_est": seconds * f, "time_verify_est": seconds * (1.0 - f)}
