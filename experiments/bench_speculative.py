@@ -3,10 +3,15 @@
 The policy and draft are Hugging Face folders (--policy, --draft), or by default a random policy
 and a small draft distilled on the policy's own samples for a few steps in-process (a random
 policy is nearly uniform, so its acceptance numbers say little about a trained one: pass folders
-for real figures). Every sample generates exactly R tokens (`ignore_eos`), so both samplers do the
-same work per sample. Each variant runs once to compile, then is timed (median of --repeats).
+for real figures). With folders, the prompts are the built-in benchmark's dev questions (compact
+style, the folder's tokenizer) and samples stop at EOS as in training (tokens/s counts the tokens
+each variant generated); with the random policy every sample generates exactly R tokens
+(`ignore_eos`). Each variant runs once to compile, then is timed (median of --repeats). The
+draft/verify split of the speculative time is estimated from the two models' per-round costs
+measured at the same shapes (`speculative.measure_round_costs`).
 
-    python -m experiments.bench_speculative [--preset ci] [--policy DIR --draft DIR] [--json PATH]
+    python -m experiments.bench_speculative [--preset ci] [--policy DIR --draft DIR] [--B 8 --G 8 --R 80]
+                                            [--json PATH]
 """
 
 from __future__ import annotations
@@ -26,7 +31,12 @@ from zorro_jax.checkpoints.hf import load_hf_model
 from zorro_jax.model.transformer import init_model
 from zorro_jax.sampling.distill import distill_on_rollouts
 from zorro_jax.sampling.sampler import SamplerConfig, generate
-from zorro_jax.sampling.speculative import draft_config, generate_speculative
+from zorro_jax.sampling.speculative import (
+    draft_config,
+    generate_speculative,
+    measure_round_costs,
+    split_time,
+)
 
 # (B prompts, P prompt tokens, G samples, R new tokens, distillation steps, policy overrides)
 PRESETS = {
@@ -46,6 +56,10 @@ class BenchConfig:
     temperature: float = 1.0
     repeats: int = 1
     json_path: str | None = None
+    # Shape overrides (0 = the preset's).
+    B: int = 0
+    G: int = 0
+    R: int = 0
 
     def __post_init__(self):
         if self.preset not in PRESETS:
@@ -76,13 +90,28 @@ def models(cfg: BenchConfig, preset: dict, sampler: SamplerConfig, prompts):
     return policy, draft, history
 
 
+def builtin_prompts(policy_dir: str, b: int, r: int, temperature: float):
+    """The first `b` dev questions of the built-in benchmark, tokenised with the policy's tokenizer."""
+    from zorro_jax.rl.pipeline import DataConfig, encode, load_tasks, prompt_and_answer_texts
+    from zorro_jax.tokenizer import load_tokenizer
+
+    tok = load_tokenizer(policy_dir)
+    texts, _ = prompt_and_answer_texts(load_tasks(DataConfig(), "dev")[:b], DataConfig())
+    sampler = SamplerConfig(max_new_tokens=r, temperature=temperature, eos_token_ids=(tok.eos_token_id,),
+                            pad_token_id=tok.pad_token_id)
+    return sampler, [encode(tok, t) for t in texts]
+
+
 def run(cfg: BenchConfig) -> dict:
     preset = PRESETS[cfg.preset]
-    b, p, g, r = preset["b"], preset["p"], preset["g"], preset["r"]
-    sampler = SamplerConfig(max_new_tokens=r, temperature=cfg.temperature, ignore_eos=True)
-    vocab = (bench_model_config(**preset["policy"]).vocab_size if cfg.policy is None
-             else load_hf_model(cfg.policy).config.vocab_size)
-    prompts = np.random.default_rng(0).integers(1, vocab, (b, p)).tolist()
+    b, p, g, r = cfg.B or preset["b"], preset["p"], cfg.G or preset["g"], cfg.R or preset["r"]
+    if cfg.policy is None:
+        sampler = SamplerConfig(max_new_tokens=r, temperature=cfg.temperature, ignore_eos=True)
+        vocab = bench_model_config(**preset["policy"]).vocab_size
+        prompts = np.random.default_rng(0).integers(1, vocab, (b, p)).tolist()
+    else:
+        sampler, prompts = builtin_prompts(cfg.policy, b, r, cfg.temperature)
+        p = max(len(x) for x in prompts)
     policy, draft, history = models(cfg, preset, sampler, prompts)
     if history:
         print(f"distilled draft: KL {history[0]['kl']:.4f} -> {history[-1]['kl']:.4f}, expected "
@@ -91,6 +120,7 @@ def run(cfg: BenchConfig) -> dict:
     key = jax.random.key(0)
     plain, plain_s = _timed(lambda: generate(policy, prompts, g, sampler, key), cfg.repeats)
     n_tokens = int(plain.lengths_BxG.sum())
+    plain_rate = n_tokens / plain_s
     rows = [{"variant": "plain", "gamma": 0, "seconds": plain_s, "tokens_per_s": n_tokens / plain_s,
              "tokens_per_policy_forward": 1.0, "policy_forwards": r, "acceptance_rate": None}]
     print(f"{'variant':>8} {'γ':>2} | {'accept':>6} {'tok/fwd':>7} {'fwds':>5} | {'s':>7} "
@@ -100,14 +130,18 @@ def run(cfg: BenchConfig) -> dict:
     for gamma in preset["gammas"]:
         (out, st), s = _timed(functools.partial(generate_speculative, policy, draft, prompts, g,
                                                 sampler, key, gamma), cfg.repeats)
-        assert int(out.lengths_BxG.sum()) == n_tokens
+        n_spec = int(out.lengths_BxG.sum())
+        if sampler.ignore_eos:
+            assert n_spec == n_tokens
+        split = split_time(s, measure_round_costs(policy, draft, prompts, g, sampler, gamma))
         rows.append({"variant": "speculative", "gamma": gamma, "seconds": s,
-                     "tokens_per_s": n_tokens / s, **{k: st[k] for k in (
+                     "tokens_per_s": n_spec / s, "generated_tokens": n_spec, **split, **{k: st[k] for k in (
                          "tokens_per_policy_forward", "policy_forwards", "draft_forwards",
                          "acceptance_rate")}})
         print(f"{'spec':>8} {gamma:>2} | {st['acceptance_rate']:>6.3f} "
               f"{st['tokens_per_policy_forward']:>7.2f} {st['policy_forwards']:>5} | {s:>7.3f} "
-              f"{n_tokens / s:>8.1f} {plain_s / s:>6.2f}x", flush=True)
+              f"{n_spec / s:>8.1f} {n_spec / s / plain_rate:>6.2f}x  (est. draft {split['time_draft_est']:.3f}s"
+              f" / verify {split['time_verify_est']:.3f}s)", flush=True)
     return {"config": dataclasses.asdict(cfg), "shape": {"B": b, "P": p, "G": g, "R": r},
             "policy": dataclasses.asdict(policy.config), "draft": dataclasses.asdict(draft.config),
             "distill": history, "rows": rows}
@@ -121,6 +155,9 @@ def main(argv=None):
     ap.add_argument("--temperature", type=float, default=BenchConfig.temperature)
     ap.add_argument("--repeats", type=int, default=BenchConfig.repeats)
     ap.add_argument("--json", dest="json_path", default=None)
+    ap.add_argument("--B", type=int, default=0, help="prompts (groups) per batch; 0 = the preset's")
+    ap.add_argument("--G", type=int, default=0, help="samples per prompt; 0 = the preset's")
+    ap.add_argument("--R", type=int, default=0, help="max new tokens; 0 = the preset's")
     cfg = BenchConfig(**vars(ap.parse_args(argv)))
     print(f"bench_speculative on {jax.default_backend()}, preset {cfg.preset}")
     result = run(cfg)

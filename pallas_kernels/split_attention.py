@@ -162,10 +162,12 @@ class BlockSizes:
 
     @property
     def query_blocks(self):
+        """Query block sizes of the forward, dQ and dK/dV kernels."""
         return (self.block_q, self.block_q_dq, self.block_q_dkv)
 
     @property
     def key_blocks(self):
+        """Key block sizes of the forward, dQ and dK/dV kernels."""
         return (self.block_k, self.block_k_dq, self.block_k_dkv)
 
 

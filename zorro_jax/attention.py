@@ -28,6 +28,9 @@ def _warn_once(msg: str):
 
 
 def resolve_impl(impl: str | None, layout: str, supported=IMPLS) -> str:
+    """The attention backend to use for `layout`: `impl` or the default, falling back to 'xla' (with
+    a warning) where `impl` is not in `supported`.
+    """
     impl = impl or default_impl()
     if impl not in IMPLS:
         raise ValueError(f"attention impl must be one of {IMPLS}, got {impl!r}")

@@ -51,6 +51,9 @@ def _walk(cls, prefix=""):
 
 
 def add_config_args(parser: argparse.ArgumentParser, cls, defaults=None):
+    """Add one `--a.b.c` option per leaf field of the (nested, frozen) dataclass `cls`; the help
+    shows the value in `defaults`.
+    """
     defaults = defaults or cls()
     for path, tp, optional in _walk(cls):
         value = defaults

@@ -19,6 +19,7 @@ class Dense(NamedTuple):
     lengths_N: jnp.ndarray
 
     def mask(self):
+        """Boolean [N, T]: True at each row's real tokens."""
         return jnp.arange(self.tokens_NxT.shape[1])[None, :] < self.lengths_N[:, None]
 
 
@@ -49,10 +50,14 @@ class PromptGroups(NamedTuple):
 
     @property
     def shape(self):
+        """(B, P, G, R): unique prompts, padded prompt length, samples per prompt, padded completion
+        length.
+        """
         b, g, r = self.completions_BxGxR.shape
         return b, self.prompt_BxP.shape[1], g, r
 
     def completion_mask(self):
+        """Boolean [B, G, R]: True at each completion's real tokens."""
         r = self.completions_BxGxR.shape[2]
         return jnp.arange(r)[None, None, :] < self.comp_len_BxG[:, :, None]
 

@@ -24,6 +24,9 @@ class TrainCheckpointer:
         )
 
     def maybe_save(self, step: int, state: Any, host: dict, force: bool = False) -> bool:
+        """Save (state, host metadata) at `step` when it is a multiple of `every` or `force`; blocks
+        until written. Returns whether it saved.
+        """
         if not force and step % self.every:
             return False
         self.manager.save(step, args=ocp.args.Composite(
@@ -32,6 +35,7 @@ class TrainCheckpointer:
         return True
 
     def latest_step(self) -> int | None:
+        """The newest saved step, or None when the folder holds no checkpoint."""
         return self.manager.latest_step()
 
     def restore_latest(self, like_state: Any):
@@ -45,4 +49,5 @@ class TrainCheckpointer:
         return step, out["state"], out["host"]
 
     def close(self):
+        """Release the checkpoint manager (waits for pending writes)."""
         self.manager.close()

@@ -19,6 +19,10 @@ _ARCHITECTURES = {"llama": "LlamaForCausalLM", "qwen2": "Qwen2ForCausalLM", "qwe
 
 @dataclasses.dataclass(frozen=True)
 class ModelConfig:
+    """Architecture of a Llama / Qwen2 / Qwen3 decoder, readable from and writable to a Hugging Face
+    config.json.
+    """
+
     # Family name as in Hugging Face's `model_type`.
     model_type: str
     vocab_size: int
@@ -77,9 +81,11 @@ class ModelConfig:
 
     @property
     def q_per_kv(self) -> int:
+        """Query heads per key/value head (the GQA group size)."""
         return self.num_attention_heads // self.num_key_value_heads
 
     def replace(self, **kw) -> ModelConfig:
+        """A copy with the given fields changed."""
         return dataclasses.replace(self, **kw)
 
     @classmethod
@@ -136,6 +142,7 @@ class ModelConfig:
 
     @classmethod
     def from_pretrained(cls, folder: str | Path, **overrides) -> ModelConfig:
+        """Read `config.json` of a Hugging Face folder; `overrides` replace fields after parsing."""
         path = Path(folder) / "config.json"
         if not path.is_file():
             raise FileNotFoundError(f"no config.json in {Path(folder).resolve()}")

@@ -50,12 +50,16 @@ class DenseKVCache(NamedTuple):
 
     @classmethod
     def empty(cls, model: Transformer, n: int, max_len: int, dtype=None):
+        """A zeroed cache for `n` rows of up to `max_len` tokens (compute dtype unless `dtype`), all
+        lengths 0.
+        """
         c = model.config
         dtype = dtype or model.compute_dtype
         shape = (c.num_hidden_layers, n, max_len, c.num_key_value_heads, c.head_dim)
         return cls(jnp.zeros(shape, dtype), jnp.zeros(shape, dtype), jnp.zeros((n,), jnp.int32))
 
     def nbytes(self) -> int:
+        """Bytes held by the K and V buffers."""
         return int(self.k_LxNxSxKxD.nbytes + self.v_LxNxSxKxD.nbytes)
 
 

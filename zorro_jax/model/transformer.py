@@ -51,6 +51,8 @@ class Linear(nnx.Module):
 
 
 class RMSNorm(nnx.Module):
+    """Root-mean-square layer norm with a learned scale, computed in float32."""
+
     def __init__(self, dim: int, eps: float, axis_name: str | None, *, rngs: nnx.Rngs):
         self.weight = _param(rngs, (dim,), (axis_name,), ones=True)
         self.eps = eps
@@ -95,6 +97,10 @@ def apply_rope(x_xTxHxD, pos_xT, inv_freq):
 
 
 class Attention(nnx.Module):
+    """Q/K/V/O projections (GQA, optional bias and q/k norm); the attention itself is the `attend`
+    callback of the layout.
+    """
+
     def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
         h, k, d, e = cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim, cfg.hidden_size
         self.q_proj = Linear(e, h * d, ("embed", "heads"), bias=cfg.qkv_bias, rngs=rngs)
@@ -119,10 +125,13 @@ class Attention(nnx.Module):
         return apply_rope(q, pos, inv_freq), apply_rope(k, pos, inv_freq), v
 
     def output(self, o):
+        """Merge heads [..., H, D] and apply the output projection."""
         return self.o_proj(o.reshape(*o.shape[:-2], self.heads * self.head_dim))
 
 
 class MLP(nnx.Module):
+    """The gated SiLU feed-forward block: down(silu(gate(x)) * up(x))."""
+
     def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
         e, f, b = cfg.hidden_size, cfg.intermediate_size, cfg.mlp_bias
         self.gate_proj = Linear(e, f, ("embed", "mlp"), bias=b, rngs=rngs)
@@ -134,6 +143,10 @@ class MLP(nnx.Module):
 
 
 class Block(nnx.Module):
+    """One pre-norm decoder layer: attention and MLP with residuals, mapped over the layout's blocks
+    of tokens.
+    """
+
     def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
         self.input_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, "embed", rngs=rngs)
         self.self_attn = Attention(cfg, rngs=rngs)
@@ -167,9 +180,11 @@ class Transformer(nnx.Module):
 
     @property
     def compute_dtype(self):
+        """The dtype activations are computed in."""
         return jnp.dtype(self.config.compute_dtype)
 
     def embed(self, tokens):
+        """Token ids [...] -> embeddings [..., E] in the compute dtype."""
         return jnp.take(self.embed_tokens[...], tokens, axis=0).astype(self.compute_dtype)
 
     def unembedding(self):
@@ -182,12 +197,16 @@ class Transformer(nnx.Module):
         return self.hidden_from_embeddings(jax.tree.map(self.embed, tokens_tree), pos_tree, attend)
 
     def hidden_from_embeddings(self, x_tree, pos_tree, attend):
+        """Run every layer on a pytree of embeddings with matching position pytree; `attend(layer,
+        q, k, v)` does the attention for the layout. Returns final-normed hidden states.
+        """
         inv_freq = rope_inv_freq(self.config)
         for i, layer in enumerate(self.layers):
             x_tree = layer(x_tree, pos_tree, inv_freq, lambda q, k, v, i=i: attend(i, q, k, v))
         return jax.tree.map(self.norm, x_tree)
 
     def logits(self, h):
+        """Hidden states [..., E] -> float32 logits [..., V]."""
         return jnp.einsum("...e,ev->...v", h, self.unembedding()).astype(jnp.float32)
 
 

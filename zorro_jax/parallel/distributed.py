@@ -32,6 +32,10 @@ _REQUIRED = (ENV_COORDINATOR, ENV_NUM_PROCESSES, ENV_PROCESS_ID)
 
 @dataclasses.dataclass(frozen=True)
 class DistributedConfig:
+    """How this process joins a multi-host JAX job (coordinator host:port, process count and id,
+    local devices).
+    """
+
     # host:port of process 0's coordination service, reachable from every host.
     coordinator_address: str
     num_processes: int

@@ -22,6 +22,8 @@ BATCH_AXES = ("data", "fsdp")
 
 @dataclasses.dataclass(frozen=True)
 class MeshConfig:
+    """Sizes of the (data, fsdp, tensor) mesh axes; at most one may be -1 (the rest of the devices)."""
+
     # Pure data parallelism: replicas of the (fsdp × tensor)-sharded model.
     data: int = 1
     # Fully sharded data parallelism: batch and (in the training preset) weights split here.
@@ -38,6 +40,7 @@ class MeshConfig:
 
     @property
     def sizes(self) -> tuple[int, int, int]:
+        """(data, fsdp, tensor) as configured (-1 not yet resolved)."""
         return (self.data, self.fsdp, self.tensor)
 
     @staticmethod
@@ -70,6 +73,7 @@ class MeshConfig:
 
 
 def axis_size(mesh: Mesh, *axes: str) -> int:
+    """Product of the sizes of the named mesh axes."""
     return math.prod(mesh.shape[a] for a in axes)
 
 

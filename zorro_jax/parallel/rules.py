@@ -113,6 +113,7 @@ def reshard(state, mesh: Mesh, preset: str):
 
 
 def replicated(mesh: Mesh) -> NamedSharding:
+    """A sharding that places a full copy on every device of `mesh`."""
     return NamedSharding(mesh, P())
 
 
@@ -138,6 +139,9 @@ def batch_shardings(tree, mesh: Mesh):
 
 
 def shard_batch(tree, mesh: Mesh):
+    """Place a batch pytree on `mesh` with its leading (unique-prompt) axis split over data and
+    fsdp.
+    """
     return jax.device_put(tree, batch_shardings(tree, mesh))
 
 
@@ -151,4 +155,5 @@ def per_device_bytes(tree) -> dict:
 
 
 def total_bytes(tree) -> int:
+    """Bytes of all arrays in a pytree."""
     return sum(int(x.size) * x.dtype.itemsize for x in jax.tree.leaves(tree))

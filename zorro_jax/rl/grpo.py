@@ -138,12 +138,14 @@ class Policy:
         self.graphdef, self.params = graphdef, params
 
     def model(self):
+        """The current policy as an NNX module (graphdef merged with the latest params)."""
         from flax import nnx
 
         return nnx.merge(self.graphdef, self.params)
 
 
 def decode_texts(tokenizer, completions: Sequence[Sequence[int]], stop_ids: Sequence[int]) -> list[str]:
+    """Detokenise completions, dropping stop tokens."""
     stop = set(stop_ids)
     return [tokenizer.decode([t for t in c if t not in stop], skip_special_tokens=True)
             for c in completions]
@@ -220,6 +222,10 @@ class GRPOTrainer:
             raise ValueError("kl_coef > 0 needs reference params")
 
     def iteration(self, step: int, opt_state):
+        """Run GRPO iteration `step` (0-based): rollouts, rewards, advantages, log-probs, `epochs`
+        updates, and the draft refresh when speculative. Updates `policy.params` in place.
+        Returns (metrics row, new optimiser state, {texts, rewards, details, items}).
+        """
         cfg = self.cfg
         idx = data_order(len(self.items), cfg.seed, step * cfg.prompts_per_step, cfg.prompts_per_step)
         items = [self.items[i] for i in idx]

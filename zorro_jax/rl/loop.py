@@ -22,11 +22,13 @@ from zorro_jax.rl.report import MetricsLog
 
 
 def drop_rows(log: MetricsLog, phases: set[str], after_step: int):
+    """Remove rows of `phases` logged after `after_step` (they came from steps a resume will redo)."""
     rows = [r for r in log.rows() if not (r.get("phase") in phases and r.get("step", 0) > after_step)]
     log.path.write_text("".join(json.dumps(r) + "\n" for r in rows))
 
 
 def drop_phases(log: MetricsLog, phases: set[str]):
+    """Remove every row of `phases` from the log."""
     rows = [r for r in log.rows() if r.get("phase") not in phases]
     log.path.write_text("".join(json.dumps(r) + "\n" for r in rows))
 

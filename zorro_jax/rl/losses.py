@@ -18,6 +18,7 @@ AGGREGATIONS = ("token_mean", "seq_mean", "dr_grpo")
 
 
 def register_advantage(name: str):
+    """Decorator registering an advantage function `f(rewards_BxG) -> advantages_BxG` under `name`."""
     def deco(fn):
         ADVANTAGES[name] = fn
         return fn
@@ -45,6 +46,8 @@ def mean_centred_advantages(rewards_BxG, eps: float = 1e-6):
 
 @dataclasses.dataclass(frozen=True)
 class LossConfig:
+    """Which advantage estimator, aggregation, clip range and KL weight the policy loss uses."""
+
     # Advantage estimator, by name in ADVANTAGES.
     advantage: str = "grpo"
     # How token losses are combined: token_mean (DAPO), seq_mean (original GRPO), dr_grpo
@@ -69,6 +72,7 @@ class LossConfig:
 
 
 def compute_advantages(rewards_BxG, cfg: LossConfig):
+    """Advantages [B, G] of rewards [B, G] with the configured estimator."""
     return ADVANTAGES[cfg.advantage](rewards_BxG)
 
 

@@ -9,6 +9,8 @@ import optax
 
 @dataclasses.dataclass(frozen=True)
 class OptimConfig:
+    """AdamW with linear warmup, cosine decay and global-norm clipping."""
+
     # Peak learning rate reached after warmup.
     lr: float = 1e-5
     warmup_steps: int = 0
@@ -33,6 +35,9 @@ class OptimConfig:
 
 
 def schedule(cfg: OptimConfig):
+    """The learning-rate schedule: linear warmup to `lr`, then cosine decay to `lr *
+    final_lr_fraction`.
+    """
     return optax.warmup_cosine_decay_schedule(
         init_value=0.0 if cfg.warmup_steps else cfg.lr,
         peak_value=cfg.lr,
@@ -43,6 +48,7 @@ def schedule(cfg: OptimConfig):
 
 
 def make_optimizer(cfg: OptimConfig) -> optax.GradientTransformation:
+    """The optax transformation: optional global-norm clip, then AdamW on the schedule."""
     parts = [optax.clip_by_global_norm(cfg.grad_clip)] if cfg.grad_clip else []
     parts.append(optax.adamw(schedule(cfg), b1=cfg.b1, b2=cfg.b2, weight_decay=cfg.weight_decay))
     return optax.chain(*parts)

@@ -31,6 +31,10 @@ from zorro_jax.tokenizer import load_tokenizer, train_bpe_tokenizer
 
 @dataclasses.dataclass(frozen=True)
 class DataConfig:
+    """Where the tasks come from (built-in benchmark or a Spider/BIRD folder), which splits serve
+    SFT, GRPO and evaluation, and how prompts are written.
+    """
+
     # "builtin" (the embedded benchmark) or a Spider/BIRD-format folder.
     source: str = "builtin"
     # SFT examples come from train_split; GRPO prompts from grpo_split (empty = train_split).
@@ -46,6 +50,10 @@ class DataConfig:
 
 @dataclasses.dataclass(frozen=True)
 class PolicyConfig:
+    """The policy: a Hugging Face checkpoint folder, or the size of a new model trained from
+    scratch.
+    """
+
     # A Hugging Face folder (config.json, *.safetensors, tokenizer files); empty = new tiny model.
     checkpoint: str = ""
     # For a new model: tokenizer vocabulary and model size.
@@ -60,6 +68,8 @@ class PolicyConfig:
 
 @dataclasses.dataclass(frozen=True)
 class RunConfig:
+    """A whole run: data, policy, SFT, GRPO, checkpointing and evaluation settings."""
+
     run_dir: str = "runs/quickstart"
     data: DataConfig = DataConfig()
     policy: PolicyConfig = PolicyConfig()
@@ -95,6 +105,7 @@ def load_tasks(data: DataConfig, split: str):
 
 
 def prompt_and_answer_texts(tasks, data: DataConfig):
+    """Prompt texts and reference answers (the gold SQL in a fenced block) of `tasks`."""
     from zorro_jax.tasks.text2sql.prompts import build_prompt, format_answer
 
     def text(task):
@@ -106,6 +117,9 @@ def prompt_and_answer_texts(tasks, data: DataConfig):
 
 
 def get_tokenizer(cfg: RunConfig, train_texts: list[str]):
+    """The checkpoint's tokenizer, else the run's trained tokenizer, training it on `train_texts` on
+    first use.
+    """
     if cfg.policy.checkpoint:
         return load_tokenizer(cfg.policy.checkpoint)
     folder = Path(cfg.run_dir) / "tokenizer"
@@ -115,6 +129,9 @@ def get_tokenizer(cfg: RunConfig, train_texts: list[str]):
 
 
 def new_model_config(cfg: RunConfig, tok) -> ModelConfig:
+    """A Qwen3-style `ModelConfig` of the configured size for a policy trained from scratch with
+    `tok`.
+    """
     p = cfg.policy
     return ModelConfig(
         model_type="qwen3", vocab_size=len(tok), hidden_size=p.hidden_size,
@@ -127,6 +144,9 @@ def new_model_config(cfg: RunConfig, tok) -> ModelConfig:
 
 
 def encode(tok, text: str, max_tokens: int | None = None) -> list[int]:
+    """Token ids of `text` with BOS; when longer than `max_tokens`, the start is cut (the question
+    comes last).
+    """
     ids = tok(text, add_special_tokens=False)["input_ids"]
     prefix = [tok.bos_token_id] if tok.bos_token_id is not None else []
     if max_tokens and len(ids) + len(prefix) > max_tokens:
@@ -180,6 +200,9 @@ def warm_up_draft(cfg: RunConfig, grpo_cfg: GRPOConfig, policy: Policy, examples
 
 
 def run(cfg: RunConfig) -> dict:
+    """Run (or resume) the whole pipeline of `cfg`; returns the summary figures also written to
+    summary.md.
+    """
     t_start = time.perf_counter()
     run_dir = Path(cfg.run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)

@@ -12,16 +12,20 @@ from pathlib import Path
 
 
 class MetricsLog:
+    """Append-only JSON-lines log of metric rows (one per step and phase)."""
+
     def __init__(self, run_dir: str | Path, name: str = "metrics.jsonl"):
         self.path = Path(run_dir) / name
         self.path.parent.mkdir(parents=True, exist_ok=True)
 
     def rows(self) -> list[dict]:
+        """All rows logged so far (empty when the file does not exist)."""
         if not self.path.is_file():
             return []
         return [json.loads(line) for line in self.path.read_text().splitlines() if line.strip()]
 
     def append(self, row: dict):
+        """Append one row, converting array scalars to floats, and flush."""
         clean = {k: (float(v) if hasattr(v, "item") else v) for k, v in row.items()}
         with self.path.open("a") as f:
             f.write(json.dumps(clean) + "\n")
@@ -85,6 +89,7 @@ def plot_metrics(rows: list[dict], out_dir: str | Path) -> list[Path]:
 
 
 def fmt(v) -> str:
+    """A value as summary text: floats to 4 significant digits."""
     if isinstance(v, float):
         return "nan" if math.isnan(v) else f"{v:.4g}"
     return str(v)

@@ -18,6 +18,8 @@ from zorro_jax.rl.steps import make_sft_grad_fn
 
 @dataclasses.dataclass(frozen=True)
 class SFTConfig:
+    """Supervised warm start: steps, examples per step, data seed and optimiser."""
+
     steps: int = 200
     # Examples per optimiser step.
     batch_size: int = 16

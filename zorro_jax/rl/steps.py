@@ -20,6 +20,7 @@ MODES = ("prompt_once", "naive")
 
 
 def check_mode(mode: str):
+    """Raise ValueError unless `mode` is 'prompt_once' or 'naive'."""
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
 
@@ -35,6 +36,9 @@ def completion_logprobs(model, batch: PromptGroups, mode: str, impl=None, with_e
 
 
 def make_logprob_fn(graphdef, mode: str, impl=None):
+    """A jitted `fn(params, batch) -> (log-probs [B, G, R], entropy [B, G, R])` of the completions
+    of a PromptGroups batch, computed prompt-once or on the replicated batch per `mode`.
+    """
     check_mode(mode)
 
     @jax.jit
@@ -104,6 +108,7 @@ def make_apply_fn(optimizer: optax.GradientTransformation):
 
 
 def add_grads(acc, grads):
+    """Accumulate a gradient pytree (`acc` None starts the sum)."""
     return grads if acc is None else jax.tree.map(jnp.add, acc, grads)
 
 

@@ -37,10 +37,12 @@ class SharedPrefixKVCache(NamedTuple):
 
     @property
     def group_size(self) -> int:
+        """G, the samples per prompt."""
         return self.k_suffix_LxBxGxSxKxD.shape[2]
 
     @property
     def suffix_size(self) -> int:
+        """S, the per-sample suffix capacity in tokens."""
         return self.k_suffix_LxBxGxSxKxD.shape[3]
 
     def nbytes(self) -> int:

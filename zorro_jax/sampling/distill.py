@@ -89,6 +89,9 @@ class DraftTrainer:
         self.impl = impl
 
     def step(self, policy: Transformer, batch: PromptGroups) -> dict:
+        """One distillation step of the draft towards `policy` on a PromptGroups batch; returns
+        {'kl', 'expected_acceptance'}.
+        """
         policy_graph, policy_state = nnx.split(policy)
         self.params, self.opt_state, metrics = distill_step(
             self.graph, self.params, self.rest, self.opt_state, policy_graph, policy_state, batch,
@@ -96,6 +99,7 @@ class DraftTrainer:
         return {k: float(v) for k, v in metrics.items()}
 
     def model(self) -> Transformer:
+        """The draft with its current parameters, as an NNX module."""
         return nnx.merge(self.graph, self.params, self.rest)
 
 

@@ -15,6 +15,7 @@ import jax.numpy as jnp
 
 
 def apply_temperature(logits_xV, temperature: float):
+    """Logits in float32 divided by a positive temperature."""
     if temperature <= 0:
         raise ValueError(f"temperature must be positive, got {temperature}")
     return logits_xV.astype(jnp.float32) / temperature

@@ -40,6 +40,10 @@ MODES = ("shared", "naive")
 
 @dataclasses.dataclass(frozen=True)
 class SamplerConfig:
+    """How rollouts are drawn: token budget, temperature / top-k / top-p or greedy, stop and pad
+    ids, attention backend and length buckets.
+    """
+
     # Upper bound on generated tokens per sample (the stop token, if any, counts).
     max_new_tokens: int = 64
     # Softmax temperature for sampling and for the recorded log-probs (ignored when greedy).
@@ -142,6 +146,7 @@ class Rollouts:
     kv_cache_bytes: int
 
     def mask_BxGxR(self) -> np.ndarray:
+        """Boolean [B, G, R]: True at each completion's generated tokens."""
         r = self.tokens_BxGxR.shape[-1]
         return np.arange(r)[None, None, :] < self.lengths_BxG[:, :, None]
 

@@ -51,6 +51,8 @@ _WRONG_RULES = (None, "always_accept", "resample_p")
 
 @dataclasses.dataclass(frozen=True)
 class SpeculativeConfig:
+    """Draft tokens proposed per sample per policy forward (gamma)."""
+
     # Draft tokens proposed per sample per policy forward.
     gamma: int = 4
 

@@ -56,6 +56,7 @@ def cache_root(cache_dir: str | os.PathLike | None = None) -> str:
 
 
 def sql_literal(value) -> str:
+    """A Python value as a DuckDB SQL literal (quoted string, DATE literal, or number)."""
     if isinstance(value, str):
         return "'" + value.replace("'", "''") + "'"
     if isinstance(value, datetime.date):
@@ -203,6 +204,7 @@ def _record(spec, tmpl, index: int, question: str, sql: str) -> dict:
 
 
 def write_database(path: str, spec: schemas.SchemaSpec):
+    """Create the DuckDB file at `path` with the schema's tables and its seeded rows."""
     conn = duckdb.connect(path)
     try:
         for ddl in spec.ddl:
@@ -317,6 +319,7 @@ def load_builtin(split: str, cache_dir: str | os.PathLike | None = None) -> list
 
 
 def summary(cache_dir: str | os.PathLike | None = None) -> str:
+    """Split sizes, difficulties and databases of the built benchmark, as text."""
     lines = [
         f"built-in text-to-SQL benchmark {VERSION} at {ensure_built(cache_dir)}",
         f"held-out schema (test only): {schemas.HELD_OUT}",
@@ -339,6 +342,7 @@ def summary(cache_dir: str | os.PathLike | None = None) -> str:
 
 
 def main(argv=None):
+    """Command line: build the benchmark and print its folder (or its summary)."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--summary", action="store_true", help="print split statistics")
     parser.add_argument("--cache-dir", default=None, help="root folder (default: see docs)")

@@ -75,6 +75,7 @@ def normalise_value(value: Any) -> Any:
 
 
 def normalise_rows(rows: Sequence[Sequence[Any]]) -> list[tuple]:
+    """Result rows as tuples of normalised values (see `normalise_value`), ready to compare."""
     return [tuple(normalise_value(v) for v in row) for row in rows]
 
 
@@ -101,6 +102,9 @@ def _row_key(row: tuple, digits: int) -> tuple:
 
 
 def values_equal(a: Any, b: Any, rel_tol: float, abs_tol: float) -> bool:
+    """Whether two cells match: NULL only with NULL, integers exactly, other numbers within the
+    tolerances, the rest by equality.
+    """
     if a is None or b is None:
         return a is None and b is None
     a_num = isinstance(a, (int, float))

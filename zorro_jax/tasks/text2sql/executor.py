@@ -31,6 +31,10 @@ from zorro_jax.tasks.text2sql import guard
 
 @dataclasses.dataclass(frozen=True)
 class ExecutorConfig:
+    """Sandbox limits: per-query timeout, DuckDB memory limit, fetched-row cap, largest size
+    literal.
+    """
+
     # Wall-clock limit per query, execution plus fetch.
     timeout_s: float = 5.0
     # DuckDB memory limit of each database instance (DuckDB size syntax).
@@ -68,6 +72,7 @@ class ExecResult:
 
     @property
     def ok(self) -> bool:
+        """True when the query ran to completion."""
         return self.status == "ok"
 
 
@@ -269,6 +274,7 @@ class Executor:
         return result
 
     def close(self):
+        """Close every open database and stop the timeout watchdog."""
         with self._lock:
             for db in set(self._dbs.values()):
                 db.close()

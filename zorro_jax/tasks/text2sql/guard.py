@@ -120,6 +120,7 @@ class GuardVerdict:
 
     @property
     def ok(self) -> bool:
+        """True when the SQL passed every check."""
         return self.reason == "ok"
 
 

@@ -40,6 +40,8 @@ _INSTRUCTIONS = (
 
 @dataclasses.dataclass(frozen=True)
 class Column:
+    """A column of a prompt's schema: name, type and example values."""
+
     name: str
     type: str
     examples: tuple = ()
@@ -47,6 +49,8 @@ class Column:
 
 @dataclasses.dataclass(frozen=True)
 class Table:
+    """A table of a prompt's schema: columns, primary key and foreign keys."""
+
     name: str
     columns: tuple[Column, ...]
     primary_key: tuple[str, ...] = ()
@@ -54,6 +58,7 @@ class Table:
     foreign_keys: tuple[tuple[str, str, str], ...] = ()
 
     def key_columns(self) -> set[str]:
+        """Names of the primary-key and foreign-key columns."""
         return set(self.primary_key) | {fk[0] for fk in self.foreign_keys}
 
 

@@ -52,6 +52,10 @@ class Task:
 
 @dataclasses.dataclass(frozen=True)
 class RewardConfig:
+    """Reward settings: worker threads, comparison rule, reward values and numeric tolerance,
+    sandbox limits.
+    """
+
     # Worker threads that execute SQL (each has its own DuckDB cursor per database).
     threads: int = 2
     # Comparison rule, see compare.py: "spider" (bag, ORDER BY-aware) or "bird" (set).
@@ -121,6 +125,7 @@ class RewardFn:
         return cached
 
     def score_one(self, completion: str | bytes, task: Task) -> RewardDetail:
+        """Score one completion against its task (see the module docstring for the scheme)."""
         sql = extract_sql(completion)
         if not sql:
             return RewardDetail(0.0, "empty", sql, "no SQL found")
@@ -162,6 +167,7 @@ class RewardFn:
     __call__ = score
 
     def close(self):
+        """Stop the worker threads and close the executor's databases."""
         self._pool.shutdown(wait=True)
         self.executor.close()
 

@@ -450,6 +450,7 @@ def _extra_rows(spec: SchemaSpec, rng: random.Random, rows) -> dict[str, list[tu
 
 
 def schema(db_id: str) -> SchemaSpec:
+    """The built-in schema with this db_id (KeyError when unknown)."""
     for spec in SCHEMAS:
         if spec.db_id == db_id:
             return spec

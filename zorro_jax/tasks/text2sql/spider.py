@@ -218,6 +218,9 @@ class AgreementReport:
 
     @property
     def agreement(self) -> float:
+        """Fraction of tasks whose gold query gives the same result on SQLite and DuckDB (1.0 when
+        none).
+        """
         return self.n_agree / self.n_tasks if self.n_tasks else 1.0
 
 

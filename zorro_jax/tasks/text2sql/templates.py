@@ -16,6 +16,10 @@ import dataclasses
 
 @dataclasses.dataclass(frozen=True)
 class Template:
+    """A question template: paraphrases with slots, the gold SQL pattern, and the checks an instance
+    must pass.
+    """
+
     template_id: str
     difficulty: str
     questions: tuple[str, ...]
@@ -435,6 +439,7 @@ del T
 
 
 def template(template_id: str) -> Template:
+    """The template with this id (KeyError when unknown)."""
     for t in TEMPLATES:
         if t.template_id == template_id:
             return t
