@@ -22,6 +22,7 @@ def run_check(name: str):
     return proc.stdout
 
 
+@pytest.mark.slow  # ~60 s: four meshes, each in its own 8-device subprocess
 def test_train_step_matches_single_device():
     out = run_check("train")
     for mesh in ("(8, 1, 1)", "(2, 2, 2)", "(1, 4, 2)", "(1, 1, 8)"):
