@@ -239,6 +239,14 @@ def speculative_generate_jit(pgraph, pstate, dgraph, dstate, tokens_BxP, prompt_
                       max_new, spec, gamma, response_size, wrong_rule)
 
 
+def _response_size(cfg: SamplerConfig, gamma: int) -> int:
+    """Suffix / output buffer length: every round writes γ+1 slots past a suffix length
+    < max_new, and the output buffer takes up to γ+1 tokens past a length < max_new."""
+    need = cfg.max_new_tokens + gamma + 1
+    buckets = cfg.response_buckets if cfg.response_buckets and cfg.response_buckets[-1] >= need else ()
+    return bucket(need, buckets)
+
+
 def generate_speculative(policy_model: Transformer, draft_model: Transformer, prompts: list[list[int]],
                          group_size: int, sampler_cfg: SamplerConfig, rng: jax.Array,
                          gamma: int | SpeculativeConfig = 4, *, _wrong_rule: str | None = None) -> tuple[Rollouts, dict]:
@@ -265,11 +273,7 @@ def generate_speculative(policy_model: Transformer, draft_model: Transformer, pr
     if max((cfg.pad_token_id, *cfg.eos_token_ids)) >= vocab:
         raise ValueError(f"pad/eos token ids must be < vocab size {vocab}")
     tokens_BxP, prompt_len_B = pack_prompts(prompts, cfg)
-    # Every round writes γ+1 slots past a suffix length < max_new, and the output buffer takes
-    # up to γ+1 tokens past a length < max_new.
-    need = cfg.max_new_tokens + gamma + 1
-    buckets = cfg.response_buckets if cfg.response_buckets and cfg.response_buckets[-1] >= need else ()
-    response_size = bucket(need, buckets)
+    response_size = _response_size(cfg, gamma)
     pgraph, pstate = nnx.split(policy_model)
     dgraph, dstate = nnx.split(draft_model)
     t0 = time.perf_counter()
@@ -348,9 +352,7 @@ def measure_round_costs(policy_model: Transformer, draft_model: Transformer, pro
     """
     cfg = sampler_cfg
     tokens_BxP, prompt_len_B = pack_prompts(prompts, cfg)
-    need = cfg.max_new_tokens + gamma + 1
-    buckets = cfg.response_buckets if cfg.response_buckets and cfg.response_buckets[-1] >= need else ()
-    response_size = bucket(need, buckets)
+    response_size = _response_size(cfg, gamma)
     pgraph, pstate = nnx.split(policy_model)
     dgraph, dstate = nnx.split(draft_model)
     impl = cfg.draw_spec().impl
