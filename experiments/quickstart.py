@@ -23,7 +23,8 @@ from zorro_jax.sampling.sampler import SamplerConfig
 QUICKSTART = RunConfig(
     run_dir="runs/quickstart",
     data=DataConfig(source="builtin", eval_split="dev", prompt_style="compact"),
-    sft=SFTConfig(steps=600, batch_size=16, optim=OptimConfig(lr=2e-3, warmup_steps=20, decay_steps=580)),
+    sft=SFTConfig(steps=600, batch_size=16, optim=OptimConfig(lr=2e-3, warmup_steps=20, decay_steps=580),
+                  literal_swap=0.5),
     grpo=GRPOConfig(
         steps=30, prompts_per_step=8, group_size=16, micro_batch_groups=8,
         loss=LossConfig(aggregation="token_mean", clip_low=0.2, clip_high=0.28),

@@ -58,6 +58,9 @@ class PolicyConfig:
     checkpoint: str = ""
     # For a new model: tokenizer vocabulary and model size.
     vocab_size: int = 1024
+    # How the trained tokenizer cuts text before BPE: "words" (literals copyable from question to
+    # SQL) or "bytelevel" (GPT-2 style); see zorro_jax.tokenizer.SPLITS.
+    tokenizer_split: str = "bytelevel"
     hidden_size: int = 128
     num_layers: int = 4
     num_heads: int = 4
@@ -116,6 +119,23 @@ def prompt_and_answer_texts(tasks, data: DataConfig):
     return [text(t) for t in tasks], [format_answer(t.gold_sql) for t in tasks]
 
 
+def literal_swapper(tasks, tok, data: DataConfig, eos: int):
+    """swap(i, rng) -> (prompt ids, answer ids) of tasks[i] with the values its question and gold
+    SQL share replaced by other values of the same shape from `tasks` (`SFTConfig.literal_swap`)."""
+    from zorro_jax.tasks.text2sql.augment import ValuePool, swap_literals
+
+    pool = ValuePool.from_pairs((t.question, t.gold_sql) for t in tasks)
+
+    def swap(i: int, rng):
+        task = tasks[i]
+        question, sql = swap_literals(task.question, task.gold_sql, rng, pool)
+        [prompt], [answer] = prompt_and_answer_texts(
+            [dataclasses.replace(task, question=question, gold_sql=sql)], data)
+        return encode(tok, prompt, data.max_prompt_tokens), tok(answer, add_special_tokens=False)["input_ids"] + [eos]
+
+    return swap
+
+
 def get_tokenizer(cfg: RunConfig, train_texts: list[str]):
     """The checkpoint's tokenizer, else the run's trained tokenizer, training it on `train_texts` on
     first use.
@@ -125,7 +145,7 @@ def get_tokenizer(cfg: RunConfig, train_texts: list[str]):
     folder = Path(cfg.run_dir) / "tokenizer"
     if (folder / "tokenizer.json").is_file():
         return load_tokenizer(folder)
-    return train_bpe_tokenizer(train_texts, cfg.policy.vocab_size, folder)
+    return train_bpe_tokenizer(train_texts, cfg.policy.vocab_size, folder, split=cfg.policy.tokenizer_split)
 
 
 def new_model_config(cfg: RunConfig, tok) -> ModelConfig:
@@ -253,7 +273,8 @@ def run(cfg: RunConfig) -> dict:
     if cfg.sft.steps:
         t0 = time.perf_counter()
         step_fn = make_sft_step(graphdef, make_apply_fn(sft_opt), examples, cfg.sft, pad_id=tok.pad_token_id,
-                                impl=cfg.grpo.attention_impl)
+                                impl=cfg.grpo.attention_impl,
+                                swap=literal_swapper(train_tasks, tok, cfg.data, eos))
         state = run_phase("sft", cfg.sft.steps, step_fn, state, run_dir, log,
                           checkpoint_every=cfg.checkpoint_every, keep=cfg.keep_checkpoints,
                           later_phases=("eval", "distill", "grpo"), quiet=cfg.quiet,

@@ -7,6 +7,8 @@ token-mean negative log-likelihood of the answer, and the optimiser/apply step a
 from __future__ import annotations
 
 import dataclasses
+import random
+from collections.abc import Callable
 
 import jax.numpy as jnp
 
@@ -25,22 +27,50 @@ class SFTConfig:
     batch_size: int = 16
     seed: int = 0
     optim: OptimConfig = OptimConfig(lr=1e-3, warmup_steps=10, decay_steps=190)
+    # Probability that an example is seen with the values its question and answer share swapped,
+    # in both, for other values of the same shape (breaks memorised question->value pairings; see
+    # zorro_jax.tasks.text2sql.augment).
+    literal_swap: float = 0.0
 
     def __post_init__(self):
         if self.steps < 0 or self.batch_size < 1:
             raise ValueError(f"need steps >= 0 and batch_size >= 1, got {self.steps}, {self.batch_size}")
+        if not 0.0 <= self.literal_swap <= 1.0:
+            raise ValueError(f"literal_swap is a probability, got {self.literal_swap}")
+
+
+# Completion lengths are padded to these (finer than the layout default: answers are short and
+# every step pays for the padding).
+COMPLETION_BUCKETS = (16, 32, 48, 64, 80, 96, 128, 192, 256, 384, 512, 768, 1024, 2048, 4096)
 
 
 def make_sft_step(graphdef, apply_fn, examples: list[tuple[list[int], list[int]]], cfg: SFTConfig,
-                  pad_id: int = 0, impl=None):
-    """step_fn(step, state={'params', 'opt'}) -> (state, metrics row) for `run_phase`."""
+                  pad_id: int = 0, impl=None,
+                  swap: Callable[[int, random.Random], tuple[list[int], list[int]]] | None = None):
+    """step_fn(step, state={'params', 'opt'}) -> (state, metrics row) for `run_phase`.
+
+    With `cfg.literal_swap > 0`, `swap(i, rng)` gives example i with its literals swapped; which
+    examples are swapped, and how, depends only on (seed, step), so a resumed run sees the same
+    batches.
+    """
     if not examples:
         raise ValueError("SFT needs at least one (prompt, answer) example")
+    if cfg.literal_swap and swap is None:
+        raise ValueError("literal_swap > 0 needs a swap function (the data source must support it)")
     grad_fn = make_sft_grad_fn(graphdef, "prompt_once", impl)
+
+    def example(step: int, j: int, i: int):
+        if cfg.literal_swap:
+            rng = random.Random(f"sft/{cfg.seed}/{step}/{j}")
+            if rng.random() < cfg.literal_swap:
+                return swap(i, rng)
+        return examples[i]
 
     def step_fn(step: int, state):
         idx = data_order(len(examples), cfg.seed, (step - 1) * cfg.batch_size, cfg.batch_size)
-        batch = pack_prompt_groups([(examples[i][0], [examples[i][1]]) for i in idx], pad_id=pad_id)
+        chosen = [example(step, j, i) for j, i in enumerate(idx)]
+        batch = pack_prompt_groups([(p, [a]) for p, a in chosen], pad_id=pad_id,
+                                   completion_buckets=COMPLETION_BUCKETS)
         n_tok = jnp.maximum(batch.completion_mask().sum(), 1).astype(jnp.float32)
         loss, _, grads = grad_fn(state["params"], batch, n_tok)
         params, opt, gnorm, finite = apply_fn(state["params"], state["opt"], grads)
