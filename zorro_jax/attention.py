@@ -3,11 +3,18 @@
 The model calls these through the layout code and never knows which kernel runs. A backend that
 a layout does not support (or that cannot run on this platform) falls back to "xla" with a
 warning, never a crash.
+
+On a mesh, XLA cannot partition a Pallas call (it would gather every operand onto each device).
+The sharded steps of `zorro_jax.parallel.steps` therefore trace the model inside
+`kernel_mesh(mesh)`, and "pallas" attention then runs the kernels per device under `shard_map`
+(`zorro_jax.parallel.kernels`): groups on (data, fsdp), heads on tensor.
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import threading
 import warnings
 
 import jax
@@ -20,6 +27,28 @@ NEG_INF = -1e30
 def default_impl() -> str:
     """'pallas' on GPU, 'xla' elsewhere (Pallas runs only in slow interpret mode on CPU)."""
     return "pallas" if jax.default_backend() == "gpu" else "xla"
+
+
+_MESH = threading.local()
+
+
+@contextlib.contextmanager
+def kernel_mesh(mesh):
+    """While tracing inside this context, "pallas" attention runs its kernels under `shard_map`
+    over `mesh` (a mesh of one device, or None, changes nothing). Set at trace time, so use it
+    inside the function being jitted.
+    """
+    previous = getattr(_MESH, "mesh", None)
+    _MESH.mesh = mesh if mesh is not None and mesh.size > 1 else None
+    try:
+        yield
+    finally:
+        _MESH.mesh = previous
+
+
+def current_kernel_mesh():
+    """The mesh set by the innermost `kernel_mesh`, or None."""
+    return getattr(_MESH, "mesh", None)
 
 
 @functools.cache
@@ -99,6 +128,11 @@ def prompt_groups_attention(q_tree, k_tree, v_tree, prompt_len_B, comp_len_BxG, 
     if impl == "pallas":
         kw.setdefault("interpret", jax.default_backend() != "gpu")
     (q_p, q_c), (k_p, k_c), (v_p, v_c) = q_tree, k_tree, v_tree
+    mesh = current_kernel_mesh()
+    if impl == "pallas" and mesh is not None:
+        from zorro_jax.parallel.kernels import split_attention_sharded
+
+        return split_attention_sharded(mesh, q_p, k_p, v_p, q_c, k_c, v_c, prompt_len_B, comp_len_BxG, **kw)
     return fn(q_p, k_p, v_p, q_c, k_c, v_c, prompt_len_B, comp_len_BxG, **kw)
 
 
@@ -107,6 +141,7 @@ def shared_prefix_decode_attention(
 ):
     """Decode/verify attention on the `SharedPrefixDecode` layout (prompt KV read once per group)."""
     from pallas_kernels import shared_prefix_decode as spd
+    from pallas_kernels.lse_merge import merge_attention
 
     impl = resolve_impl(impl, "SharedPrefixDecode")
     if impl == "reference":
@@ -115,6 +150,16 @@ def shared_prefix_decode_attention(
         )
     if impl == "pallas":
         kw.setdefault("interpret", jax.default_backend() != "gpu")
+    mesh = current_kernel_mesh()
+    if impl == "pallas" and mesh is not None:
+        from zorro_jax.parallel.kernels import shared_prefix_attention_sharded
+
+        o_p, lse_p = shared_prefix_attention_sharded(mesh, q_BxGxTxHxD, k_prompt, v_prompt, prompt_len_B,
+                                                     out_dtype=jnp.float32, **kw)
+        o_s, lse_s = spd.suffix_attention(q_BxGxTxHxD, k_suffix, v_suffix, q_start_BxG,
+                                          sm_scale=kw.get("sm_scale"), out_dtype=jnp.float32)
+        o, _ = merge_attention(o_p, lse_p, o_s, lse_s)
+        return o.astype(q_BxGxTxHxD.dtype)
     return spd.shared_prefix_decode_attention(
         q_BxGxTxHxD, k_prompt, v_prompt, prompt_len_B, k_suffix, v_suffix, q_start_BxG,
         impl=impl, **kw,

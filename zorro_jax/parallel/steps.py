@@ -20,6 +20,7 @@ from flax import nnx
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
+from zorro_jax.attention import kernel_mesh
 from zorro_jax.parallel.mesh import BATCH_AXES, batch_shards
 from zorro_jax.parallel.rules import (
     batch_sharding,
@@ -77,7 +78,8 @@ def make_grad_step(graphdef, loss_cfg: LossConfig, sh: StepShardings, *, mode: s
 
     def fn(params, batch, old_logp, adv, ref_logp, normaliser):
         batch, old_logp, adv, ref_logp = constrain_batch((batch, old_logp, adv, ref_logp), sh.mesh)
-        return grad_fn(params, batch, old_logp, adv, ref_logp, normaliser)
+        with kernel_mesh(sh.mesh):
+            return grad_fn(params, batch, old_logp, adv, ref_logp, normaliser)
 
     b, r = sh.batch, sh.replicated
     return jax.jit(fn, in_shardings=(sh.params, b, b, b, b, r), out_shardings=(r, r, sh.params))
@@ -110,7 +112,8 @@ def make_train_step(graphdef, optimizer: optax.GradientTransformation, loss_cfg:
 
     def step(params, opt_state, batch, old_logp, adv, ref_logp, normaliser):
         batch, old_logp, adv, ref_logp = constrain_batch((batch, old_logp, adv, ref_logp), sh.mesh)
-        loss, metrics, grads = grad_fn(params, batch, old_logp, adv, ref_logp, normaliser)
+        with kernel_mesh(sh.mesh):
+            loss, metrics, grads = grad_fn(params, batch, old_logp, adv, ref_logp, normaliser)
         # Reduce-scatter the gradients into the params' layout before the optimizer touches them.
         grads = jax.lax.with_sharding_constraint(grads, sh.params)
         params, opt_state, gnorm, finite = apply_fn(params, opt_state, grads)
@@ -129,7 +132,8 @@ def make_logprob_step(graphdef, sh: StepShardings, *, mode: str = "prompt_once",
 
     def fn(params, batch):
         model = nnx.merge(graphdef, params)
-        lp, ent, _ = completion_logprobs(model, constrain_batch(batch, sh.mesh), mode, impl)
+        with kernel_mesh(sh.mesh):
+            lp, ent, _ = completion_logprobs(model, constrain_batch(batch, sh.mesh), mode, impl)
         return lp, ent
 
     return jax.jit(fn, in_shardings=(sh.params, sh.batch), out_shardings=(sh.batch, sh.batch))
@@ -153,8 +157,9 @@ def make_decode_step(graphdef, sh: StepShardings, *, impl=None):
 
     def fn(params, cache, last_BxG, live_BxG):
         model = nnx.merge(graphdef, params)
-        h_BxGx1xE, cache = shared_prefix_step(model, cache, last_BxG[:, :, None],
-                                              live_BxG.astype(jnp.int32), impl)
+        with kernel_mesh(sh.mesh):
+            h_BxGx1xE, cache = shared_prefix_step(model, cache, last_BxG[:, :, None],
+                                                  live_BxG.astype(jnp.int32), impl)
         logits_BxGxV = model.logits(h_BxGx1xE[:, :, 0])
         return jnp.argmax(logits_BxGxV, axis=-1).astype(jnp.int32), logits_BxGxV, cache
 
