@@ -77,7 +77,7 @@ def max_context(params, steps, budget, r, g, vocab, step_p=256, limit=65536):
     """Largest P (multiple of step_p) whose compiled temp memory fits `budget`, per variant."""
     out = {}
     for name, fn in zip(("dense", "groups"), steps):
-        def fits(p):
+        def fits(p, fn=fn):
             batch = make_batch(p, r, g, vocab)
             args = (params, batch, jnp.zeros((1, g, r)), jnp.zeros((1, g)))
             return temp_bytes(fn, *args) <= budget

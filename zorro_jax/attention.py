@@ -95,7 +95,7 @@ def causal_attention_xla(q_NxTxHxD, k_NxSxKxD, v_NxSxKxD, q_offset_N, *, sm_scal
 
 def causal_attention_reference(q_NxTxHxD, k_NxSxKxD, v_NxSxKxD, q_offset_N, *, sm_scale=None):
     """Plain repeated-KV dense attention: the ground truth for the dense layout."""
-    n, t, h, d = q_NxTxHxD.shape
+    _n, t, h, d = q_NxTxHxD.shape
     rep = h // k_NxSxKxD.shape[2]
     k = jnp.repeat(k_NxSxKxD, rep, axis=2).astype(jnp.float32)
     v = jnp.repeat(v_NxSxKxD, rep, axis=2).astype(jnp.float32)

@@ -80,7 +80,7 @@ class PromptGroups(NamedTuple):
     def from_dense_next_token(self, values_NxT1):
         """Per-token values of the Dense batch (position t predicts token t+1, [B·G, P+R-1]) ->
         the values of each completion token [B, G, R]."""
-        b, p, g, r = self.shape
+        b, _p, g, r = self.shape
         idx = self.prompt_len_B[:, None, None] - 1 + jnp.arange(r)[None, None, :]
         vals = values_NxT1.reshape(b, g, -1)
         return jnp.take_along_axis(vals, jnp.broadcast_to(idx, (b, g, r)), axis=2)

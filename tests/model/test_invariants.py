@@ -80,7 +80,7 @@ def test_chunked_logprobs_equal_full_log_softmax():
     want = jnp.take_along_axis(full, batch.tokens_NxT[:, 1:, None], axis=-1)[..., 0]
     want_ent = -(jnp.exp(full) * full).sum(-1)
     for chunk in (32, 50, 131, 4096):
-        logp, ent, mask = dense_logprobs(model, batch, chunk_size=chunk)
+        logp, ent, _mask = dense_logprobs(model, batch, chunk_size=chunk)
         assert rel_err(logp, want) <= 1e-5
         assert rel_err(ent, want_ent) <= 1e-5
 

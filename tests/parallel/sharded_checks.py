@@ -268,7 +268,7 @@ def check_pallas_steps():
         placed = jax.device_put(cache, steps.cache_shardings(mesh))
         assert "shard_map" in str(jax.make_jaxpr(decode)(sparams, placed, tok0, live))
         placed = jax.device_put(cache, steps.cache_shardings(mesh))
-        tok, logits, new_cache = decode(sparams, placed, tok0, live)
+        _tok, logits, new_cache = decode(sparams, placed, tok0, live)
         assert_close(f"{sizes} pallas decode logits", logits, want_logits)
         assert_close(f"{sizes} pallas decode cache", new_cache, want_cache)
         print(f"pallas steps {sizes}: ok")

@@ -37,7 +37,7 @@ def test_micro_batched_gradient_equals_full_batch():
     groups = [(list(rng.integers(3, VOCAB, rng.integers(2, 12))),
                [list(rng.integers(3, VOCAB, rng.integers(1, 9))) for _ in range(3)]) for _ in range(4)]
     batch = pack_prompt_groups(groups)
-    b, p, g, r = batch.shape
+    b, _p, g, r = batch.shape
     old = jnp.asarray(rng.normal(-4, 0.1, (b, g, r)), jnp.float32)
     adv = jnp.asarray(rng.normal(size=(b, g)), jnp.float32)
     for agg in ("token_mean", "seq_mean", "dr_grpo"):
@@ -47,7 +47,7 @@ def test_micro_batched_gradient_equals_full_batch():
         full_loss, _, full = fn(params, batch, old, adv, old, norm)
         acc, loss_sum = None, 0.0
         for s in (0, 2):
-            part = lambda x: slice_groups(x, s, s + 2)
+            part = lambda x, s=s: slice_groups(x, s, s + 2)
             loss, _, gr = fn(params, part(batch), part(old), part(adv), part(old), norm)
             acc, loss_sum = add_grads(acc, gr), loss_sum + float(loss)
         np.testing.assert_allclose(loss_sum, float(full_loss), rtol=1e-5)

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
-import jax
 import jax.numpy as jnp
 
 from zorro_jax import attention
@@ -78,7 +77,7 @@ def dense_step(model: Transformer, cache: DenseKVCache, tokens_NxT, n_new_N, imp
     Prefill is a step from an empty cache; one-token decode is T = 1. Positions continue at each
     row's cache length, so rows of different lengths decode in lockstep.
     """
-    n, t = tokens_NxT.shape
+    _n, t = tokens_NxT.shape
     start = cache.lengths_N
     pos = start[:, None] + jnp.arange(t, dtype=jnp.int32)[None, :]
     kv = {"k": cache.k_LxNxSxKxD, "v": cache.v_LxNxSxKxD}
@@ -134,7 +133,7 @@ def prompt_groups_logprobs(model: Transformer, batch: PromptGroups, *, impl=None
     h_p, h_c = prompt_groups_hidden(model, batch, impl)
     w = model.unembedding()
     comp = batch.completions_BxGxR
-    b, p, g, r = batch.shape
+    b, _p, g, _r = batch.shape
     h_last = jnp.take_along_axis(h_p, (batch.prompt_len_B - 1)[:, None, None], axis=1)[:, 0]
     lse0, ent0 = logsumexp_and_entropy(h_last, w, chunk_size=chunk_size, with_entropy=with_entropy)
     z0 = jnp.einsum("be,bge->bg", h_last, jnp.take(w.T, comp[:, :, 0], axis=0)).astype(jnp.float32)

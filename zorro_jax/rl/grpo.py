@@ -250,7 +250,7 @@ class GRPOTrainer:
         for _ in range(cfg.epochs):
             grads = None
             for s in range(0, cfg.prompts_per_step, mb):
-                part = lambda x: slice_groups(x, s, s + mb)
+                part = lambda x, s=s: slice_groups(x, s, s + mb)
                 loss, metrics, g = self.grad_fn(self.policy.params, part(batch), part(old_lp), part(adv),
                                                 part(ref_lp), norm)
                 grads = add_grads(grads, g)

@@ -44,7 +44,7 @@ def make_logprob_fn(graphdef, mode: str, impl=None):
     @jax.jit
     def fn(params, batch: PromptGroups):
         model = nnx.merge(graphdef, params)
-        lp, ent, mask = completion_logprobs(model, batch, mode, impl)
+        lp, ent, _mask = completion_logprobs(model, batch, mode, impl)
         return lp, ent
 
     return fn
