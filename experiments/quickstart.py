@@ -3,7 +3,8 @@
 Trains a byte-level BPE tokenizer and a ~1M-parameter policy on the built-in benchmark (SFT warm
 start with literal swapping, then GRPO with prompt-once training and shared-prefix rollouts),
 evaluates held-out execution accuracy before and after GRPO, and writes a report to
-runs/quickstart/ (metrics.jsonl, plots, summary.md, the policy as a Hugging Face folder). Re-running resumes from checkpoints.
+runs/quickstart/ (metrics.jsonl, plots, summary.md, the policy as a Hugging Face folder).
+Re-running resumes from checkpoints.
 
     python -m experiments.quickstart [--run_dir DIR] [--any.config.field VALUE ...]
 """
