@@ -410,18 +410,19 @@ def shared_prefix_decode_attention(
     sm_scale=None,
     block_sizes=BlockSizes(),
     interpret=False,
+    prompt_fn=None,
 ):
     """Decode/verify attention: (shared prompt part) ⊕ (own suffix part).
 
     impl "pallas" runs the prompt part with the Pallas kernel, "xla" with jnp; the suffix part is
-    jnp in both. Returns o [B, G, T, H, D] in q's dtype.
+    jnp in both. `prompt_fn`, when given, replaces the prompt part's function (same signature as
+    `shared_prefix_attention`, e.g. the kernel under shard_map). Returns o [B, G, T, H, D] in q's
+    dtype.
     """
-    if impl == "pallas":
-        prompt_fn = shared_prefix_attention
-    elif impl == "xla":
-        prompt_fn = shared_prefix_attention_xla
-    else:
+    if impl not in ("xla", "pallas"):
         raise ValueError(f"impl must be 'xla' or 'pallas', got {impl!r}")
+    if prompt_fn is None:
+        prompt_fn = shared_prefix_attention if impl == "pallas" else shared_prefix_attention_xla
     o_prompt, lse_prompt = prompt_fn(
         q_BxGxTxHxD,
         k_prompt_BxPxKxD,

@@ -141,7 +141,6 @@ def shared_prefix_decode_attention(
 ):
     """Decode/verify attention on the `SharedPrefixDecode` layout (prompt KV read once per group)."""
     from pallas_kernels import shared_prefix_decode as spd
-    from pallas_kernels.lse_merge import merge_attention
 
     impl = resolve_impl(impl, "SharedPrefixDecode")
     if impl == "reference":
@@ -154,12 +153,7 @@ def shared_prefix_decode_attention(
     if impl == "pallas" and mesh is not None:
         from zorro_jax.parallel.kernels import shared_prefix_attention_sharded
 
-        o_p, lse_p = shared_prefix_attention_sharded(mesh, q_BxGxTxHxD, k_prompt, v_prompt, prompt_len_B,
-                                                     out_dtype=jnp.float32, **kw)
-        o_s, lse_s = spd.suffix_attention(q_BxGxTxHxD, k_suffix, v_suffix, q_start_BxG,
-                                          sm_scale=kw.get("sm_scale"), out_dtype=jnp.float32)
-        o, _ = merge_attention(o_p, lse_p, o_s, lse_s)
-        return o.astype(q_BxGxTxHxD.dtype)
+        kw["prompt_fn"] = functools.partial(shared_prefix_attention_sharded, mesh)
     return spd.shared_prefix_decode_attention(
         q_BxGxTxHxD, k_prompt, v_prompt, prompt_len_B, k_suffix, v_suffix, q_start_BxG,
         impl=impl, **kw,

@@ -274,7 +274,7 @@ def run(cfg: RunConfig) -> dict:
         t0 = time.perf_counter()
         step_fn = make_sft_step(graphdef, make_apply_fn(sft_opt), examples, cfg.sft, pad_id=tok.pad_token_id,
                                 impl=cfg.grpo.attention_impl,
-                                swap=literal_swapper(train_tasks, tok, cfg.data, eos))
+                                swap=literal_swapper(train_tasks, tok, cfg.data, eos) if cfg.sft.literal_swap else None)
         state = run_phase("sft", cfg.sft.steps, step_fn, state, run_dir, log,
                           checkpoint_every=cfg.checkpoint_every, keep=cfg.keep_checkpoints,
                           later_phases=("eval", "distill", "grpo"), quiet=cfg.quiet,

@@ -3,14 +3,13 @@
 A text-to-SQL training set names a few hundred values (cities, names, years). A small policy
 trained on it memorises them: asked about a city it never saw, it writes one it did. Swapping
 makes memorising useless: every value the question and the gold SQL share is replaced, in both, by
-a random look-alike (same length, same pattern of upper/lower case, vowels, consonants and
-digits), drawn fresh each time the example is seen. The only way to predict the literal is then
-to copy it from the question — which is what a held-out question needs.
+a fresh value each time the example is seen. The only way to predict the literal is then to copy
+it from the question — which is what a held-out question needs.
 
-The replacement is drawn from `pool` (values seen elsewhere in the training set, of the same
-shape: one word for one word, a date for a date, a 4-digit number for a 4-digit number) when one
-is given — the tokens stay familiar, only their pairing with the question changes — else it is a
-random look-alike.
+The replacement is drawn from a `ValuePool` (values seen elsewhere in the training set, of the
+same shape: one word for one word, a date for a date, a 4-digit number for a 4-digit number) when
+one is given — the tokens stay familiar, only their pairing with the question changes — else it is
+a random look-alike (same length, same pattern of case, vowels, consonants and digits).
 
 Shared values are: quoted string literals of the SQL that occur verbatim in the question
 (`'Madrid'` / "... from Madrid?"; for a LIKE pattern, its text without the `%` wildcards:
@@ -30,7 +29,8 @@ _CONSONANTS = "bcdfghjklmnprstvwz"
 # A single-quoted SQL string ('' is an escaped quote inside it).
 _STRING = re.compile(r"'((?:[^']|'')*)'")
 # A whole-number literal: digits not part of an identifier, a decimal or a string.
-_NUMBER = re.compile(r"(?<![\w.'])\d+(?![\w.'])")
+_NUMBER_EDGES = (r"(?<![\w.'])", r"(?![\w.'])")
+_NUMBER = re.compile(r"\d+".join(_NUMBER_EDGES))
 
 
 def look_alike(value: str, rng: random.Random) -> str:
@@ -151,14 +151,7 @@ def _swap_in_literal(literal: str, value: str, new: str) -> str:
 
 def _number_sub(value: str, new: str, sql: str) -> str:
     """Replace the number literal `value` by `new` in `sql`, outside string literals."""
-    parts, last = [], 0
-    for m in _STRING.finditer(sql):
-        parts.append(_word_num(value).sub(lambda _, new=new: new, sql[last:m.start()]))
-        parts.append(m.group())
-        last = m.end()
-    parts.append(_word_num(value).sub(lambda _, new=new: new, sql[last:]))
-    return "".join(parts)
-
-
-def _word_num(value: str) -> re.Pattern:
-    return re.compile(r"(?<![\w.'])" + re.escape(value) + r"(?![\w.'])")
+    number = re.escape(value).join(_NUMBER_EDGES)
+    # String literals match first and are kept; only a bare number is replaced.
+    return re.sub(f"{_STRING.pattern}|{number}",
+                  lambda m: new if m.group(1) is None else m.group(), sql)
