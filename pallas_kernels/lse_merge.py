@@ -1,4 +1,5 @@
-"""Exact merge of attention results computed over disjoint key sets.
+"""Numerics shared by the attention kernels: exact merge of results over disjoint key sets, and
+the precision of the kernels' dots.
 
 Attention over keys K1 ∪ K2 equals a convex combination of the attention over K1 and over K2,
 weighted by each part's softmax mass exp(lse_i). Split attention (training) and shared-prefix
@@ -7,10 +8,19 @@ with these helpers.
 """
 
 import jax.numpy as jnp
+from jax import lax
 
 # A finite stand-in for log(0): a part with no visible keys gets weight exp(-inf)-like zero
 # without producing NaNs through inf - inf.
 NEG_INF = -1e30
+
+# Kernel dots state their precision, so a global `jax_default_matmul_precision` cannot change a
+# kernel. DEFAULT is TF32 on GPU tensor cores for fp32 inputs (IEEE fp32 dots run on FMA units
+# and spill registers at our tiles; Mosaic TPU accepts only DEFAULT or HIGHEST, where DEFAULT is
+# one bf16 pass). bf16 inputs are unaffected; interpret mode on CPU computes in fp32. fp32
+# kernels on an accelerator therefore match the fp32 reference to TF32 accuracy (~1e-3
+# relative), not 1e-5: train in bf16 there, or check fp32 exactness on the XLA path.
+KERNEL_DOT_PRECISION = lax.Precision.DEFAULT
 
 
 def merge_attention(o1, lse1, o2, lse2):
@@ -27,16 +37,3 @@ def merge_attention(o1, lse1, o2, lse2):
     w2 = jnp.exp(lse2 - lse)[..., None]
     o = w1 * o1.astype(jnp.float32) + w2 * o2.astype(jnp.float32)
     return o.astype(o1.dtype), lse
-
-
-def merge_unnormalised(acc1, m1, l1, acc2, m2, l2):
-    """Merge two flash-style running states (acc = Σ exp(s - m) v, m = running max, l = Σ exp(s - m)).
-
-    Returns the merged (acc, m, l); the normalised output is acc / l[..., None] and the
-    log-sum-exp is m + log(l).
-    """
-    m = jnp.maximum(m1, m2)
-    a1 = jnp.exp(m1 - m)
-    a2 = jnp.exp(m2 - m)
-    acc = acc1 * a1[..., None] + acc2 * a2[..., None]
-    return acc, m, l1 * a1 + l2 * a2

@@ -29,11 +29,15 @@ from jax.experimental import pallas as pl
 from jax.experimental.pallas import tpu as pl_tpu
 from jax.experimental.pallas import triton as pl_triton
 
-from pallas_kernels.lse_merge import NEG_INF, merge_attention, merge_unnormalised
+from pallas_kernels.lse_merge import KERNEL_DOT_PRECISION, NEG_INF, merge_attention
 
 
 def _is_power_of_2(n):
     return n > 0 and (n & (n - 1)) == 0
+
+
+# Programs per streaming multiprocessor the split heuristic aims for (H100/H200 have 132 SMs).
+_TARGET_PROGRAMS = 2 * 132
 
 
 @dataclasses.dataclass(frozen=True)
@@ -48,23 +52,30 @@ class BlockSizes:
 
     # Prompt keys per inner-loop iteration (a power of two ≥ 16 for Triton dots).
     block_k: int = 64
-    # Number of independent programs along the prompt length.
-    num_splits: int = 4
-    # Query rows (G·T·H/K, padded) per program; None puts all rows of a KV head in one program,
-    # so each prompt KV block is read exactly once per group. Power of two ≥ 16 when set.
+    # Number of independent programs along the prompt length; None chooses it from the shape so
+    # the grid has about two programs per SM (and the split divides the prompt into whole key
+    # blocks, so a cache whose length is a multiple of block_k is never re-padded).
+    num_splits: int | None = None
+    # Query rows (G·T·H/K, padded) per program; None puts all rows of a KV head in one program up
+    # to `max_block_m` rows, so each prompt KV block is read once per group (or once per
+    # max_block_m rows: larger tiles spill registers and overflow shared memory on sm_90).
     block_m: int | None = None
-    # Triton launch parameters (ignored in interpret mode).
-    num_warps: int = 4
+    max_block_m: int = 128
+    # Triton launch parameters (ignored in interpret mode); num_warps None is 8 for row blocks of
+    # ≥ 128 rows (their fp32 accumulator spills at 4 warps on sm_90), else 4.
+    num_warps: int | None = None
     num_stages: int = 2
 
     def __post_init__(self):
         if not (_is_power_of_2(self.block_k) and self.block_k >= 16):
             raise ValueError(f"block_k must be a power of two >= 16, got {self.block_k}")
-        if self.num_splits < 1:
-            raise ValueError(f"num_splits must be >= 1, got {self.num_splits}")
+        if self.num_splits is not None and self.num_splits < 1:
+            raise ValueError(f"num_splits must be >= 1 or None, got {self.num_splits}")
         if self.block_m is not None and not (_is_power_of_2(self.block_m) and self.block_m >= 16):
             raise ValueError(f"block_m must be a power of two >= 16 or None, got {self.block_m}")
-        if self.num_warps < 1 or self.num_stages < 1:
+        if not (_is_power_of_2(self.max_block_m) and self.max_block_m >= 16):
+            raise ValueError(f"max_block_m must be a power of two >= 16, got {self.max_block_m}")
+        if (self.num_warps is not None and self.num_warps < 1) or self.num_stages < 1:
             raise ValueError("num_warps and num_stages must be >= 1")
 
 
@@ -131,7 +142,11 @@ def _prompt_kernel(plen_ref, q_ref, k_ref, v_ref, acc_ref, m_ref, l_ref, *, sm_s
         v_NxD = v_ref[pl.ds(start, block_k), :]
         s_MxN = (
             lax.dot_general(
-                q_MxD, k_NxD, (((1,), (1,)), ((), ())), preferred_element_type=jnp.float32
+                q_MxD,
+                k_NxD,
+                (((1,), (1,)), ((), ())),
+                precision=KERNEL_DOT_PRECISION,
+                preferred_element_type=jnp.float32,
             )
             * sm_scale
         )
@@ -145,6 +160,7 @@ def _prompt_kernel(plen_ref, q_ref, k_ref, v_ref, acc_ref, m_ref, l_ref, *, sm_s
             p_MxN.astype(v_NxD.dtype),
             v_NxD,
             (((1,), (0,)), ((), ())),
+            precision=KERNEL_DOT_PRECISION,
             preferred_element_type=jnp.float32,
         )
         return alpha_Mx1 * acc_MxD + pv_MxD, m_new_Mx1, l_new_Mx1
@@ -160,15 +176,24 @@ def _prompt_kernel(plen_ref, q_ref, k_ref, v_ref, acc_ref, m_ref, l_ref, *, sm_s
     l_ref[...] = l_Mx1
 
 
-def _plan(num_rows, prompt_size, block_sizes):
-    """Static tiling: (rows padded, row block, key block, split length, number of splits)."""
+def _plan(num_rows, prompt_size, batch_heads, block_sizes):
+    """Static tiling: (rows padded, row block, key block, split length, number of splits).
+
+    batch_heads = B·K, the programs per row block and split.
+    """
     if block_sizes.block_m is None:
-        block_m = max(16, pl.next_power_of_2(num_rows))
+        block_m = min(max(16, pl.next_power_of_2(num_rows)), block_sizes.max_block_m)
     else:
         block_m = block_sizes.block_m
     rows_padded = pl.cdiv(num_rows, block_m) * block_m
     block_k = min(block_sizes.block_k, max(16, pl.next_power_of_2(prompt_size)))
-    num_splits = min(block_sizes.num_splits, pl.cdiv(prompt_size, block_k))
+    key_blocks = pl.cdiv(prompt_size, block_k)
+    if block_sizes.num_splits is None:
+        wanted = pl.cdiv(_TARGET_PROGRAMS, batch_heads * (rows_padded // block_m))
+        # The largest divisor of the key blocks not above the wanted count: no padding of P.
+        num_splits = max(d for d in range(1, min(wanted, key_blocks) + 1) if key_blocks % d == 0)
+    else:
+        num_splits = min(block_sizes.num_splits, key_blocks)
     split_len = pl.cdiv(prompt_size, num_splits * block_k) * block_k
     return rows_padded, block_m, block_k, split_len, num_splits
 
@@ -200,8 +225,9 @@ def _prompt_call(
         compiler_params = pl_tpu.CompilerParams(dimension_semantics=("parallel",) * len(grid))
     else:
         plen_spec = pl.BlockSpec((b,), lambda bi, ki, mi, si: (0,))
+        num_warps = block_sizes.num_warps or (8 if block_m >= 128 else 4)
         compiler_params = pl_triton.CompilerParams(
-            num_warps=block_sizes.num_warps, num_stages=block_sizes.num_stages
+            num_warps=num_warps, num_stages=block_sizes.num_stages
         )
     stat_spec = pl.BlockSpec((sq, sq, sq, block_m, 1), lambda bi, ki, mi, si: (bi, ki, si, mi, 0))
     stat_shape = jax.ShapeDtypeStruct((b, k, num_splits, rows_padded, 1), jnp.float32)
@@ -254,18 +280,23 @@ def shared_prefix_attention(
 
     q_BxKxMxD = _group_queries(q_BxGxTxHxD, k)
     num_rows = q_BxKxMxD.shape[2]
-    rows_padded, block_m, block_k, split_len, num_splits = _plan(num_rows, p, block_sizes)
-    if rows_padded != num_rows:
-        q_BxKxMxD = jnp.pad(q_BxKxMxD, ((0, 0), (0, 0), (0, rows_padded - num_rows), (0, 0)))
+    rows_padded, block_m, block_k, split_len, num_splits = _plan(num_rows, p, b * k, block_sizes)
+    # Triton tiles need a power-of-two width: a head dim such as 96 is zero-padded (scores and
+    # the kept columns of the output are unchanged).
+    dp = max(16, pl.next_power_of_2(d))
+    if rows_padded != num_rows or dp != d:
+        q_BxKxMxD = jnp.pad(q_BxKxMxD, ((0, 0), (0, 0), (0, rows_padded - num_rows), (0, dp - d)))
     p_padded = split_len * num_splits
+    k_BxPxKxD, v_BxPxKxD = k_prompt_BxPxKxD, v_prompt_BxPxKxD
+    if p_padded != p or dp != d:
+        # Only when the cache length is not a multiple of the key block, or D is padded: the
+        # sampler allocates its prompt cache in such multiples, so decoding never re-pads it.
+        pad = ((0, 0), (0, p_padded - p), (0, 0), (0, dp - d))
+        k_BxPxKxD, v_BxPxKxD = jnp.pad(k_BxPxKxD, pad), jnp.pad(v_BxPxKxD, pad)
     # Heads folded into the last axis (a free reshape): block (split_len, D) at column block k
     # selects one KV head without transposing the cache.
-    k_BxPxKD = k_prompt_BxPxKxD.reshape(b, p, k * d)
-    v_BxPxKD = v_prompt_BxPxKxD.reshape(b, p, k * d)
-    if p_padded != p:
-        pad = ((0, 0), (0, p_padded - p), (0, 0))
-        k_BxPxKD = jnp.pad(k_BxPxKD, pad)
-        v_BxPxKD = jnp.pad(v_BxPxKD, pad)
+    k_BxPxKD = k_BxPxKxD.reshape(b, p_padded, k * dp)
+    v_BxPxKD = v_BxPxKxD.reshape(b, p_padded, k * dp)
 
     call = functools.partial(
         _prompt_call,
@@ -283,21 +314,13 @@ def shared_prefix_attention(
         *args, tpu=functools.partial(call, tpu=True), default=functools.partial(call, tpu=False)
     )
 
-    acc_BxKxMxD, m_BxKxM, l_BxKxM = (
-        acc_BxKxSxMxD[:, :, 0],
-        m_BxKxSxMx1[:, :, 0, :, 0],
-        l_BxKxSxMx1[:, :, 0, :, 0],
-    )
-    for s in range(1, num_splits):
-        acc_BxKxMxD, m_BxKxM, l_BxKxM = merge_unnormalised(
-            acc_BxKxMxD,
-            m_BxKxM,
-            l_BxKxM,
-            acc_BxKxSxMxD[:, :, s],
-            m_BxKxSxMx1[:, :, s, :, 0],
-            l_BxKxSxMx1[:, :, s, :, 0],
-        )
-    o_BxKxMxD = (acc_BxKxMxD / l_BxKxM[..., None])[:, :, :num_rows]
+    # Merge the splits in one pass: rescale each split's state to the common maximum.
+    m_BxKxSxM = m_BxKxSxMx1[..., 0]
+    m_BxKxM = jnp.max(m_BxKxSxM, axis=2)
+    scale_BxKxSxM = jnp.exp(m_BxKxSxM - m_BxKxM[:, :, None])
+    l_BxKxM = jnp.sum(l_BxKxSxMx1[..., 0] * scale_BxKxSxM, axis=2)
+    acc_BxKxMxD = jnp.sum(acc_BxKxSxMxD * scale_BxKxSxM[..., None], axis=2)
+    o_BxKxMxD = (acc_BxKxMxD / l_BxKxM[..., None])[:, :, :num_rows, :d]
     lse_BxKxM = (m_BxKxM + jnp.log(l_BxKxM))[:, :, :num_rows]
     o_BxGxTxHxD = _ungroup(o_BxKxMxD, g, t).astype(out_dtype or q_BxGxTxHxD.dtype)
     return o_BxGxTxHxD, _ungroup(lse_BxKxM, g, t)

@@ -31,7 +31,7 @@ from jax import lax
 from jax.experimental import pallas as pl
 
 from pallas_kernels import lse_merge
-from pallas_kernels.lse_merge import NEG_INF
+from pallas_kernels.lse_merge import KERNEL_DOT_PRECISION, NEG_INF
 
 
 def _default_scale(head_dim, sm_scale):
@@ -153,12 +153,31 @@ class BlockSizes:
     # Backward dK/dV kernels: keys per program and query rows per inner-loop step.
     block_q_dkv: int = 64
     block_k_dkv: int = 64
+    # Triton launch parameters (warps, pipeline stages) per kernel kind; ignored elsewhere. The
+    # dK/dV kernels hold two fp32 accumulators per key block: at 4 warps they spill on sm_90.
+    launch_fwd: tuple[int, int] = (4, 2)
+    launch_dq: tuple[int, int] = (4, 2)
+    launch_dkv: tuple[int, int] = (8, 2)
 
     def __post_init__(self):
         for field in dataclasses.fields(self):
             value = getattr(self, field.name)
-            if value < 16 or value & (value - 1):
+            if field.name.startswith("launch_"):
+                warps, stages = value
+                if warps not in (1, 2, 4, 8, 16) or stages < 1:
+                    raise ValueError(f"{field.name}={value}: warps must be a power of two ≤ 16 "
+                                     "and stages ≥ 1")
+            elif value < 16 or value & (value - 1):
                 raise ValueError(f"{field.name}={value} must be a power of two ≥ 16")
+
+    @classmethod
+    def for_inputs(cls, dtype, head_dim: int) -> "BlockSizes":
+        """Defaults that compile on sm_90 without spills: 64-token tiles, or 32-token tiles for
+        fp32 inputs whose padded head dim is ≥ 128 (their fp32 tiles exhaust the registers)."""
+        padded = max(16, pl.next_power_of_2(head_dim))
+        if jnp.dtype(dtype).itemsize >= 4 and padded >= 128:
+            return cls(32, 32, 32, 32, 32, 32)
+        return cls()
 
     @property
     def query_blocks(self):
@@ -190,34 +209,42 @@ def _cdiv(a, b):
     return lax.div(a + b - 1, b)
 
 
+def _dot(a, b, dims):
+    return lax.dot_general(a, b, (dims, ((), ())), precision=KERNEL_DOT_PRECISION,
+                           preferred_element_type=jnp.float32)
+
+
 def _dot_nt(a, b):
     """a [m, d] · b [n, d]ᵀ in fp32."""
-    return lax.dot_general(a, b, (((1,), (1,)), ((), ())), preferred_element_type=jnp.float32)
+    return _dot(a, b, ((1,), (1,)))
 
 
 def _dot_nn(a, b):
     """a [m, n] · b [n, d] in fp32."""
-    return lax.dot_general(a, b, (((1,), (0,)), ((), ())), preferred_element_type=jnp.float32)
+    return _dot(a, b, ((1,), (0,)))
 
 
 def _dot_tn(a, b):
     """a [m, n]ᵀ · b [m, d] in fp32."""
-    return lax.dot_general(a, b, (((0,), (0,)), ((), ())), preferred_element_type=jnp.float32)
+    return _dot(a, b, ((0,), (0,)))
 
 
-def _pallas_call(kernel, *, cfg, **kwargs):
+def _pallas_call(kernel, *, cfg, launch, **kwargs):
     """pl.pallas_call with per-backend compiler parameters (Triton on GPU, Mosaic on TPU).
 
     The kernels are backend-neutral; only the compiler parameters differ, so the backend is
-    picked at lowering time.
+    picked at lowering time. `launch` is the kernel's (num_warps, num_stages) for Triton.
     """
     if cfg.interpret:
         return pl.pallas_call(kernel, interpret=True, **kwargs)
     from jax.experimental.pallas import tpu as pltpu
     from jax.experimental.pallas import triton as plgpu
 
+    num_warps, num_stages = launch
     gpu_call = pl.pallas_call(
-        kernel, compiler_params=plgpu.CompilerParams(num_warps=4, num_stages=2), **kwargs
+        kernel,
+        compiler_params=plgpu.CompilerParams(num_warps=num_warps, num_stages=num_stages),
+        **kwargs,
     )
     tpu_call = pl.pallas_call(
         kernel,
@@ -358,6 +385,7 @@ def _forward(qp, kp, vp, qc, kc, vc, plen, clen, cfg):
     o_p, lse_p = _pallas_call(
         functools.partial(_fwd_prompt_kernel, cfg=cfg),
         cfg=cfg,
+        launch=cfg.block_sizes.launch_fwd,
         grid=(B, K, Np // bq),
         in_specs=[_lengths_spec(plen), q_block, prompt_kv, prompt_kv],
         out_specs=[q_block, lse_block],
@@ -374,6 +402,7 @@ def _forward(qp, kp, vp, qc, kc, vc, plen, clen, cfg):
     o_c, lse_c = _pallas_call(
         functools.partial(_fwd_comp_kernel, cfg=cfg),
         cfg=cfg,
+        launch=cfg.block_sizes.launch_fwd,
         grid=(B, K, Nc // bq),
         in_specs=[
             _lengths_spec(plen),
@@ -441,14 +470,15 @@ def split_attention(
     comp_len,
     *,
     sm_scale=None,
-    block_sizes: BlockSizes = BlockSizes(),
+    block_sizes: BlockSizes | None = None,
     interpret: bool = False,
 ):
     """Fused Pallas split attention: flash-style forward and backward kernels under `jax.custom_vjp`.
 
     P and R need not be multiples of the block sizes and D need not be a power of two: inputs
     are zero-padded here and outputs sliced back. Lengths are clamped to [.., P] and [0, R] so
-    the kernels never read past the padded arrays. `interpret=True` runs the kernels on CPU;
+    the kernels never read past the padded arrays. block_sizes None picks
+    `BlockSizes.for_inputs(q dtype, D)`. `interpret=True` runs the kernels on CPU;
     otherwise they lower through Triton (GPU) or Mosaic (TPU; use 128-row query blocks there).
     """
     B, P, H, D = q_p.shape
@@ -457,6 +487,8 @@ def split_attention(
     if H % K:
         raise ValueError(f"query heads {H} must be a multiple of kv heads {K}")
     hg = H // K
+    if block_sizes is None:
+        block_sizes = BlockSizes.for_inputs(q_p.dtype, D)
     Pp = _padded_tokens(P, block_sizes, hg)
     Rp = _padded_tokens(R, block_sizes, hg)
     # Triton dots need power-of-two tiles of at least 16; zero padding leaves scores unchanged.

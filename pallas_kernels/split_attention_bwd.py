@@ -196,7 +196,9 @@ def _dkv_prompt_kernel(
     # Completion queries of all G samples see every real prompt key.
     real_blocks = -(-cfg.comp_tokens * hg // block_q)
     padded_blocks = cfg.padded_comp * hg // block_q
-    num = jnp.where(active, cfg.num_samples * real_blocks, 0)
+    # Both branches typed int32: two weak Python ints would take the predicate's i1 type on
+    # Triton, and the loop's bounds would then disagree in type (the module fails to verify).
+    num = jnp.where(active, jnp.int32(cfg.num_samples * real_blocks), jnp.int32(0))
     dk, dv = _dkv_stream(
         carry,
         k,
@@ -275,6 +277,7 @@ def backward(cfg, residuals, cotangents):
         out_shape=jax.ShapeDtypeStruct(qp.shape, qp.dtype),
         name="split_attention_dq_prompt",
         cfg=cfg,
+        launch=bs.launch_dq,
     )(plen, qp, kp, vp, do_p, lse_p, delta_p)
 
     dq_blocks_per_sample = Rp * hg // bq
@@ -302,6 +305,7 @@ def backward(cfg, residuals, cotangents):
         out_shape=jax.ShapeDtypeStruct(qc.shape, qc.dtype),
         name="split_attention_dq_completion",
         cfg=cfg,
+        launch=bs.launch_dq,
     )(plen, clen, qc, kp, vp, kc, vc, do_c, lse_c, delta_c)
 
     # dK/dV: one program per key block, grid (B, K, key blocks).
@@ -334,6 +338,7 @@ def backward(cfg, residuals, cotangents):
         ],
         name="split_attention_dkv_prompt",
         cfg=cfg,
+        launch=bs.launch_dkv,
     )(plen, qp, kp, vp, do_p, lse_p, delta_p, qc, do_c, lse_c, delta_c)
 
     key_blocks_per_sample = Rp // bk
@@ -366,5 +371,6 @@ def backward(cfg, residuals, cotangents):
         ],
         name="split_attention_dkv_completion",
         cfg=cfg,
+        launch=bs.launch_dkv,
     )(clen, qc, kc, vc, do_c, lse_c, delta_c)
     return dq_p, dk_p, dv_p, dq_c, dk_c, dv_c, None, None

@@ -56,15 +56,95 @@ def _warn_once(msg: str):
     warnings.warn(msg, stacklevel=3)
 
 
+def interpret_mode() -> bool:
+    """Pallas kernels run in the (slow) interpreter on CPU only; GPU and TPU compile them."""
+    return jax.default_backend() == "cpu"
+
+
+def _rand(key, shape, dtype):
+    return jax.random.normal(key, shape, jnp.float32).astype(dtype)
+
+
+def _rel_err(a, b):
+    a, b = a.astype(jnp.float32), b.astype(jnp.float32)
+    return float(jnp.max(jnp.abs(a - b)) / jnp.maximum(1.0, jnp.max(jnp.abs(b))))
+
+
+def _check_split_attention(interpret: bool = False):
+    from pallas_kernels import split_attention as sa
+
+    keys = jax.random.split(jax.random.key(0), 6)
+    b, p, g, r, h, k, d = 2, 80, 3, 40, 4, 2, 64
+    args = [_rand(keys[0], (b, p, h, d), jnp.bfloat16), _rand(keys[1], (b, p, k, d), jnp.bfloat16),
+            _rand(keys[2], (b, p, k, d), jnp.bfloat16),
+            _rand(keys[3], (b, g, r, h, d), jnp.bfloat16),
+            _rand(keys[4], (b, g, r, k, d), jnp.bfloat16),
+            _rand(keys[5], (b, g, r, k, d), jnp.bfloat16),
+            jnp.asarray([80, 33], jnp.int32), jnp.asarray([[40, 0, 7], [1, 40, 25]], jnp.int32)]
+    loss = lambda fn: lambda *a: sum(jnp.sum(jnp.sin(o.astype(jnp.float32))) for o in fn(*a))
+    fns = (functools.partial(sa.split_attention, interpret=interpret), sa.split_attention_xla)
+    grads = [jax.jit(jax.grad(loss(fn), argnums=tuple(range(6))))(*args) for fn in fns]
+    outs = [fn(*args) for fn in fns]
+    return max(_rel_err(a, b) for x, y in (outs, grads) for a, b in zip(x, y))
+
+
+def _check_shared_prefix_decode(interpret: bool = False):
+    from pallas_kernels import shared_prefix_decode as spd
+
+    keys = jax.random.split(jax.random.key(1), 5)
+    b, p, g, t, s, h, k, d = 2, 100, 4, 3, 16, 8, 2, 64
+    args = (_rand(keys[0], (b, g, t, h, d), jnp.bfloat16),
+            _rand(keys[1], (b, p, k, d), jnp.bfloat16), _rand(keys[2], (b, p, k, d), jnp.bfloat16),
+            jnp.asarray([100, 37], jnp.int32), _rand(keys[3], (b, g, s, k, d), jnp.bfloat16),
+            _rand(keys[4], (b, g, s, k, d), jnp.bfloat16), jnp.full((b, g), 5, jnp.int32))
+    o = [spd.shared_prefix_decode_attention(*args, impl=impl, interpret=interpret)
+         for impl in ("pallas", "xla")]
+    return _rel_err(*o)
+
+
+# layout -> check(interpret) that runs the layout's Pallas kernels and the XLA path on one small
+# bf16 input and returns the largest difference relative to max(1, max |xla|) (outputs and, for
+# training, gradients).
+SELF_CHECKS = {
+    "PromptGroups": _check_split_attention,
+    "SharedPrefixDecode": _check_shared_prefix_decode,
+}
+SELF_CHECK_TOLERANCE = 2e-2  # bf16 rounding differences only
+
+
+@functools.cache
+def pallas_self_check(layout: str) -> bool:
+    """First use of a layout's Pallas kernels in a process on an accelerator: do they compile and
+    agree with the XLA path on a small input? False (with a warning) sends that layout to 'xla'.
+
+    On CPU the kernels run in interpret mode, whose numerics the test suite checks: True.
+    """
+    if interpret_mode() or layout not in SELF_CHECKS:
+        return True
+    try:
+        err = SELF_CHECKS[layout]()
+    except Exception as e:  # noqa: BLE001 - failing to lower, compile or run: no kernel
+        _warn_once(f"Pallas kernels for {layout} failed their self-check ({type(e).__name__}: "
+                   f"{str(e)[:200]}); using 'xla' attention")
+        return False
+    if not err <= SELF_CHECK_TOLERANCE:
+        _warn_once(f"Pallas kernels for {layout} disagree with the XLA path (rel. error {err:.3g} "
+                   f"> {SELF_CHECK_TOLERANCE}); using 'xla' attention")
+        return False
+    return True
+
+
 def resolve_impl(impl: str | None, layout: str, supported=IMPLS) -> str:
     """The attention backend to use for `layout`: `impl` or the default, falling back to 'xla' (with
-    a warning) where `impl` is not in `supported`.
+    a warning) where `impl` is not in `supported` or its Pallas kernels fail `pallas_self_check`.
     """
     impl = impl or default_impl()
     if impl not in IMPLS:
         raise ValueError(f"attention impl must be one of {IMPLS}, got {impl!r}")
     if impl not in supported:
         _warn_once(f"attention impl {impl!r} is not available for layout {layout}; using 'xla'")
+        return "xla"
+    if impl == "pallas" and not pallas_self_check(layout):
         return "xla"
     return impl
 
@@ -126,7 +206,7 @@ def prompt_groups_attention(q_tree, k_tree, v_tree, prompt_len_B, comp_len_BxG, 
         "pallas": sa.split_attention,
     }[impl]
     if impl == "pallas":
-        kw.setdefault("interpret", jax.default_backend() != "gpu")
+        kw.setdefault("interpret", interpret_mode())
     (q_p, q_c), (k_p, k_c), (v_p, v_c) = q_tree, k_tree, v_tree
     mesh = current_kernel_mesh()
     if impl == "pallas" and mesh is not None:
@@ -148,7 +228,7 @@ def shared_prefix_decode_attention(
             q_BxGxTxHxD, k_prompt, v_prompt, prompt_len_B, k_suffix, v_suffix, q_start_BxG
         )
     if impl == "pallas":
-        kw.setdefault("interpret", jax.default_backend() != "gpu")
+        kw.setdefault("interpret", interpret_mode())
     mesh = current_kernel_mesh()
     if impl == "pallas" and mesh is not None:
         from zorro_jax.parallel.kernels import shared_prefix_attention_sharded

@@ -24,7 +24,6 @@ from pallas_kernels import shared_prefix_decode as spd
 from pallas_kernels import split_attention as sa
 from zorro_jax.parallel.mesh import BATCH_AXES, batch_shards
 
-_SPLIT_BLOCKS = sa.BlockSizes()
 _DECODE_BLOCKS = spd.BlockSizes()
 
 
@@ -50,7 +49,7 @@ def _check(mesh: Mesh, batch: int, heads: int, kv_heads: int):
 
 
 def split_attention_sharded(mesh: Mesh, q_p, k_p, v_p, q_c, k_c, v_c, prompt_len_B, comp_len_BxG, *,
-                            sm_scale=None, block_sizes: sa.BlockSizes = _SPLIT_BLOCKS,
+                            sm_scale=None, block_sizes: sa.BlockSizes | None = None,
                             interpret: bool = False):
     """`pallas_kernels.split_attention` (forward and custom-vjp backward) per device.
 

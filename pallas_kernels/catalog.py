@@ -1,0 +1,132 @@
+"""Every Pallas kernel of the project in each public configuration the code uses, as abstract
+cases that can be lowered without data (for the GPU checks of `gpu_check.py` and
+`experiments/kernel_report.py`).
+
+A case is a function plus `jax.ShapeDtypeStruct` arguments. Training kernels are lowered as their
+gradient (forward and backward kernels in one program); decode kernels as the decode attention.
+Two shape families: "small" (what the tests and the quickstart model use: a few heads, D 16–64)
+and "realistic" (8 prompts × P 4096, G 16, R 1024, 32 query / 8 KV heads, D 128, bf16).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+
+import jax
+import jax.numpy as jnp
+
+from pallas_kernels import shared_prefix_decode as spd
+from pallas_kernels import split_attention as sa
+from pallas_kernels import tree_attention_pallas as tap
+from pallas_kernels.tree_blocks import TreeBlocks
+
+
+@dataclasses.dataclass(frozen=True)
+class KernelCase:
+    """One configuration of one kernel family, lowered as a whole program."""
+
+    name: str
+    fn: Callable
+    args: tuple
+    block_sizes: str  # human-readable tiling, for reports
+    family: str  # "small" | "realistic"
+
+    def lower(self, platform: str = "cuda"):
+        """`jax.stages.Lowered` of this case for `platform` (no device needed)."""
+        return jax.jit(self.fn).trace(*self.args).lower(lowering_platforms=(platform,))
+
+
+def _struct(shape, dtype):
+    return jax.ShapeDtypeStruct(shape, dtype)
+
+
+def _split_case(name, family, b, p, g, r, h, k, d, dtype, block_sizes=None):
+    args = (
+        _struct((b, p, h, d), dtype), _struct((b, p, k, d), dtype), _struct((b, p, k, d), dtype),
+        _struct((b, g, r, h, d), dtype), _struct((b, g, r, k, d), dtype),
+        _struct((b, g, r, k, d), dtype), _struct((b,), jnp.int32), _struct((b, g), jnp.int32),
+    )
+
+    def loss(q_p, k_p, v_p, q_c, k_c, v_c, plen, clen):
+        o_p, o_c = sa.split_attention(q_p, k_p, v_p, q_c, k_c, v_c, plen, clen,
+                                      block_sizes=block_sizes)
+        return jnp.sum(o_p.astype(jnp.float32)) + jnp.sum(o_c.astype(jnp.float32))
+
+    fn = jax.grad(loss, argnums=tuple(range(6)))
+    tiles = block_sizes or sa.BlockSizes.for_inputs(dtype, d)
+    return KernelCase(f"split_attention {name}", fn, args, str(tiles), family)
+
+
+def _decode_case(name, family, b, p, g, t, h, k, d, dtype, block_sizes=None):
+    block_sizes = block_sizes or spd.BlockSizes()
+    s = 2 * t + 8
+    args = (
+        _struct((b, g, t, h, d), dtype), _struct((b, p, k, d), dtype),
+        _struct((b, p, k, d), dtype), _struct((b,), jnp.int32),
+        _struct((b, g, s, k, d), dtype), _struct((b, g, s, k, d), dtype),
+        _struct((b, g), jnp.int32),
+    )
+
+    def fn(q, kp, vp, plen, ks, vs, start):
+        return spd.shared_prefix_decode_attention(
+            q, kp, vp, plen, ks, vs, start, impl="pallas", block_sizes=block_sizes
+        )
+
+    return KernelCase(f"shared_prefix_decode {name}", fn, args, str(block_sizes), family)
+
+
+def _tree_case(name, family, n, t, h, k, d, dtype, list_width, block_sizes=None):
+    """Tree attention over n rows of t tokens, token blocks from `tap.default_token_blocks`."""
+    block_sizes = block_sizes or tap.BlockSizes()
+    block_q, block_k = tap.default_token_blocks(h // k, d, dtype)
+    nq, nk = t // block_q, t // block_k
+    i32 = jnp.int32
+    blocks = TreeBlocks(
+        _struct((n, nq, min(list_width, nk)), i32), _struct((n, nq), i32),
+        _struct((n, nq, min(list_width, nk)), jnp.bool_),
+        _struct((n, nk, min(list_width, nq)), i32), _struct((n, nk), i32),
+        _struct((n, nk, min(list_width, nq)), jnp.bool_),
+    )
+    args = (_struct((n, t, h, d), dtype), _struct((n, t, k, d), dtype),
+            _struct((n, t, k, d), dtype), _struct((n, t), i32), blocks)
+
+    def loss(q, k_, v, end, blocks):
+        o = tap.tree_attention(q, k_, v, end, blocks, block_sizes=block_sizes)
+        return jnp.sum(o.astype(jnp.float32))
+
+    fn = jax.grad(loss, argnums=(0, 1, 2))
+    tiles = f"tokens q{block_q}/k{block_k}, {block_sizes}"
+    return KernelCase(f"tree_attention {name}", fn, args, tiles, family)
+
+
+def kernel_cases(family: str = "all") -> list[KernelCase]:
+    """The cases of one shape family ("small", "realistic") or of both ("all")."""
+    if family not in ("small", "realistic", "all"):
+        raise ValueError(f"family must be 'small', 'realistic' or 'all', got {family!r}")
+    f32, bf16 = jnp.float32, jnp.bfloat16
+    small = [
+        _tree_case("fp32 H4/K2 D64", "small", 2, 512, 4, 2, 64, f32, 16),
+        _tree_case("bf16 H4/K4 D64", "small", 2, 512, 4, 4, 64, bf16, 16),
+        _tree_case("fp32 H7/K1 D96", "small", 1, 256, 7, 1, 96, f32, 8),
+        _split_case("fp32 H4/K2 D64", "small", 2, 96, 4, 40, 4, 2, 64, f32),
+        _split_case("bf16 H4/K4 D64", "small", 2, 96, 4, 40, 4, 4, 64, bf16),
+        _split_case("fp32 H7/K1 D96", "small", 1, 64, 2, 24, 7, 1, 96, f32),
+        _decode_case("T1 fp32 H4/K2 D64", "small", 2, 96, 8, 1, 4, 2, 64, f32),
+        _decode_case("T5 bf16 H4/K4 D64", "small", 2, 96, 8, 5, 4, 4, 64, bf16),
+        _decode_case("T1 fp32 H8/K2 D96", "small", 2, 96, 8, 1, 8, 2, 96, f32),
+    ]
+    realistic = [
+        # 8 trees of a 4096-token prompt and 16 completions of 1024 tokens, one tree per row.
+        _tree_case("bf16 8 rows × 20480 (P4096 G16 R1024) H32/K8 D128", "realistic",
+                   8, 20480, 32, 8, 128, bf16, 96),
+        _split_case("bf16 B8 P4096 G16 R1024 H32/K8 D128", "realistic",
+                    8, 4096, 16, 1024, 32, 8, 128, bf16),
+        _decode_case("T1 bf16 B8 P4096 G16 H32/K8 D128", "realistic",
+                     8, 4096, 16, 1, 32, 8, 128, bf16),
+        _decode_case("T5 bf16 B8 P4096 G16 H32/K8 D128", "realistic",
+                     8, 4096, 16, 5, 32, 8, 128, bf16),
+        _decode_case("T5 bf16 B1 P4096 G16 H64/K8 D128", "realistic",
+                     1, 4096, 16, 5, 64, 8, 128, bf16),
+    ]
+    return {"small": small, "realistic": realistic, "all": small + realistic}[family]
