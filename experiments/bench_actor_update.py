@@ -1,133 +1,224 @@
-"""Benchmark: one actor update (forward + backward of the GRPO token loss), replicated `Dense`
-batch versus prompt-once `PromptGroups` (xla attention), in one process.
+"""Benchmark: one actor update (forward + backward of the GRPO token loss) on ragged batches, four
+layouts in one process (XLA attention on this CPU).
 
-    python -m experiments.bench_actor_update [--preset ci] [--json PATH] [--max-context BYTES]
+    python -m experiments.bench_actor_update [--distributions sql reasoning long-prompt uniform]
+                                             [--preset ci] [--repeats 3] [--json PATH]
 
-Per row: ideal token ratio G(P+R)/(P+G·R), measured time ratio (median of ≥3 runs after
-compilation), and XLA temp-memory ratio from compiled.memory_analysis().
+Variants, all on the same groups (B prompts × G completions drawn from a named length
+distribution with a fixed seed):
+- padded naive: `Dense` rows prompt ++ completion, right-padded to the longest sample;
+- packed naive: depth-1 `PackedTree` (the prompt copied into every sample, rows packed without
+  padding: the baseline stacks run as "remove padding" / varlen packing);
+- padded prompt-once: `PromptGroups` (prompt and completions each padded to a length bucket);
+- packed prompt-once: depth-2 `PackedTree` (each prompt once, its G completions under it).
+Columns: median time per update, XLA temp bytes (`memory_analysis`, the largest micro-batch),
+tokens each variant computes (rows × row length) and the ideal token ratio = packed-naive real
+tokens / packed prompt-once real tokens. Ratios compare variants inside this process.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import time
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from experiments.common import bench_model_config, machine_note, median_time, temp_bytes, write_json
-from zorro_jax.layouts import PromptGroups
-from zorro_jax.model.forward import dense_logprobs, prompt_groups_logprobs
+from experiments.common import bench_model_config, machine_note, temp_bytes, write_json
+from zorro_jax.attention import XLA_TREE_TILES
+from zorro_jax.layouts import (
+    group_tree,
+    pack_groups_balanced,
+    pack_prompt_groups,
+    replicated_trees,
+)
+from zorro_jax.model.forward import dense_logprobs, packed_logprobs, prompt_groups_logprobs
 from zorro_jax.model.transformer import init_model
 from zorro_jax.rl.losses import LossConfig, loss_normaliser, policy_loss
 
-ROWS = [(512, 64, 8), (1024, 128, 8), (2048, 128, 16)]
+
+@dataclasses.dataclass(frozen=True)
+class LengthDist:
+    """B prompts × G completions; lengths lognormal(median, sigma) clipped to [lo, hi]."""
+
+    groups: int
+    samples: int
+    prompt: tuple[float, float, int, int]  # median, sigma, lo, hi
+    completion: tuple[float, float, int, int]
+
+    def draw(self, seed: int = 0):
+        """(prompt lengths [B], completion lengths [B, G]) as int arrays."""
+        rng = np.random.default_rng(seed)
+
+        def lognormal(spec, size):
+            median, sigma, lo, hi = spec
+            x = np.exp(rng.normal(np.log(median), sigma, size)) if sigma else np.full(size, median)
+            return np.clip(np.round(x), lo, hi).astype(np.int64)
+
+        return (lognormal(self.prompt, self.groups),
+                lognormal(self.completion, (self.groups, self.samples)))
 
 
-def make_batch(p, r, g, vocab, b=1, seed=0):
-    rng = np.random.default_rng(seed)
-    return PromptGroups(
-        jnp.asarray(rng.integers(3, vocab, (b, p)), jnp.int32),
-        jnp.full((b,), p, jnp.int32),
-        jnp.asarray(rng.integers(3, vocab, (b, g, r)), jnp.int32),
-        jnp.full((b, g), r, jnp.int32),
-    )
+DISTRIBUTIONS = {
+    "uniform": LengthDist(2, 8, (1024, 0.0, 1024, 1024), (128, 0.0, 128, 128)),
+    "sql": LengthDist(4, 8, (768, 0.5, 128, 3072), (96, 0.6, 8, 512)),
+    "reasoning": LengthDist(2, 8, (512, 0.5, 128, 3072), (384, 0.8, 16, 2048)),
+    "long-prompt": LengthDist(2, 8, (3072, 0.2, 1024, 6144), (192, 0.8, 8, 1024)),
+}
+VARIANTS = ("padded_naive", "packed_naive", "padded_prompt_once", "packed_prompt_once")
+# Each packed row holds at most this many tokens (raised to the largest tree when needed).
+TOKEN_BUDGET = 8192
+
+
+def make_groups(dist: LengthDist, vocab: int, seed: int = 0):
+    """[(prompt ids, [completion ids] * G)] with the distribution's lengths (random tokens)."""
+    plen, clen = dist.draw(seed)
+    rng = np.random.default_rng(seed + 1)
+    return [(rng.integers(3, vocab, int(p)).astype(np.int32),
+             [rng.integers(3, vocab, int(c)).astype(np.int32) for c in cs])
+            for p, cs in zip(plen, clen)]
+
+
+def _loss(logp, mask, old, adv, cfg):
+    return policy_loss(logp, old, adv, mask, loss_normaliser(mask, cfg), cfg)[0]
 
 
 def make_steps(graphdef, cfg: LossConfig):
-    """Jitted grad steps for both variants; identical loss, different layouts."""
+    """Jitted value-and-grad steps: (params, batch, old [B,G,R], adv [B,G]) -> (loss, grads), one
+    per layout kind. The packed step serves both packed variants (the layout decides sharing)."""
 
-    def loss_from(logp, batch, old, adv):
-        mask = batch.completion_mask()
-        return policy_loss(logp, old, adv, mask, loss_normaliser(mask, cfg), cfg)[0]
+    def packed(params, batch, old, adv):
+        lp, _, mask = packed_logprobs(nnx.merge(graphdef, params), batch, impl="xla",
+                                      with_entropy=False)
+        return _loss(lp, mask, old, adv, cfg)
 
-    def groups_loss(params, batch, old, adv):
-        model = nnx.merge(graphdef, params)
-        logp, _, _ = prompt_groups_logprobs(model, batch, impl="xla", with_entropy=False)
-        return loss_from(logp, batch, old, adv)
+    def padded_groups(params, batch, old, adv):
+        lp, _, mask = prompt_groups_logprobs(nnx.merge(graphdef, params), batch, impl="xla",
+                                             with_entropy=False)
+        return _loss(lp, mask, old, adv, cfg)
 
-    def dense_loss(params, batch, old, adv):
-        model = nnx.merge(graphdef, params)
-        dense = batch.to_dense()
-        logp, _, _ = dense_logprobs(model, dense, impl="xla", with_entropy=False)
-        return loss_from(batch.from_dense_next_token(logp), batch, old, adv)
+    def padded_dense(params, batch, old, adv):
+        dense, tree = batch
+        lp, _, _ = dense_logprobs(nnx.merge(graphdef, params), dense, impl="xla",
+                                  with_entropy=False)
+        return _loss(tree.from_dense_next_token(lp), tree.sample_mask(), old, adv, cfg)
 
-    return (jax.jit(jax.value_and_grad(dense_loss)), jax.jit(jax.value_and_grad(groups_loss)))
-
-
-def run_row(params, steps, p, r, g, vocab, repeats):
-    batch = make_batch(p, r, g, vocab)
-    old = jnp.full((1, g, r), -7.0, jnp.float32)
-    adv = jnp.asarray(np.random.default_rng(1).normal(size=(1, g)), jnp.float32)
-    args = (params, batch, old, adv)
-    dense_step, groups_step = steps
-    mem_d, mem_g = temp_bytes(dense_step, *args), temp_bytes(groups_step, *args)
-    t_d = median_time(dense_step, *args, repeats=repeats)
-    t_g = median_time(groups_step, *args, repeats=repeats)
-    return {
-        "P": p, "R": r, "G": g,
-        "ideal_token_ratio": g * (p + r) / (p + g * r),
-        "dense_s": t_d, "groups_s": t_g, "time_ratio": t_d / t_g,
-        "dense_temp_bytes": mem_d, "groups_temp_bytes": mem_g, "memory_ratio": mem_d / mem_g,
-    }
+    step = lambda f: jax.jit(jax.value_and_grad(f))
+    return {"packed": step(packed), "padded_groups": step(padded_groups),
+            "padded_dense": step(padded_dense)}
 
 
-def max_context(params, steps, budget, r, g, vocab, step_p=256, limit=65536):
-    """Largest P (multiple of step_p) whose compiled temp memory fits `budget`, per variant."""
+def build_variants(groups, token_budget: int = TOKEN_BUDGET):
+    """variant -> (step kind, [(batch, real tokens, computed tokens)] one per micro-batch)."""
+    g = len(groups[0][1])
+    r = max(1, max(len(c) for _, cs in groups for c in cs))
+    prompt_once = [group_tree(p, cs, b) for b, (p, cs) in enumerate(groups)]
+    naive = [t for b, (p, cs) in enumerate(groups) for t in replicated_trees(p, cs, b)]
     out = {}
-    for name, fn in zip(("dense", "groups"), steps):
-        def fits(p, fn=fn):
-            batch = make_batch(p, r, g, vocab)
-            args = (params, batch, jnp.zeros((1, g, r)), jnp.zeros((1, g)))
-            return temp_bytes(fn, *args) <= budget
-
-        lo, hi = 0, step_p
-        while hi <= limit and fits(hi):
-            lo, hi = hi, hi * 2
-        hi = min(hi, limit + step_p)
-        while hi - lo > step_p:  # invariant: lo fits (or 0), hi does not
-            mid = (lo + hi) // 2 // step_p * step_p
-            lo, hi = (mid, hi) if fits(mid) else (lo, mid)
-        out[name] = lo
-        print(f"  {name:6s}: largest P within {budget / 2**20:.0f} MiB = {lo}", flush=True)
-    out["ratio"] = out["groups"] / max(out["dense"], 1)
+    for name, trees in (("packed_naive", naive), ("packed_prompt_once", prompt_once)):
+        largest = max(sum(len(s) for s in t.segments) for t in trees)
+        budget = max(token_budget, largest)
+        total = sum(sum(len(s) for s in t.segments) for t in trees)
+        rows = -(-total // budget)
+        mbs = pack_groups_balanced(trees, token_budget=budget, rows_per_batch=rows, loss_width=r,
+                                   tiles=XLA_TREE_TILES)
+        out[name] = ("packed", [(m.packed, m, int(np.asarray(m.packed.positions_NxT).size))
+                                for m in mbs], total)
+    whole = pack_groups_balanced(prompt_once, token_budget=max(
+        token_budget, max(sum(len(s) for s in t.segments) for t in prompt_once)),
+        rows_per_batch=len(prompt_once), loss_width=r, tiles=XLA_TREE_TILES)[0]
+    dense = whole.packed.to_dense()
+    out["padded_naive"] = ("padded_dense", [((dense, whole.packed), whole,
+                                             int(dense.tokens_NxT.size))],
+                           sum(g * len(p) + sum(len(c) for c in cs) for p, cs in groups))
+    pg = pack_prompt_groups(groups)
+    b, p_pad, _, r_pad = pg.shape
+    out["padded_prompt_once"] = ("padded_groups", [(pg, None, b * (p_pad + g * r_pad))],
+                                 out["packed_prompt_once"][2])
     return out
 
 
+def _targets(groups, seed=1):
+    b, g = len(groups), len(groups[0][1])
+    r = max(1, max(len(c) for _, cs in groups for c in cs))
+    rng = np.random.default_rng(seed)
+    return np.full((b, g, r), -7.0, np.float32), rng.normal(size=(b, g)).astype(np.float32)
+
+
+def run_distribution(params, steps, name: str, vocab: int, repeats: int, seed: int = 0):
+    """Time and measure every variant on one distribution; returns the JSON row."""
+    groups = make_groups(DISTRIBUTIONS[name], vocab, seed)
+    old, adv = _targets(groups)
+    row = {"distribution": name, "groups": len(groups), "samples": len(groups[0][1])}
+    for variant, (kind, parts, real) in build_variants(groups).items():
+        step = steps[kind]
+        calls = []
+        for batch, mb, _ in parts:
+            o = mb.take_groups(old) if mb is not None and kind == "packed" else old
+            a = mb.take_groups(adv) if mb is not None and kind == "packed" else adv
+            r = o.shape[2]
+            if kind == "padded_groups":
+                o = np.pad(o, ((0, 0), (0, 0), (0, batch.shape[3] - r)), constant_values=-7.0)
+            calls.append((params, batch, jnp.asarray(o), jnp.asarray(a)))
+
+        def update(calls=calls, step=step):
+            return [step(*c) for c in calls]
+
+        jax.block_until_ready(update())
+        times = []
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            jax.block_until_ready(update())
+            times.append(time.perf_counter() - t0)
+        row[variant] = {
+            "time_s": float(np.median(times)),
+            "temp_bytes": max(temp_bytes(step, *c) for c in calls),
+            "computed_tokens": sum(t for _, _, t in parts),
+            "real_tokens": int(real),
+            "micro_batches": len(parts),
+        }
+        print(f"  {name:12s} {variant:19s} {row[variant]['time_s']:8.3f} s  "
+              f"{row[variant]['temp_bytes'] / 2**20:9.1f} MiB  "
+              f"{row[variant]['computed_tokens']:7d} tokens", flush=True)
+    naive, once = row["packed_naive"], row["packed_prompt_once"]
+    row["ideal_token_ratio"] = naive["real_tokens"] / once["real_tokens"]
+    row["time_ratio_vs_packed_naive"] = naive["time_s"] / once["time_s"]
+    row["memory_ratio_vs_packed_naive"] = naive["temp_bytes"] / once["temp_bytes"]
+    row["time_ratio_vs_padded_prompt_once"] = row["padded_prompt_once"]["time_s"] / once["time_s"]
+    row["time_ratio_vs_padded_naive"] = row["padded_naive"]["time_s"] / once["time_s"]
+    return row
+
+
 def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--preset", choices=["full", "ci"], default="full", help="ci: first row only")
-    ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--json", default=None, help="write all figures to this path")
-    ap.add_argument("--max-context", type=float, default=None, metavar="BYTES",
-                    help="also find the largest P each variant compiles within this temp-memory budget")
+    """CLI entry point: prints one table row per distribution, optionally writes JSON."""
+    ap = argparse.ArgumentParser(description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--distributions", nargs="+", default=list(DISTRIBUTIONS),
+                    choices=list(DISTRIBUTIONS), help="length distributions to run")
+    ap.add_argument("--preset", choices=["full", "ci"], default="full",
+                    help="ci: the uniform and sql distributions only")
+    ap.add_argument("--repeats", type=int, default=3, help="timed runs per variant (median)")
+    ap.add_argument("--json", default=None, help="write one row per distribution to this path")
     args = ap.parse_args(argv)
-    if args.repeats < 3:
-        ap.error("--repeats must be at least 3 (the figure is a median)")
+    if args.repeats < 1:
+        ap.error("--repeats must be at least 1")
+    names = ["uniform", "sql"] if args.preset == "ci" else args.distributions
     cfg = bench_model_config()
     graphdef, params = nnx.split(init_model(cfg, seed=0))
     steps = make_steps(graphdef, LossConfig())
-    rows = ROWS[:1] if args.preset == "ci" else ROWS
-    print(f"actor update, {machine_note()}; model d=256 L=4 H=4 V=2048 fp32; B=1 group")
-    print(f"{'P':>5} {'R':>4} {'G':>3} | {'ideal':>6} | {'dense s':>8} {'groups s':>8} {'time x':>7} | "
-          f"{'dense MiB':>9} {'groups MiB':>10} {'mem x':>6}")
-    results = []
-    for p, r, g in rows:
-        res = run_row(params, steps, p, r, g, cfg.vocab_size, args.repeats)
-        results.append(res)
-        print(f"{p:5d} {r:4d} {g:3d} | {res['ideal_token_ratio']:6.2f} | {res['dense_s']:8.3f} "
-              f"{res['groups_s']:8.3f} {res['time_ratio']:7.2f} | {res['dense_temp_bytes'] / 2**20:9.1f} "
-              f"{res['groups_temp_bytes'] / 2**20:10.1f} {res['memory_ratio']:6.2f}", flush=True)
-    payload = {"machine": machine_note(), "rows": results}
-    if args.max_context:
-        r, g = (128, 8)
-        print(f"max context (R={r}, G={g}):")
-        payload["max_context"] = {"budget_bytes": args.max_context, "R": r, "G": g,
-                                  **max_context(params, steps, args.max_context, r, g, cfg.vocab_size)}
-        print(f"  ratio groups/dense = {payload['max_context']['ratio']:.2f}")
-    write_json(args.json, payload)
-    return payload
+    print(f"actor update, {machine_note()}; model d=256 L=4 H=4 V=2048 fp32, xla attention")
+    rows = [run_distribution(params, steps, n, cfg.vocab_size, args.repeats) for n in names]
+    print(f"{'distribution':12s} | {'ideal':>6} | {'time x naive':>12} {'mem x naive':>11} | "
+          f"{'x padded once':>13} {'x padded naive':>14}")
+    for r in rows:
+        print(f"{r['distribution']:12s} | {r['ideal_token_ratio']:6.2f} | "
+              f"{r['time_ratio_vs_packed_naive']:12.2f} {r['memory_ratio_vs_packed_naive']:11.2f} | "
+              f"{r['time_ratio_vs_padded_prompt_once']:13.2f} {r['time_ratio_vs_padded_naive']:14.2f}")
+    write_json(args.json, {"machine": machine_note(), "rows": rows})
+    return rows
 
 
 if __name__ == "__main__":

@@ -80,7 +80,7 @@ def run_mode(mode, cfg_model, params0, items, b, g, r, repeats):
     graphdef, _ = nnx.split(init_model(cfg_model, seed=0))
     sampler = SamplerConfig(max_new_tokens=r, temperature=1.0, ignore_eos=True, attention_impl="xla",
                             response_buckets=(r,))
-    cfg = GRPOConfig(steps=repeats + 1, prompts_per_step=b, group_size=g, micro_batch_groups=b, mode=mode,
+    cfg = GRPOConfig(steps=repeats + 1, prompts_per_step=b, group_size=g, mode=mode,
                      attention_impl="xla", sampler=sampler, loss=LossConfig(),
                      optim=OptimConfig(lr=1e-5))
     policy = Policy(graphdef, params0)

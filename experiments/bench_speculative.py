@@ -29,7 +29,7 @@ import numpy as np
 from experiments.common import bench_model_config
 from zorro_jax.checkpoints.hf import load_hf_model
 from zorro_jax.model.transformer import init_model
-from zorro_jax.sampling.distill import distill_on_rollouts
+from zorro_jax.rl.distill import distill_on_rollouts
 from zorro_jax.sampling.sampler import SamplerConfig, generate
 from zorro_jax.sampling.speculative import (
     draft_config,

@@ -2,7 +2,7 @@
 
 Prompts are the built-in text-to-SQL benchmark's train split (compact schema style). Each step
 samples G completions of a few prompts from the policy and takes one step of forward
-KL(p_policy || q_draft) on them (`zorro_jax.sampling.distill`). The draft is saved as a Hugging
+KL(p_policy || q_draft) on them (`zorro_jax.rl.distill`). The draft is saved as a Hugging
 Face folder (with the tokenizer) that `experiments.bench_speculative --draft` can load.
 
     python -m experiments.distill_draft --policy DIR --out DIR [--steps 200] [--hidden-size 128]
@@ -16,8 +16,8 @@ import jax
 
 from zorro_jax.checkpoints.hf import export_hf_model, load_hf_model
 from zorro_jax.model.transformer import init_model
+from zorro_jax.rl.distill import distill_on_rollouts
 from zorro_jax.rl.pipeline import encode
-from zorro_jax.sampling.distill import distill_on_rollouts
 from zorro_jax.sampling.sampler import SamplerConfig
 from zorro_jax.sampling.speculative import draft_config
 from zorro_jax.tasks.text2sql import load_builtin

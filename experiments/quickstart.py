@@ -27,7 +27,7 @@ QUICKSTART = RunConfig(
     sft=SFTConfig(steps=600, batch_size=16, optim=OptimConfig(lr=2e-3, warmup_steps=20, decay_steps=580),
                   literal_swap=0.5),
     grpo=GRPOConfig(
-        steps=30, prompts_per_step=8, group_size=16, micro_batch_groups=8,
+        steps=30, prompts_per_step=8, group_size=16,
         loss=LossConfig(aggregation="token_mean", clip_low=0.2, clip_high=0.28),
         # Warmup matters: Adam's first steps move every weight by ~lr, which breaks the SFT policy
         # at higher rates (1e-3 collapsed the reward to 0 in our runs).

@@ -12,7 +12,8 @@ end are singletons (subtree_end[j] = j + 1): they see only themselves and nobody
 
 For tiles of `block_q` queries and `block_k` keys, `build_tree_blocks` lists, for each query block,
 the key blocks holding at least one visible pair (ascending), and whether a pair needs no mask at
-all; and the transposed lists (for each key block, the query blocks that see it) for a dK/dV pass.
+all; the transposed lists (for each key block, the query blocks that see it) for a dK/dV pass;
+and the same pairs as one flat list per row, for a path that batches over pairs.
 The visible queries of a key block form one contiguous range [first key, max subtree_end), because
 each key's range starts at the key itself, so both lists follow from per-block minima and maxima.
 """
@@ -37,6 +38,12 @@ class TreeBlocks(NamedTuple):
     q_index_NxKxM: np.ndarray  # query blocks that see key block k, ascending
     q_count_NxK: np.ndarray
     q_full_NxKxM: np.ndarray
+    # The same visible block pairs as one flat list per row (ordered by query block, then key
+    # block), P = the longest row's count rounded up; entries past a row's count are dead
+    # (pair_live False, indices 0). The XLA path computes exactly these pairs.
+    pair_q_NxP: np.ndarray
+    pair_k_NxP: np.ndarray
+    pair_live_NxP: np.ndarray
 
     @property
     def num_blocks(self) -> tuple[int, int]:
@@ -82,7 +89,8 @@ def build_tree_blocks(
 ) -> TreeBlocks:
     """Block lists for tiles of block_q queries × block_k keys (T must divide into both).
 
-    width_multiple rounds the list width M up (fewer distinct shapes, so fewer compilations).
+    width_multiple rounds the list width M up (fewer distinct shapes, so fewer compilations);
+    the flat pair count P is rounded up to a log-scale bucket (at most 25% dead pairs).
     """
     end = check_subtree_end(subtree_end_NxT)
     n, t = end.shape
@@ -108,7 +116,28 @@ def build_tree_blocks(
     q_index, q_count, q_full = _lists(
         needed.transpose(0, 2, 1), full.transpose(0, 2, 1), width_multiple
     )
-    return TreeBlocks(kv_index, kv_count, kv_full, q_index, q_count, q_full)
+    return TreeBlocks(kv_index, kv_count, kv_full, q_index, q_count, q_full,
+                      *_pairs(needed))
+
+
+def coarse_bucket(n: int) -> int:
+    """n rounded up to a multiple of 2^(bits(n) - 3): few distinct sizes, at most 25% above n."""
+    step = 1 << max(0, n.bit_length() - 3)
+    return -(-n // step) * step
+
+
+def _pairs(needed_NxQxK: np.ndarray):
+    """Flat per-row lists of the needed (query block, key block) pairs, padded to a common P."""
+    n, nq, nk = needed_NxQxK.shape
+    count_N = needed_NxQxK.reshape(n, -1).sum(-1)
+    p = coarse_bucket(max(1, int(count_N.max())))
+    flat_NxQK = needed_NxQxK.reshape(n, nq * nk)
+    order = np.argsort(~flat_NxQK, axis=-1, kind="stable")
+    if order.shape[1] < p:
+        order = np.concatenate([order, np.zeros((n, p - order.shape[1]), order.dtype)], axis=1)
+    live = np.arange(p)[None, :] < count_N[:, None]
+    order = np.where(live, order[:, :p], 0)
+    return (order // nk).astype(np.int32), (order % nk).astype(np.int32), live
 
 
 def visible_mask(subtree_end_NxT):

@@ -102,10 +102,40 @@ def _check_shared_prefix_decode(interpret: bool = False):
     return _rel_err(*o)
 
 
+def _check_tree_attention(interpret: bool = False):
+    import numpy as np
+
+    from pallas_kernels import tree_attention as ta
+    from pallas_kernels import tree_attention_pallas as tap
+    from pallas_kernels.tree_blocks import build_tree_blocks
+
+    n, t, h, k, d = 2, 256, 4, 2, 64
+    # Row 0: a prompt of 70 and three completions (40, 1, 33), then padding; row 1: two plain
+    # sequences (100, 90) and a prompt of 30 with two completions (12, 20), then padding.
+    spans = [[(0, 144, [(70, 110), (110, 111), (111, 144)])],
+             [(0, 100, []), (100, 190, []), (190, 252, [(220, 232), (232, 252)])]]
+    end = np.arange(1, t + 1)[None].repeat(n, 0)
+    for row, trees in enumerate(spans):
+        for start, stop, kids in trees:
+            end[row, start:stop] = stop
+            for a, b in kids:
+                end[row, a:b] = b
+    blocks = build_tree_blocks(end, *tap.default_token_blocks(h // k, d, jnp.bfloat16))
+    keys = jax.random.split(jax.random.key(2), 3)
+    args = (_rand(keys[0], (n, t, h, d), jnp.bfloat16), _rand(keys[1], (n, t, k, d), jnp.bfloat16),
+            _rand(keys[2], (n, t, k, d), jnp.bfloat16), jnp.asarray(end))
+    fns = (functools.partial(tap.tree_attention, interpret=interpret), ta.tree_attention_xla)
+    loss = lambda fn: lambda q, k_, v, e: jnp.sum(jnp.sin(fn(q, k_, v, e, blocks).astype(jnp.float32)))
+    grads = [jax.jit(jax.grad(loss(fn), argnums=(0, 1, 2)))(*args) for fn in fns]
+    outs = [fn(*args, blocks) for fn in fns]
+    return max([_rel_err(*outs)] + [_rel_err(a, b) for a, b in zip(*grads)])
+
+
 # layout -> check(interpret) that runs the layout's Pallas kernels and the XLA path on one small
 # bf16 input and returns the largest difference relative to max(1, max |xla|) (outputs and, for
 # training, gradients).
 SELF_CHECKS = {
+    "PackedTree": _check_tree_attention,
     "PromptGroups": _check_split_attention,
     "SharedPrefixDecode": _check_shared_prefix_decode,
 }
@@ -214,6 +244,44 @@ def prompt_groups_attention(q_tree, k_tree, v_tree, prompt_len_B, comp_len_BxG, 
 
         return split_attention_sharded(mesh, q_p, k_p, v_p, q_c, k_c, v_c, prompt_len_B, comp_len_BxG, **kw)
     return fn(q_p, k_p, v_p, q_c, k_c, v_c, prompt_len_B, comp_len_BxG, **kw)
+
+
+# Tiles of the XLA tree path (query tokens, key tokens): on CPU a pair's small products run far
+# below matmul peak, and 128-token query tiles halve the pair count for ~1.35x faster fwd+bwd
+# than 64 x 64 on ragged text-to-SQL rows.
+XLA_TREE_TILES = (128, 64)
+
+
+def tree_tiles(impl: str | None, heads_per_kv: int, head_dim: int, dtype) -> tuple[int, int]:
+    """The (query tokens, key tokens) tiles a `PackedTree` batch is packed with for `impl`: the
+    Pallas kernel's defaults (sized for sm_90) or the XLA path's."""
+    if (impl or default_impl()) == "pallas":
+        from pallas_kernels import tree_attention_pallas as tap
+
+        return tap.default_token_blocks(heads_per_kv, head_dim, dtype)
+    return XLA_TREE_TILES
+
+
+def packed_tree_attention(q_NxTxHxD, k_NxTxKxD, v_NxTxKxD, subtree_end_NxT, blocks, impl=None, **kw):
+    """Attention on the `PackedTree` layout: key j visible to query i iff j ≤ i < subtree_end[j];
+    `blocks` are the layout's block lists (the XLA and Pallas paths visit only listed tiles)."""
+    from pallas_kernels import tree_attention as ta
+
+    impl = resolve_impl(impl, "PackedTree")
+    if impl == "reference":
+        return ta.tree_attention_reference(q_NxTxHxD, k_NxTxKxD, v_NxTxKxD, subtree_end_NxT)
+    if impl == "xla":
+        return ta.tree_attention_xla(q_NxTxHxD, k_NxTxKxD, v_NxTxKxD, subtree_end_NxT, blocks)
+    from pallas_kernels import tree_attention_pallas as tap
+
+    kw.setdefault("interpret", interpret_mode())
+    mesh = current_kernel_mesh()
+    if mesh is not None:
+        from zorro_jax.parallel.kernels import tree_attention_sharded
+
+        return tree_attention_sharded(mesh, q_NxTxHxD, k_NxTxKxD, v_NxTxKxD, subtree_end_NxT,
+                                      blocks, **kw)
+    return tap.tree_attention(q_NxTxHxD, k_NxTxKxD, v_NxTxKxD, subtree_end_NxT, blocks, **kw)
 
 
 def shared_prefix_decode_attention(

@@ -24,11 +24,11 @@ from flax import nnx
 
 from pallas_kernels import shared_prefix_decode as spd
 from pallas_kernels import split_attention as sa
-from zorro_jax.layouts import pack_prompt_groups
 from zorro_jax.model.config import ModelConfig
 from zorro_jax.model.transformer import init_model
 from zorro_jax.parallel import kernels, rules, steps
 from zorro_jax.parallel.mesh import MeshConfig
+from zorro_jax.rl.batches import PackingConfig, pack_groups, tiles_for
 from zorro_jax.rl.losses import LossConfig, loss_normaliser
 from zorro_jax.rl.optim import OptimConfig, make_optimizer
 from zorro_jax.rl.steps import make_apply_fn, make_grpo_grad_fn, make_logprob_fn
@@ -52,8 +52,12 @@ def grpo_inputs(cfg: ModelConfig, b=8, g=3, seed=0):
         prompt = rng.integers(1, cfg.vocab_size, rng.integers(3, 12)).tolist()
         comps = [rng.integers(1, cfg.vocab_size, rng.integers(1, 9)).tolist() for _ in range(g)]
         groups.append((prompt, comps))
-    batch = pack_prompt_groups(groups, prompt_buckets=(16,), completion_buckets=(8,))
-    mask = batch.completion_mask()
+    # All 8 groups in one micro-batch of 8 rows (divisible by every mesh's data × fsdp), tiles
+    # the Pallas kernel accepts (the XLA path takes any).
+    [mb] = pack_groups(groups, mode="prompt_once", tiles=tiles_for(cfg, "pallas"),
+                       cfg=PackingConfig(token_budget=64, rows_per_micro_batch=8), loss_width=8)
+    batch = mb.packed
+    mask = batch.sample_mask()
     old = jnp.where(mask, -jnp.asarray(rng.uniform(4.0, 7.0, mask.shape), jnp.float32), 0.0)
     adv = jnp.asarray(rng.normal(size=(b, g)), jnp.float32)
     return batch, old, adv, old
@@ -82,15 +86,15 @@ def check_train():
                             optax.adamw(1e-4, eps=1e-5, weight_decay=0.01))
     graphdef, params0 = nnx.split(init_model(cfg, seed=0))
     batch, old, adv, ref = grpo_inputs(cfg)
-    norm = loss_normaliser(batch.completion_mask(), loss_cfg)
+    norm = loss_normaliser(batch.sample_mask(), loss_cfg)
 
     # One device, no mesh: the plain single-device steps of the training loop.
-    grad_fn = make_grpo_grad_fn(graphdef, loss_cfg, "prompt_once", "xla")
+    grad_fn = make_grpo_grad_fn(graphdef, loss_cfg, "xla")
     loss, _, grads = grad_fn(params0, batch, old, adv, ref, norm)
     new_params, new_opt, gnorm, finite = make_apply_fn(optimizer)(params0, optimizer.init(params0), grads)
     assert bool(finite) and abs(float(loss)) > 0
     want = jax.device_get((loss, gnorm, grads, new_params, new_opt))
-    lp_after = jax.device_get(make_logprob_fn(graphdef, "prompt_once", "xla")(new_params, batch))
+    lp_after = jax.device_get(make_logprob_fn(graphdef, "xla")(new_params, batch))
 
     for sizes in MESHES:
         mesh = MeshConfig(*sizes).make()
@@ -233,10 +237,10 @@ def check_pallas_steps():
     loss_cfg = LossConfig()
     graphdef, params0 = nnx.split(init_model(cfg, seed=0))
     batch, old, adv, ref = grpo_inputs(cfg)
-    norm = loss_normaliser(batch.completion_mask(), loss_cfg)
-    want_loss, _, want_grads = make_grpo_grad_fn(graphdef, loss_cfg, "prompt_once", "xla")(
+    norm = loss_normaliser(batch.sample_mask(), loss_cfg)
+    want_loss, _, want_grads = make_grpo_grad_fn(graphdef, loss_cfg, "xla")(
         params0, batch, old, adv, ref, norm)
-    want_lp = make_logprob_fn(graphdef, "prompt_once", "xla")(params0, batch)
+    want_lp = make_logprob_fn(graphdef, "xla")(params0, batch)
 
     model = nnx.merge(graphdef, params0)
     scfg = SamplerConfig(max_new_tokens=8, greedy=True, prompt_buckets=(16,), response_buckets=(8,))

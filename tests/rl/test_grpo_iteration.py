@@ -1,19 +1,22 @@
-"""GRPO iteration invariants: micro-batched == full-batch gradients; prompt-once == naive."""
+"""GRPO iteration invariants: micro-batched (by token budget) == full-batch gradients == the
+replicated Dense computation, for every loss aggregation; prompt-once == naive iteration."""
 
 import dataclasses
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 from flax import nnx
 
-from zorro_jax.layouts import pack_prompt_groups
 from zorro_jax.model.config import ModelConfig
+from zorro_jax.model.forward import dense_logprobs
 from zorro_jax.model.transformer import init_model
+from zorro_jax.rl.batches import PackingConfig, pack_groups, sample_mask
 from zorro_jax.rl.grpo import GRPOConfig, GRPOTrainer, Policy, PromptItem
-from zorro_jax.rl.losses import LossConfig, loss_normaliser
+from zorro_jax.rl.losses import LossConfig, loss_normaliser, policy_loss
 from zorro_jax.rl.optim import OptimConfig, make_optimizer
-from zorro_jax.rl.steps import add_grads, make_apply_fn, make_grpo_grad_fn, slice_groups
+from zorro_jax.rl.steps import add_grads, make_apply_fn, make_grpo_grad_fn
 from zorro_jax.sampling.sampler import SamplerConfig
 
 VOCAB = 61
@@ -31,27 +34,61 @@ def max_rel(a, b):
     return np.abs(a - b).max() / max(np.abs(b).max(), 1e-30)
 
 
-def test_micro_batched_gradient_equals_full_batch():
+def _groups(rng, n=4, g=3):
+    return [(list(rng.integers(3, VOCAB, rng.integers(2, 12))),
+             [list(rng.integers(3, VOCAB, rng.integers(0, 9))) for _ in range(g)]) for _ in range(n)]
+
+
+def _full_and_micro(groups, mode):
+    """The whole batch as one micro-batch, and the same groups over one-row micro-batches of a
+    small token budget."""
+    full = pack_groups(groups, mode=mode, tiles=(16, 16),
+                       cfg=PackingConfig(token_budget=4096, rows_per_micro_batch=1), loss_width=8)
+    micro = pack_groups(groups, mode=mode, tiles=(16, 16),
+                        cfg=PackingConfig(token_budget=32, rows_per_micro_batch=1), loss_width=8)
+    assert len(full) == 1 and len(micro) >= 3
+    return full[0], micro
+
+
+def _dense_loss_and_grads(graphdef, params, packed, old, adv, norm, cfg):
+    """The same GRPO loss on the replicated, right-padded `Dense` batch (the oracle)."""
+
+    def loss_fn(p):
+        lp, _, _ = dense_logprobs(nnx.merge(graphdef, p), packed.to_dense(), impl="reference")
+        lp = packed.from_dense_next_token(lp)
+        return policy_loss(lp, old, adv, packed.sample_mask(), norm, cfg)[0]
+
+    return jax.value_and_grad(loss_fn)(params)
+
+
+@pytest.mark.parametrize("mode", ["prompt_once", "naive"])
+def test_micro_batched_gradient_equals_full_batch_and_dense(mode):
     graphdef, params = nnx.split(tiny_model())
     rng = np.random.default_rng(0)
-    groups = [(list(rng.integers(3, VOCAB, rng.integers(2, 12))),
-               [list(rng.integers(3, VOCAB, rng.integers(1, 9))) for _ in range(3)]) for _ in range(4)]
-    batch = pack_prompt_groups(groups)
-    b, _p, g, r = batch.shape
-    old = jnp.asarray(rng.normal(-4, 0.1, (b, g, r)), jnp.float32)
-    adv = jnp.asarray(rng.normal(size=(b, g)), jnp.float32)
+    groups = _groups(rng)
+    whole, micro = _full_and_micro(groups, mode)
+    b, g, r = 4, 3, 8
+    old = rng.normal(-4, 0.1, (b, g, r)).astype(np.float32)
+    adv = rng.normal(size=(b, g)).astype(np.float32)
+    lengths = np.asarray([[len(c) for c in cs] for _, cs in groups])
     for agg in ("token_mean", "seq_mean", "dr_grpo"):
         cfg = LossConfig(aggregation=agg)
-        fn = make_grpo_grad_fn(graphdef, cfg, "prompt_once", "xla")
-        norm = loss_normaliser(batch.completion_mask(), cfg)
-        full_loss, _, full = fn(params, batch, old, adv, old, norm)
+        fn = make_grpo_grad_fn(graphdef, cfg, "xla")
+        norm = loss_normaliser(jnp.asarray(sample_mask(lengths, r)), cfg)
+        take = lambda mb, x: jnp.asarray(mb.take_groups(x))
+        full_loss, _, full = fn(params, whole.packed, take(whole, old), take(whole, adv),
+                                take(whole, old), norm)
         acc, loss_sum = None, 0.0
-        for s in (0, 2):
-            part = lambda x, s=s: slice_groups(x, s, s + 2)
-            loss, _, gr = fn(params, part(batch), part(old), part(adv), part(old), norm)
+        for mb in micro:
+            loss, _, gr = fn(params, mb.packed, take(mb, old), take(mb, adv), take(mb, old), norm)
             acc, loss_sum = add_grads(acc, gr), loss_sum + float(loss)
         np.testing.assert_allclose(loss_sum, float(full_loss), rtol=1e-5)
         for x, y in zip(jax.tree.leaves(acc), jax.tree.leaves(full)):
+            assert max_rel(x, y) <= 1e-5
+        d_loss, d_grads = _dense_loss_and_grads(graphdef, params, whole.packed, take(whole, old),
+                                                take(whole, adv), norm, cfg)
+        np.testing.assert_allclose(float(full_loss), float(d_loss), rtol=1e-5)
+        for x, y in zip(jax.tree.leaves(full), jax.tree.leaves(d_grads)):
             assert max_rel(x, y) <= 1e-5
 
 
@@ -71,7 +108,8 @@ def test_prompt_once_iteration_equals_naive_iteration():
     items = [PromptItem(task=int(rng.integers(3, VOCAB)), prompt_ids=list(rng.integers(3, VOCAB, n)))
              for n in (5, 9, 14, 3)]
     sampler = SamplerConfig(max_new_tokens=8, temperature=1.0, eos_token_ids=(2,), attention_impl="xla")
-    base = GRPOConfig(steps=1, prompts_per_step=4, group_size=4, micro_batch_groups=2, sampler=sampler,
+    base = GRPOConfig(steps=1, prompts_per_step=4, group_size=4, sampler=sampler,
+                      packing=PackingConfig(token_budget=40),
                       optim=OptimConfig(lr=1e-3), attention_impl="xla", loss=LossConfig())
     results = {}
     for mode in ("prompt_once", "naive"):

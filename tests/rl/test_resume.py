@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 ARGS = ["--sft.steps", "4", "--sft.batch_size", "4", "--grpo.steps", "8", "--grpo.prompts_per_step", "4",
-        "--grpo.group_size", "4", "--grpo.micro_batch_groups", "2", "--grpo.sampler.max_new_tokens", "24",
+        "--grpo.group_size", "4", "--grpo.packing.token_budget", "48", "--grpo.sampler.max_new_tokens", "24",
         "--grpo.sampler.response_buckets", "24", "--data.eval_limit", "8", "--checkpoint_every", "2",
         "--policy.hidden_size", "32", "--policy.num_layers", "1", "--policy.intermediate_size", "64",
         "--policy.vocab_size", "400", "--eval_batch_size", "8", "--quiet", "true", "--sft.literal_swap", "0.5"]

@@ -12,11 +12,12 @@ from flax import nnx
 
 from tests.rl.test_grpo_iteration import VOCAB, CharTokenizer, count_reward, max_rel, tiny_model
 from zorro_jax.model.transformer import init_model
+from zorro_jax.rl.batches import PackingConfig
+from zorro_jax.rl.distill import DraftTrainer
 from zorro_jax.rl.grpo import GRPOConfig, GRPOTrainer, Policy, PromptItem, SpeculativeRolloutConfig
 from zorro_jax.rl.losses import LossConfig
 from zorro_jax.rl.optim import OptimConfig, make_optimizer
 from zorro_jax.rl.steps import make_apply_fn
-from zorro_jax.sampling.distill import DraftTrainer
 from zorro_jax.sampling.sampler import SamplerConfig
 from zorro_jax.sampling.speculative import draft_config
 
@@ -38,7 +39,8 @@ def run_iteration(greedy: bool, speculative: bool, refresh_every: int = 1):
     sampler = SamplerConfig(max_new_tokens=10, temperature=1.0, greedy=greedy, eos_token_ids=(2,),
                             attention_impl="xla")
     spec = SpeculativeRolloutConfig(enabled=speculative, gamma=GAMMA, refresh_every=refresh_every)
-    cfg = GRPOConfig(steps=1, prompts_per_step=4, group_size=4, micro_batch_groups=2, sampler=sampler,
+    cfg = GRPOConfig(steps=1, prompts_per_step=4, group_size=4, sampler=sampler,
+                     packing=PackingConfig(token_budget=40),
                      optim=OptimConfig(lr=1e-3), attention_impl="xla", loss=LossConfig(), speculative=spec)
     graphdef, params = nnx.split(tiny_model(seed=3))
     policy = Policy(graphdef, params)

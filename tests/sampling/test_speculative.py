@@ -19,11 +19,11 @@ from flax import nnx
 from sampling_fixtures import VOCAB, ragged_prompts, rel_err
 from scipy import stats as sps
 
-from zorro_jax.layouts import pack_prompt_groups
 from zorro_jax.model.config import ModelConfig
 from zorro_jax.model.forward import dense_logits, dense_logprobs
 from zorro_jax.model.transformer import init_model
-from zorro_jax.sampling.distill import DraftTrainer, distill_loss
+from zorro_jax.rl.batches import PackingConfig, pack_groups
+from zorro_jax.rl.distill import DraftTrainer, distill_loss
 from zorro_jax.sampling.processors import process_logits
 from zorro_jax.sampling.sampler import SamplerConfig, generate
 from zorro_jax.sampling.speculative import draft_config, generate_speculative
@@ -102,6 +102,13 @@ def _chi2_pvalue(samples, dist):
     return sps.chisquare(obs, exp).pvalue
 
 
+def _packed(groups, width):
+    """All groups as one PackedTree (one tree a row), loss view [B, G, width]."""
+    [mb] = pack_groups(groups, mode="prompt_once", tiles=(16, 16), loss_width=width,
+                       cfg=PackingConfig(token_budget=16, rows_per_micro_batch=len(groups)))
+    return mb.packed
+
+
 def _spec_samples(policy, draft, cfg, gamma, seed=0, wrong_rule=None):
     out, st = generate_speculative(policy, draft, [PROMPT], N_SAMPLES, cfg, jax.random.key(seed),
                                    gamma, _wrong_rule=wrong_rule)
@@ -111,10 +118,10 @@ def _spec_samples(policy, draft, cfg, gamma, seed=0, wrong_rule=None):
 def _check_logprobs(policy, out, n=256):
     """Recorded log-probs of the first n samples == the policy's Dense log-probs (temperature 1)."""
     comps = out.completions[0][:n]
-    batch = pack_prompt_groups([(PROMPT, comps)])
+    batch = _packed([(PROMPT, comps)], R)
     logp_fn = functools.partial(dense_logprobs, with_entropy=False)
     logp_dense, _, _ = _jit_model_fn(policy, logp_fn)(batch.to_dense())
-    expected = np.asarray(batch.from_dense_next_token(logp_dense))[0, :, :R]
+    expected = np.asarray(batch.from_dense_next_token(logp_dense))[0]
     mask = out.mask_BxGxR()[0, :n]
     assert rel_err(np.where(mask, out.logp_BxGxR[0, :n], 0.0), np.where(mask, expected, 0.0)) < 1e-5
 
@@ -216,9 +223,9 @@ def test_logprobs_equal_dense_logprobs_ragged():
     cfg = SamplerConfig(max_new_tokens=10, temperature=1.0, top_k=20, eos_token_ids=(7, 11))
     out, st = generate_speculative(policy, draft, prompts, 3, cfg, jax.random.key(4), gamma=3)
     assert st["tokens_per_policy_forward"] > 1.0, st
-    batch = pack_prompt_groups(list(zip(prompts, out.completions)))
+    batch = _packed(list(zip(prompts, out.completions)), cfg.max_new_tokens)
     logp_dense, _, _ = dense_logprobs(policy, batch.to_dense(), with_entropy=False)
-    expected = np.asarray(batch.from_dense_next_token(logp_dense))[:, :, : cfg.max_new_tokens]
+    expected = np.asarray(batch.from_dense_next_token(logp_dense))
     mask = out.mask_BxGxR()
     assert rel_err(np.where(mask, out.logp_BxGxR, 0.0), np.where(mask, expected, 0.0)) < 1e-5
 
@@ -229,7 +236,7 @@ def test_distill_kl_is_zero_for_the_policy_and_drops_with_training():
     rng = np.random.default_rng(0)
     # Distillation takes any completions; random ones keep the test free of a sampler compile.
     groups = [(p, [rng.integers(1, VOCAB, n).tolist() for n in (6, 3)]) for p in prompts]
-    batch = pack_prompt_groups(groups)
+    batch = _packed(groups, 6)
     graphdef, state = nnx.split(policy)
     loss = jax.jit(lambda s1, s2, bt: distill_loss(nnx.merge(graphdef, s1), nnx.merge(graphdef, s2), bt))
     self_kl, metrics = loss(state, state, batch)

@@ -1,4 +1,5 @@
-"""Model forward on the `Dense` layout: logits, chunked per-token log-probs, and a KV cache.
+"""Model forward on the layouts: `Dense` (logits, chunked per-token log-probs, a KV cache) and
+`PackedTree` (prompt-once training on packed prefix trees).
 
 These are plain functions of a `Transformer`; jitted entry points wrap them as pure functions of
 (graphdef, state, inputs). The KV cache is an explicit pytree passed in and returned.
@@ -11,7 +12,7 @@ from typing import NamedTuple
 import jax.numpy as jnp
 
 from zorro_jax import attention
-from zorro_jax.layouts import Dense, PromptGroups
+from zorro_jax.layouts import Dense, PackedTree, PromptGroups
 from zorro_jax.model.logprobs import logsumexp_and_entropy, token_logprobs
 from zorro_jax.model.transformer import Transformer
 
@@ -146,3 +147,29 @@ def prompt_groups_logprobs(model: Transformer, batch: PromptGroups, *, impl=None
         ent0 = jnp.broadcast_to(ent0[:, None, None], (b, g, 1))
         ent = jnp.concatenate([ent0, ent_rest], axis=2)
     return logp, ent, batch.completion_mask()
+
+
+def packed_hidden(model: Transformer, batch: PackedTree, impl: str | None = None):
+    """Final-normed hidden states [N, T, E] of packed rows: every position-wise layer runs once
+    per packed token (a shared prompt once for all its samples); attention is the tree rule."""
+    attend = lambda i, q, k, v: attention.packed_tree_attention(
+        q, k, v, batch.subtree_end_NxT, batch.blocks, impl
+    )
+    return model.hidden(batch.tokens_NxT, batch.positions_NxT, attend)
+
+
+def packed_logprobs(model: Transformer, batch: PackedTree, *, impl=None, chunk_size=8192,
+                    with_entropy=True):
+    """log-probs of every loss token in the loss view [B, G, R], entropy [B, G, R] and the mask.
+
+    A loss token is predicted by the hidden state at its `prev` column (the previous token of its
+    segment, or the last token of the parent segment for a segment's first token), so each
+    sample's tokens are predicted exactly as in its replicated `Dense` row.
+    """
+    h_NxTxE = packed_hidden(model, batch, impl)
+    rows_BxGx1 = batch.sample_row_BxG[:, :, None]
+    h_BxGxRxE = h_NxTxE[rows_BxGx1, jnp.maximum(batch.predictor_cols(), 0)]
+    targets_BxGxR = batch.tokens_NxT[rows_BxGx1, batch.sample_cols_BxGxR]
+    logp, ent = token_logprobs(h_BxGxRxE, model.unembedding(), targets_BxGxR,
+                               chunk_size=chunk_size, with_entropy=with_entropy)
+    return logp, ent, batch.sample_mask()

@@ -22,6 +22,7 @@ from jax.sharding import PartitionSpec as P
 
 from pallas_kernels import shared_prefix_decode as spd
 from pallas_kernels import split_attention as sa
+from pallas_kernels import tree_attention_pallas as tap
 from zorro_jax.parallel.mesh import BATCH_AXES, batch_shards
 
 _DECODE_BLOCKS = spd.BlockSizes()
@@ -86,3 +87,23 @@ def shared_prefix_attention_sharded(mesh: Mesh, q_BxGxTxHxD, k_prompt_BxPxKxD, v
     fn = jax.shard_map(kernel, mesh=mesh, in_specs=(cp, pp, pp, P(BATCH_AXES)),
                        out_specs=(cp, P(BATCH_AXES, None, None, "tensor")), check_vma=False)
     return fn(q_BxGxTxHxD, k_prompt_BxPxKxD, v_prompt_BxPxKxD, prompt_len_B)
+
+
+def tree_attention_sharded(mesh: Mesh, q_NxTxHxD, k_NxTxKxD, v_NxTxKxD, subtree_end_NxT, blocks,
+                           *, sm_scale=None, block_sizes: tap.BlockSizes | None = None,
+                           interpret: bool = False):
+    """`pallas_kernels.tree_attention_pallas.tree_attention` (forward and custom-vjp backward)
+    per device: packed rows on ("data", "fsdp"), heads on "tensor". A tree lives in one row, so
+    a shared prompt's dK/dV sum over its descendants stays local.
+    """
+    _check(mesh, q_NxTxHxD.shape[0], q_NxTxHxD.shape[2], k_NxTxKxD.shape[2])
+    if sm_scale is None:
+        sm_scale = q_NxTxHxD.shape[-1] ** -0.5
+    kernel = functools.partial(tap.tree_attention, sm_scale=sm_scale,
+                               block_sizes=block_sizes or tap.BlockSizes(), interpret=interpret)
+    heads = prompt_spec()  # [N, T, heads, D]
+    rows = jax.tree.map(lambda x: P(BATCH_AXES, *(None,) * (x.ndim - 1)), blocks)
+    fn = jax.shard_map(kernel, mesh=mesh,
+                       in_specs=(heads, heads, heads, P(BATCH_AXES, None), rows),
+                       out_specs=heads, check_vma=False)
+    return fn(q_NxTxHxD, k_NxTxKxD, v_NxTxKxD, subtree_end_NxT, blocks)

@@ -2,7 +2,8 @@
 
 Each step is the single-device step of `zorro_jax.rl.steps` / `zorro_jax.sampling` jitted with
 declared in/out shardings: params and optimizer state follow the preset's rules, every batch
-array splits its unique-prompt axis B over ("data", "fsdp"), scalars are replicated. The train
+array splits its leading axis (packed rows N, or the groups B of the loss view) over
+("data", "fsdp"), scalars are replicated. The train
 step donates the params and optimizer state it replaces. Inside, XLA's sharding propagation
 places the activations; `constrain_batch` pins the batch layout at the step boundary so the
 propagation starts from a B-sharded batch even when a caller passes unplaced host arrays.
@@ -21,6 +22,7 @@ from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from zorro_jax.attention import kernel_mesh
+from zorro_jax.model.forward import packed_logprobs
 from zorro_jax.parallel.mesh import BATCH_AXES, batch_shards
 from zorro_jax.parallel.rules import (
     batch_sharding,
@@ -30,7 +32,7 @@ from zorro_jax.parallel.rules import (
     replicated,
 )
 from zorro_jax.rl.losses import LossConfig
-from zorro_jax.rl.steps import check_mode, completion_logprobs, make_apply_fn, make_grpo_grad_fn
+from zorro_jax.rl.steps import make_apply_fn, make_grpo_grad_fn
 from zorro_jax.sampling.cache import SharedPrefixKVCache, shared_prefix_step
 from zorro_jax.sampling.sampler import (
     Rollouts,
@@ -66,15 +68,13 @@ def constrain_batch(tree, mesh: Mesh):
     return jax.lax.with_sharding_constraint(tree, batch_shardings(tree, mesh))
 
 
-def make_grad_step(graphdef, loss_cfg: LossConfig, sh: StepShardings, *, mode: str = "prompt_once",
-                   impl=None):
+def make_grad_step(graphdef, loss_cfg: LossConfig, sh: StepShardings, *, impl=None):
     """grad(params, batch, old_logp, adv, ref_logp, normaliser) -> (loss, metrics, grads).
 
     The single-device GRPO gradient with declared shardings; grads come back sharded like the
     params, so micro-batch accumulation stays sharded.
     """
-    check_mode(mode)
-    grad_fn = make_grpo_grad_fn(graphdef, loss_cfg, mode, impl)
+    grad_fn = make_grpo_grad_fn(graphdef, loss_cfg, impl)
 
     def fn(params, batch, old_logp, adv, ref_logp, normaliser):
         batch, old_logp, adv, ref_logp = constrain_batch((batch, old_logp, adv, ref_logp), sh.mesh)
@@ -97,17 +97,16 @@ def make_apply_step(optimizer: optax.GradientTransformation, sh: StepShardings):
 
 
 def make_train_step(graphdef, optimizer: optax.GradientTransformation, loss_cfg: LossConfig,
-                    sh: StepShardings, *, mode: str = "prompt_once", impl=None):
+                    sh: StepShardings, *, impl=None):
     """step(params, opt_state, batch, old_logp, adv, ref_logp, normaliser)
     -> (params, opt_state, loss, metrics, grad_norm, finite).
 
-    One GRPO update on a PromptGroups batch: the grad and apply steps fused into one program.
+    One GRPO update on a PackedTree micro-batch: the grad and apply steps fused into one program.
     params and opt_state are donated.
     """
-    check_mode(mode)
     if sh.opt_state is None:
         raise ValueError("make_train_step needs StepShardings built with the optimizer")
-    grad_fn = make_grpo_grad_fn(graphdef, loss_cfg, mode, impl)
+    grad_fn = make_grpo_grad_fn(graphdef, loss_cfg, impl)
     apply_fn = make_apply_fn(optimizer)
 
     def step(params, opt_state, batch, old_logp, adv, ref_logp, normaliser):
@@ -126,14 +125,13 @@ def make_train_step(graphdef, optimizer: optax.GradientTransformation, loss_cfg:
                    donate_argnums=(0, 1))
 
 
-def make_logprob_step(graphdef, sh: StepShardings, *, mode: str = "prompt_once", impl=None):
+def make_logprob_step(graphdef, sh: StepShardings, *, impl=None):
     """logp(params, batch) -> (logp [B, G, R], entropy [B, G, R]), both B-sharded."""
-    check_mode(mode)
 
     def fn(params, batch):
         model = nnx.merge(graphdef, params)
         with kernel_mesh(sh.mesh):
-            lp, ent, _ = completion_logprobs(model, constrain_batch(batch, sh.mesh), mode, impl)
+            lp, ent, _ = packed_logprobs(model, constrain_batch(batch, sh.mesh), impl=impl)
         return lp, ent
 
     return jax.jit(fn, in_shardings=(sh.params, sh.batch), out_shardings=(sh.batch, sh.batch))

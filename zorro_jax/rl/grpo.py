@@ -1,9 +1,11 @@
 """The GRPO training iteration and loop.
 
 One iteration: pick prompts → rollouts with the shared-prefix sampler → rewards → group-relative
-advantages → old (and reference) log-probs with the prompt-once forward → `epochs` passes of
-micro-batches of whole groups with gradient accumulation → AdamW. `mode="naive"` runs the same
-iteration on replicated prompts (naive sampler, Dense training): the baseline.
+advantages → the rollouts packed into `PackedTree` micro-batches of whole groups (token budget,
+`zorro_jax.rl.batches`) → old (and reference) log-probs with the prompt-once forward → `epochs`
+passes over the micro-batches with gradient accumulation → AdamW. `mode="naive"` runs the same
+iteration on replicated prompts (naive sampler, prompts copied into every packed sample): the
+baseline.
 
 Everything random derives from (seed, step), and the data order from (seed, position), so a run
 restored from a checkpoint continues exactly as an uninterrupted one.
@@ -21,10 +23,17 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from zorro_jax.layouts import pack_prompt_groups
+from zorro_jax.rl.batches import (
+    MODES,
+    PackingConfig,
+    pack_groups,
+    rollout_groups,
+    sample_mask,
+    tiles_for,
+)
 from zorro_jax.rl.losses import LossConfig, compute_advantages, loss_normaliser
 from zorro_jax.rl.optim import OptimConfig
-from zorro_jax.rl.steps import MODES, add_grads, make_grpo_grad_fn, make_logprob_fn, slice_groups
+from zorro_jax.rl.steps import add_grads, make_grpo_grad_fn, make_logprob_fn
 from zorro_jax.sampling.sampler import SamplerConfig, generate, pack_prompts
 
 # rewards, details = reward_fn(completion texts, tasks)
@@ -82,8 +91,9 @@ class GRPOConfig:
     # Unique prompts per iteration (B) and completions per prompt (G).
     prompts_per_step: int = 8
     group_size: int = 8
-    # Groups per micro-batch; gradients are accumulated over micro-batches (exactly).
-    micro_batch_groups: int = 8
+    # How rollouts are packed into micro-batches (token budget per row, rows per micro-batch);
+    # gradients are accumulated over micro-batches (exactly).
+    packing: PackingConfig = PackingConfig()
     # Optimisation passes over each iteration's rollouts (one update per pass).
     epochs: int = 1
     # "prompt_once" (ours) or "naive" (replicated prompts everywhere: the baseline).
@@ -100,12 +110,9 @@ class GRPOConfig:
     def __post_init__(self):
         if self.mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {self.mode!r}")
-        for name in ("steps", "prompts_per_step", "group_size", "micro_batch_groups", "epochs"):
+        for name in ("steps", "prompts_per_step", "group_size", "epochs"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if self.prompts_per_step % self.micro_batch_groups:
-            raise ValueError(f"prompts_per_step ({self.prompts_per_step}) must be a multiple of "
-                             f"micro_batch_groups ({self.micro_batch_groups})")
         if self.group_size < 2:
             raise ValueError("group_size must be >= 2: group-relative advantages need a group")
         if self.speculative.enabled and self.mode != "prompt_once":
@@ -202,7 +209,7 @@ def evaluate(policy: Policy, tokenizer, items: list[PromptItem], reward_fn: Rewa
 class GRPOTrainer:
     """Holds the jitted steps; `iteration(step, opt_state)` runs one GRPO iteration.
 
-    `draft` (a `zorro_jax.sampling.distill.DraftTrainer`) switches on speculative rollouts and
+    `draft` (a `zorro_jax.rl.distill.DraftTrainer`) switches on speculative rollouts and
     online draft distillation as configured by `cfg.speculative`; its params and optimiser state
     are the caller's to checkpoint (`draft.params`, `draft.opt_state`).
     """
@@ -216,8 +223,9 @@ class GRPOTrainer:
         self.draft = draft if cfg.speculative.enabled else None
         self._round_costs: dict = {}
         g = policy.graphdef
-        self.logprob_fn = make_logprob_fn(g, cfg.mode, cfg.attention_impl)
-        self.grad_fn = make_grpo_grad_fn(g, cfg.loss, cfg.mode, cfg.attention_impl)
+        self.logprob_fn = make_logprob_fn(g, cfg.attention_impl)
+        self.grad_fn = make_grpo_grad_fn(g, cfg.loss, cfg.attention_impl)
+        self.tiles = tiles_for(policy.model().config, cfg.attention_impl)
         if cfg.loss.kl_coef > 0 and ref_params is None:
             raise ValueError("kl_coef > 0 needs reference params")
 
@@ -236,28 +244,30 @@ class GRPOTrainer:
             draft=self.draft.model() if self.draft else None, gamma=spec.gamma)
 
         t0 = time.perf_counter()
-        adv = compute_advantages(jnp.asarray(rewards), cfg.loss)
-        batch = pack_prompt_groups([(it.prompt_ids, comps) for it, comps in zip(items, roll.completions)],
-                                   pad_id=cfg.sampler.pad_token_id)
-        old_lp, _ = self.logprob_fn(self.policy.params, batch)
-        ref_lp = self.logprob_fn(self.ref_params, batch)[0] if cfg.loss.kl_coef > 0 else old_lp
-        jax.block_until_ready((old_lp, ref_lp))
+        adv = np.asarray(compute_advantages(jnp.asarray(rewards), cfg.loss))
+        # The loss view is the sampler's response buffer: one length bucket policy for both.
+        width = roll.tokens_BxGxR.shape[2]
+        groups = rollout_groups([it.prompt_ids for it in items], roll.tokens_BxGxR, roll.lengths_BxG)
+        mbs = pack_groups(groups, mode=cfg.mode, tiles=self.tiles, cfg=cfg.packing,
+                          pad_id=cfg.sampler.pad_token_id, loss_width=width)
+        old_lp = self._logprobs(self.policy.params, mbs, roll.tokens_BxGxR.shape)
+        ref_lp = (self._logprobs(self.ref_params, mbs, roll.tokens_BxGxR.shape)
+                  if cfg.loss.kl_coef > 0 else old_lp)
         t1 = time.perf_counter()
 
-        norm = loss_normaliser(batch.completion_mask(), cfg.loss)
-        mb = cfg.micro_batch_groups
+        norm = loss_normaliser(jnp.asarray(sample_mask(roll.lengths_BxG, width)), cfg.loss)
+        parts = [(mb.packed, *(jnp.asarray(mb.take_groups(x)) for x in (old_lp, adv, ref_lp)))
+                 for mb in mbs]
         losses, metrics_acc, skipped, gnorm = [], [], 0, 0.0
         for _ in range(cfg.epochs):
             grads = None
-            for s in range(0, cfg.prompts_per_step, mb):
-                part = lambda x, s=s: slice_groups(x, s, s + mb)
-                loss, metrics, g = self.grad_fn(self.policy.params, part(batch), part(old_lp), part(adv),
-                                                part(ref_lp), norm)
+            for packed, old, a, ref in parts:
+                loss, metrics, g = self.grad_fn(self.policy.params, packed, old, a, ref, norm)
                 grads = add_grads(grads, g)
                 losses.append(loss)
                 metrics_acc.append(metrics)
             params, opt_state, gn, finite = self.apply_fn(self.policy.params, opt_state, grads)
-            loss_total = float(sum(losses[-(cfg.prompts_per_step // mb):]))
+            loss_total = float(sum(losses[-len(parts):]))
             if bool(finite) and math.isfinite(loss_total):
                 self.policy.params = params
             else:
@@ -265,7 +275,7 @@ class GRPOTrainer:
             gnorm = float(gn)
         jax.block_until_ready(self.policy.params)
         t2 = time.perf_counter()
-        spec_row = self._draft_metrics(step, items, batch, spec_stats, t_roll) if self.draft else {}
+        spec_row = self._draft_metrics(step, items, mbs, spec_stats, t_roll) if self.draft else {}
 
         mean_metric = lambda k: float(np.mean([float(m[k]) for m in metrics_acc]))
         gen_tokens = int(roll.lengths_BxG.sum())
@@ -288,7 +298,14 @@ class GRPOTrainer:
         }
         return row, opt_state, {"texts": texts, "rewards": rewards, "details": details, "items": items}
 
-    def _draft_metrics(self, step: int, items, batch, spec_stats: dict, t_roll: float) -> dict:
+    def _logprobs(self, params, mbs, shape_BxGxR) -> np.ndarray:
+        """Log-probs [B, G, R] of the rollouts, one micro-batch at a time."""
+        out = np.zeros(shape_BxGxR, np.float32)
+        for mb in mbs:
+            out = mb.put_groups(out, self.logprob_fn(params, mb.packed)[0])
+        return out
+
+    def _draft_metrics(self, step: int, items, mbs, spec_stats: dict, t_roll: float) -> dict:
         """Speculative metrics of this iteration, and the online draft refresh when it is due."""
         from zorro_jax.sampling.speculative import measure_round_costs, split_time
 
@@ -308,7 +325,8 @@ class GRPOTrainer:
             t0 = time.perf_counter()
             policy = self.policy.model()
             for _ in range(spec.refresh_steps):
-                m = self.draft.step(policy, batch)
+                for mb in mbs:  # one draft step per micro-batch of the rollouts
+                    m = self.draft.step(policy, mb.packed)
             row.update(distill_kl=m["kl"], distill_expected_acceptance=m["expected_acceptance"],
                        time_distill=time.perf_counter() - t0)
         return row

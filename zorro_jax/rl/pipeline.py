@@ -20,6 +20,7 @@ from flax import nnx
 from zorro_jax.checkpoints.hf import export_hf_model, load_hf_model
 from zorro_jax.model.config import ModelConfig
 from zorro_jax.model.transformer import init_model
+from zorro_jax.rl.batches import tiles_for
 from zorro_jax.rl.grpo import GRPOConfig, GRPOTrainer, Policy, PromptItem, evaluate
 from zorro_jax.rl.loop import run_phase
 from zorro_jax.rl.optim import make_optimizer
@@ -185,9 +186,9 @@ def warm_up_draft(cfg: RunConfig, grpo_cfg: GRPOConfig, policy: Policy, examples
     """
     import optax
 
-    from zorro_jax.layouts import pack_prompt_groups
+    from zorro_jax.rl.batches import pack_groups
+    from zorro_jax.rl.distill import DraftTrainer
     from zorro_jax.rl.grpo import data_order
-    from zorro_jax.sampling.distill import DraftTrainer
     from zorro_jax.sampling.speculative import draft_config
 
     spec, sampler = grpo_cfg.speculative, grpo_cfg.sampler
@@ -197,12 +198,14 @@ def warm_up_draft(cfg: RunConfig, grpo_cfg: GRPOConfig, policy: Policy, examples
     trainer = DraftTrainer(init_model(dcfg, seed=spec.seed), optax.adam(spec.lr),
                            temperature=sampler.temperature, impl=grpo_cfg.attention_impl)
     n = spec.warmup_prompts_per_step
+    tiles = tiles_for(model_cfg, grpo_cfg.attention_impl)
 
     def step_fn(step, st):
         trainer.params, trainer.opt_state = st["draft"], st["draft_opt"]
         chosen = [examples[i] for i in data_order(len(examples), spec.seed + 1, (step - 1) * n, n)]
-        batch = pack_prompt_groups([(prompt, [answer]) for prompt, answer in chosen], pad_id=sampler.pad_token_id)
-        m = trainer.step(policy.model(), batch)
+        for mb in pack_groups([(prompt, [answer]) for prompt, answer in chosen], mode="prompt_once",
+                              tiles=tiles, pad_id=sampler.pad_token_id):
+            m = trainer.step(policy.model(), mb.packed)
         return {"draft": trainer.params, "draft_opt": trainer.opt_state}, {
             "distill_kl": m["kl"], "distill_expected_acceptance": m["expected_acceptance"]}
 
@@ -274,6 +277,7 @@ def run(cfg: RunConfig) -> dict:
         t0 = time.perf_counter()
         step_fn = make_sft_step(graphdef, make_apply_fn(sft_opt), examples, cfg.sft, pad_id=tok.pad_token_id,
                                 impl=cfg.grpo.attention_impl,
+                                tiles=tiles_for(model.config, cfg.grpo.attention_impl),
                                 swap=literal_swapper(train_tasks, tok, cfg.data, eos) if cfg.sft.literal_swap else None)
         state = run_phase("sft", cfg.sft.steps, step_fn, state, run_dir, log,
                           checkpoint_every=cfg.checkpoint_every, keep=cfg.keep_checkpoints,

@@ -1,7 +1,9 @@
 """Supervised warm start on (prompt, answer) pairs by teacher forcing.
 
-Reuses the GRPO machinery: an example is a PromptGroups group with G = 1, the loss is the
-token-mean negative log-likelihood of the answer, and the optimiser/apply step are shared.
+Reuses the GRPO machinery: an example is a group with G = 1 packed into `PackedTree` rows by
+the training packing policy (`zorro_jax.rl.batches`), the loss is the token-mean negative
+log-likelihood of the answer (accumulated exactly over micro-batches), and the optimiser/apply
+step are shared.
 """
 
 from __future__ import annotations
@@ -12,10 +14,11 @@ from collections.abc import Callable
 
 import jax.numpy as jnp
 
-from zorro_jax.layouts import pack_prompt_groups
+from zorro_jax.attention import XLA_TREE_TILES
+from zorro_jax.rl.batches import PackingConfig, pack_groups
 from zorro_jax.rl.grpo import data_order
 from zorro_jax.rl.optim import OptimConfig
-from zorro_jax.rl.steps import make_sft_grad_fn
+from zorro_jax.rl.steps import add_grads, make_sft_grad_fn
 
 
 @dataclasses.dataclass(frozen=True)
@@ -31,6 +34,8 @@ class SFTConfig:
     # in both, for other values of the same shape (breaks memorised question->value pairings; see
     # zorro_jax.tasks.text2sql.augment).
     literal_swap: float = 0.0
+    # How each step's examples are packed into micro-batches (token budget per row).
+    packing: PackingConfig = PackingConfig()
 
     def __post_init__(self):
         if self.steps < 0 or self.batch_size < 1:
@@ -39,15 +44,13 @@ class SFTConfig:
             raise ValueError(f"literal_swap is a probability, got {self.literal_swap}")
 
 
-# Completion lengths are padded to these (finer than the layout default: answers are short and
-# every step pays for the padding).
-COMPLETION_BUCKETS = (16, 32, 48, 64, 80, 96, 128, 192, 256, 384, 512, 768, 1024, 2048, 4096)
-
-
 def make_sft_step(graphdef, apply_fn, examples: list[tuple[list[int], list[int]]], cfg: SFTConfig,
                   pad_id: int = 0, impl=None,
-                  swap: Callable[[int, random.Random], tuple[list[int], list[int]]] | None = None):
+                  swap: Callable[[int, random.Random], tuple[list[int], list[int]]] | None = None,
+                  tiles: tuple[int, int] = XLA_TREE_TILES):
     """step_fn(step, state={'params', 'opt'}) -> (state, metrics row) for `run_phase`.
+
+    `tiles` are the attention tiles the batches are packed with (`batches.tiles_for`).
 
     With `cfg.literal_swap > 0`, `swap(i, rng)` gives example i with its literals swapped; which
     examples are swapped, and how, depends only on (seed, step), so a resumed run sees the same
@@ -57,7 +60,7 @@ def make_sft_step(graphdef, apply_fn, examples: list[tuple[list[int], list[int]]
         raise ValueError("SFT needs at least one (prompt, answer) example")
     if cfg.literal_swap and swap is None:
         raise ValueError("literal_swap > 0 needs a swap function (the data source must support it)")
-    grad_fn = make_sft_grad_fn(graphdef, "prompt_once", impl)
+    grad_fn = make_sft_grad_fn(graphdef, impl)
 
     def example(step: int, j: int, i: int):
         if cfg.literal_swap:
@@ -69,10 +72,13 @@ def make_sft_step(graphdef, apply_fn, examples: list[tuple[list[int], list[int]]
     def step_fn(step: int, state):
         idx = data_order(len(examples), cfg.seed, (step - 1) * cfg.batch_size, cfg.batch_size)
         chosen = [example(step, j, i) for j, i in enumerate(idx)]
-        batch = pack_prompt_groups([(p, [a]) for p, a in chosen], pad_id=pad_id,
-                                   completion_buckets=COMPLETION_BUCKETS)
-        n_tok = jnp.maximum(batch.completion_mask().sum(), 1).astype(jnp.float32)
-        loss, _, grads = grad_fn(state["params"], batch, n_tok)
+        mbs = pack_groups([(p, [a]) for p, a in chosen], mode="prompt_once", tiles=tiles,
+                          cfg=cfg.packing, pad_id=pad_id)
+        n_tok = jnp.asarray(max(1, sum(len(a) for _, a in chosen)), jnp.float32)
+        loss, grads = 0.0, None
+        for mb in mbs:
+            part_loss, _, part_grads = grad_fn(state["params"], mb.packed, n_tok)
+            loss, grads = loss + part_loss, add_grads(grads, part_grads)
         params, opt, gnorm, finite = apply_fn(state["params"], state["opt"], grads)
         row = {"loss": float(loss), "grad_norm": float(gnorm), "skipped_updates": int(not bool(finite)),
                "tokens": int(n_tok)}

@@ -1,8 +1,9 @@
 """Jitted training steps, pure functions of (params, inputs) with the graphdef closed over.
 
-`mode` selects the layout the whole computation runs on: "prompt_once" (PromptGroups, each
-prompt processed once per group) or "naive" (the same batch replicated to Dense rows inside the
-step: the baseline). Inputs are always a PromptGroups batch so both modes see identical data.
+Every step runs on a `PackedTree` batch (one micro-batch of packed rows). Whether prompts are
+shared is decided when the batch is packed (`zorro_jax.rl.batches.pack_groups`): "prompt_once"
+packs each prompt once with its G completions under it, "naive" copies the prompt into every
+sample (the baseline). The steps and the loss are the same for both.
 """
 
 from __future__ import annotations
@@ -12,51 +13,29 @@ import jax.numpy as jnp
 import optax
 from flax import nnx
 
-from zorro_jax.layouts import PromptGroups
-from zorro_jax.model.forward import dense_logprobs, prompt_groups_logprobs
+from zorro_jax.layouts import PackedTree
+from zorro_jax.model.forward import packed_logprobs
 from zorro_jax.rl.losses import LossConfig, policy_loss
 
-MODES = ("prompt_once", "naive")
 
-
-def check_mode(mode: str):
-    """Raise ValueError unless `mode` is 'prompt_once' or 'naive'."""
-    if mode not in MODES:
-        raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
-
-
-def completion_logprobs(model, batch: PromptGroups, mode: str, impl=None, with_entropy=True):
-    """(logp, entropy, mask) [B, G, R] of the completion tokens, on the chosen layout."""
-    if mode == "prompt_once":
-        return prompt_groups_logprobs(model, batch, impl=impl, with_entropy=with_entropy)
-    dense = batch.to_dense()
-    lp, ent, _ = dense_logprobs(model, dense, impl=impl, with_entropy=with_entropy)
-    ent = batch.from_dense_next_token(ent) if ent is not None else None
-    return batch.from_dense_next_token(lp), ent, batch.completion_mask()
-
-
-def make_logprob_fn(graphdef, mode: str, impl=None):
-    """A jitted `fn(params, batch) -> (log-probs [B, G, R], entropy [B, G, R])` of the completions
-    of a PromptGroups batch, computed prompt-once or on the replicated batch per `mode`.
-    """
-    check_mode(mode)
+def make_logprob_fn(graphdef, impl=None):
+    """A jitted `fn(params, batch) -> (log-probs [B, G, R], entropy [B, G, R])` of the loss view
+    of a PackedTree micro-batch."""
 
     @jax.jit
-    def fn(params, batch: PromptGroups):
-        model = nnx.merge(graphdef, params)
-        lp, ent, _mask = completion_logprobs(model, batch, mode, impl)
+    def fn(params, batch: PackedTree):
+        lp, ent, _mask = packed_logprobs(nnx.merge(graphdef, params), batch, impl=impl)
         return lp, ent
 
     return fn
 
 
-def make_grpo_grad_fn(graphdef, loss_cfg: LossConfig, mode: str, impl=None):
+def make_grpo_grad_fn(graphdef, loss_cfg: LossConfig, impl=None):
     """grad(params, batch, old_logp, adv, ref_logp, normaliser) -> (loss, metrics, grads)."""
-    check_mode(mode)
 
     def loss_fn(params, batch, old_logp, adv, ref_logp, normaliser):
         model = nnx.merge(graphdef, params)
-        lp, ent, mask = completion_logprobs(model, batch, mode, impl)
+        lp, ent, mask = packed_logprobs(model, batch, impl=impl)
         loss, metrics = policy_loss(lp, old_logp, adv, mask, normaliser, loss_cfg,
                                     ref_logp if loss_cfg.kl_coef > 0 else None)
         m = mask.astype(jnp.float32)
@@ -72,13 +51,12 @@ def make_grpo_grad_fn(graphdef, loss_cfg: LossConfig, mode: str, impl=None):
     return fn
 
 
-def make_sft_grad_fn(graphdef, mode: str = "prompt_once", impl=None):
-    """Teacher forcing on (prompt, answer) groups: Σ -log p(answer token) / normaliser."""
-    check_mode(mode)
+def make_sft_grad_fn(graphdef, impl=None):
+    """Teacher forcing on packed (prompt, answer) trees: Σ -log p(answer token) / normaliser."""
 
     def loss_fn(params, batch, normaliser):
         model = nnx.merge(graphdef, params)
-        lp, _, mask = completion_logprobs(model, batch, mode, impl, with_entropy=False)
+        lp, _, mask = packed_logprobs(model, batch, impl=impl, with_entropy=False)
         return -jnp.sum(jnp.where(mask, lp, 0.0)) / normaliser
 
     @jax.jit
@@ -110,8 +88,3 @@ def make_apply_fn(optimizer: optax.GradientTransformation):
 def add_grads(acc, grads):
     """Accumulate a gradient pytree (`acc` None starts the sum)."""
     return grads if acc is None else jax.tree.map(jnp.add, acc, grads)
-
-
-def slice_groups(tree, start: int, stop: int):
-    """Micro-batch of whole groups: every array's leading axis is the unique-prompt axis B."""
-    return jax.tree.map(lambda x: x[start:stop], tree)

@@ -2,8 +2,8 @@
 
 The loss is the forward KL(p_policy || q_draft) over the full vocabulary at every completion
 position, masked to real tokens and averaged over them. Both models run the prompt-once forward
-(`prompt_groups_hidden`, layout `PromptGroups`): position 0 of a completion is predicted from the
-last real prompt position, positions 1.. from the completion's own hidden states. Higher
+on the same `PackedTree` batch (`packed_hidden`): each completion token is predicted from the
+hidden state at its `prev` column (the prompt's last token for the first one). Higher
 acceptance in speculative sampling is what this buys: the expected acceptance of a draft token is
 Σ min(p, q) = 1 − TV(p, q), and TV is bounded by sqrt(KL / 2).
 
@@ -21,24 +21,21 @@ import jax.numpy as jnp
 import optax
 from flax import nnx
 
-from zorro_jax.layouts import PromptGroups, pack_prompt_groups
-from zorro_jax.model.forward import prompt_groups_hidden
+from zorro_jax.layouts import PackedTree
+from zorro_jax.model.forward import packed_hidden
 from zorro_jax.model.transformer import Transformer
+from zorro_jax.rl.batches import pack_groups, rollout_groups, tiles_for
 from zorro_jax.sampling.sampler import SamplerConfig, generate
 
 
-def _next_token_logits(model: Transformer, batch: PromptGroups, temperature: float, impl):
-    """Logits [B, G, R, V] predicting completion token r (float32, divided by temperature)."""
-    h_p, h_c = prompt_groups_hidden(model, batch, impl)
-    last_B11 = (batch.prompt_len_B - 1)[:, None, None]
-    h_last_BxE = jnp.take_along_axis(h_p, last_B11, axis=1)[:, 0]
-    b, _, g, _ = batch.shape
-    first_BxGx1xE = jnp.broadcast_to(h_last_BxE[:, None, None, :], (b, g, 1, h_last_BxE.shape[-1]))
-    h_BxGxRxE = jnp.concatenate([first_BxGx1xE, h_c[:, :, :-1]], axis=2)
+def _next_token_logits(model: Transformer, batch: PackedTree, temperature: float, impl):
+    """Logits [B, G, R, V] predicting loss-view token r (float32, divided by temperature)."""
+    h_NxTxE = packed_hidden(model, batch, impl)
+    h_BxGxRxE = h_NxTxE[batch.sample_row_BxG[:, :, None], jnp.maximum(batch.predictor_cols(), 0)]
     return model.logits(h_BxGxRxE) / temperature
 
 
-def distill_loss(draft: Transformer, policy: Transformer, batch: PromptGroups, *,
+def distill_loss(draft: Transformer, policy: Transformer, batch: PackedTree, *,
                  temperature: float = 1.0, impl=None):
     """Mean over real completion tokens of KL(p_policy || q_draft) over the full vocabulary.
 
@@ -48,7 +45,7 @@ def distill_loss(draft: Transformer, policy: Transformer, batch: PromptGroups, *
         jax.nn.log_softmax(_next_token_logits(policy, batch, temperature, impl), axis=-1))
     logq_BxGxRxV = jax.nn.log_softmax(_next_token_logits(draft, batch, temperature, impl), axis=-1)
     kl_BxGxR = jnp.sum(jnp.exp(logp_BxGxRxV) * (logp_BxGxRxV - logq_BxGxRxV), axis=-1)
-    mask_BxGxR = batch.completion_mask().astype(jnp.float32)
+    mask_BxGxR = batch.sample_mask().astype(jnp.float32)
     n = jnp.maximum(jnp.sum(mask_BxGxR), 1.0)
     loss = jnp.sum(kl_BxGxR * mask_BxGxR) / n
     # Expected acceptance of a draft token sampled from q: Σ_v min(p, q).
@@ -59,7 +56,7 @@ def distill_loss(draft: Transformer, policy: Transformer, batch: PromptGroups, *
 @functools.partial(jax.jit, static_argnames=("draft_graph", "policy_graph", "tx", "temperature", "impl"),
                    donate_argnames=("draft_params", "opt_state"))
 def distill_step(draft_graph, draft_params, draft_rest, opt_state, policy_graph, policy_state,
-                 batch: PromptGroups, *, tx: optax.GradientTransformation, temperature: float = 1.0,
+                 batch: PackedTree, *, tx: optax.GradientTransformation, temperature: float = 1.0,
                  impl=None):
     """One optax step on the draft's parameters. Returns (draft_params, opt_state, metrics).
 
@@ -88,8 +85,8 @@ class DraftTrainer:
         self.temperature = temperature
         self.impl = impl
 
-    def step(self, policy: Transformer, batch: PromptGroups) -> dict:
-        """One distillation step of the draft towards `policy` on a PromptGroups batch; returns
+    def step(self, policy: Transformer, batch: PackedTree) -> dict:
+        """One distillation step of the draft towards `policy` on a PackedTree batch; returns
         {'kl', 'expected_acceptance'}.
         """
         policy_graph, policy_state = nnx.split(policy)
@@ -114,9 +111,10 @@ def distill_on_rollouts(policy: Transformer, draft: Transformer, prompts: list[l
         start = (step * prompts_per_step) % len(prompts)
         chunk = [prompts[(start + i) % len(prompts)] for i in range(prompts_per_step)]
         rollouts = generate(policy, chunk, group_size, sampler_cfg, jax.random.fold_in(rng, step))
-        batch = pack_prompt_groups(list(zip(chunk, rollouts.completions)),
-                                   pad_id=sampler_cfg.pad_token_id)
-        metrics = trainer.step(policy, batch)
+        groups = rollout_groups(chunk, rollouts.tokens_BxGxR, rollouts.lengths_BxG)
+        for mb in pack_groups(groups, mode="prompt_once", tiles=tiles_for(policy.config, None),
+                              pad_id=sampler_cfg.pad_token_id):
+            metrics = trainer.step(policy, mb.packed)
         history.append(metrics)
         if log is not None:
             log(step, metrics)
