@@ -9,11 +9,14 @@ distribution with a fixed seed):
 - padded naive: `Dense` rows prompt ++ completion, right-padded to the longest sample;
 - packed naive: depth-1 `PackedTree` (the prompt copied into every sample, rows packed without
   padding: the baseline stacks run as "remove padding" / varlen packing);
-- padded prompt-once: `PromptGroups` (prompt and completions each padded to a length bucket);
 - packed prompt-once: depth-2 `PackedTree` (each prompt once, its G completions under it).
+(The padded prompt-once layout these replaced was measured beside them before its removal; see
+the README.) A variant that does not fit in memory is reported as out of memory.
 Columns: median time per update, XLA temp bytes (`memory_analysis`, the largest micro-batch),
-tokens each variant computes (rows × row length) and the ideal token ratio = packed-naive real
-tokens / packed prompt-once real tokens. Ratios compare variants inside this process.
+tokens each variant computes (rows × row length), the ideal token ratio = packed-naive real
+tokens / packed prompt-once real tokens, and the same ratio of visible attention pairs (lower:
+sharing a prompt does not shrink its completions' attention to it). Ratios compare variants
+inside this process.
 """
 
 from __future__ import annotations
@@ -27,15 +30,10 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from experiments.common import bench_model_config, machine_note, temp_bytes, write_json
+from experiments.common import bench_model_config, machine_note, write_json
 from zorro_jax.attention import XLA_TREE_TILES
-from zorro_jax.layouts import (
-    group_tree,
-    pack_groups_balanced,
-    pack_prompt_groups,
-    replicated_trees,
-)
-from zorro_jax.model.forward import dense_logprobs, packed_logprobs, prompt_groups_logprobs
+from zorro_jax.layouts import group_tree, pack_groups_balanced, replicated_trees
+from zorro_jax.model.forward import dense_logprobs, packed_logprobs
 from zorro_jax.model.transformer import init_model
 from zorro_jax.rl.losses import LossConfig, loss_normaliser, policy_loss
 
@@ -68,7 +66,7 @@ DISTRIBUTIONS = {
     "reasoning": LengthDist(2, 8, (512, 0.5, 128, 3072), (384, 0.8, 16, 2048)),
     "long-prompt": LengthDist(2, 8, (3072, 0.2, 1024, 6144), (192, 0.8, 8, 1024)),
 }
-VARIANTS = ("padded_naive", "packed_naive", "padded_prompt_once", "packed_prompt_once")
+VARIANTS = ("padded_naive", "packed_naive", "packed_prompt_once")
 # Each packed row holds at most this many tokens (raised to the largest tree when needed).
 TOKEN_BUDGET = 8192
 
@@ -80,6 +78,16 @@ def make_groups(dist: LengthDist, vocab: int, seed: int = 0):
     return [(rng.integers(3, vocab, int(p)).astype(np.int32),
              [rng.integers(3, vocab, int(c)).astype(np.int32) for c in cs])
             for p, cs in zip(plen, clen)]
+
+
+def attention_pairs(groups) -> tuple[int, int]:
+    """Visible (query, key) pairs of the tree rule: (packed naive, packed prompt-once). Sharing
+    removes the prompt-prompt pairs of G-1 copies only; prompt-completion and completion pairs are
+    the same in both, so attention's ratio is below the token ratio."""
+    tri = lambda n: n * (n + 1) // 2
+    naive = sum(tri(len(p) + len(c)) for p, cs in groups for c in cs)
+    once = sum(tri(len(p)) + sum(len(c) * len(p) + tri(len(c)) for c in cs) for p, cs in groups)
+    return naive, once
 
 
 def _loss(logp, mask, old, adv, cfg):
@@ -95,11 +103,6 @@ def make_steps(graphdef, cfg: LossConfig):
                                       with_entropy=False)
         return _loss(lp, mask, old, adv, cfg)
 
-    def padded_groups(params, batch, old, adv):
-        lp, _, mask = prompt_groups_logprobs(nnx.merge(graphdef, params), batch, impl="xla",
-                                             with_entropy=False)
-        return _loss(lp, mask, old, adv, cfg)
-
     def padded_dense(params, batch, old, adv):
         dense, tree = batch
         lp, _, _ = dense_logprobs(nnx.merge(graphdef, params), dense, impl="xla",
@@ -107,12 +110,13 @@ def make_steps(graphdef, cfg: LossConfig):
         return _loss(tree.from_dense_next_token(lp), tree.sample_mask(), old, adv, cfg)
 
     step = lambda f: jax.jit(jax.value_and_grad(f))
-    return {"packed": step(packed), "padded_groups": step(padded_groups),
-            "padded_dense": step(padded_dense)}
+    return {"packed": step(packed), "padded_dense": step(padded_dense)}
 
 
-def build_variants(groups, token_budget: int = TOKEN_BUDGET):
-    """variant -> (step kind, [(batch, real tokens, computed tokens)] one per micro-batch)."""
+def build_variants(groups, token_budget: int = TOKEN_BUDGET, one_row: bool = False):
+    """variant -> (step kind, [(batch, micro-batch, computed tokens)] one per micro-batch, real
+    tokens). The packed variants put every row in one micro-batch, or with `one_row` each row in
+    a micro-batch of its own (gradients accumulated: the same update in less memory)."""
     g = len(groups[0][1])
     r = max(1, max(len(c) for _, cs in groups for c in cs))
     prompt_once = [group_tree(p, cs, b) for b, (p, cs) in enumerate(groups)]
@@ -122,7 +126,7 @@ def build_variants(groups, token_budget: int = TOKEN_BUDGET):
         largest = max(sum(len(s) for s in t.segments) for t in trees)
         budget = max(token_budget, largest)
         total = sum(sum(len(s) for s in t.segments) for t in trees)
-        rows = -(-total // budget)
+        rows = 1 if one_row else -(-total // budget)
         mbs = pack_groups_balanced(trees, token_budget=budget, rows_per_batch=rows, loss_width=r,
                                    tiles=XLA_TREE_TILES)
         out[name] = ("packed", [(m.packed, m, int(np.asarray(m.packed.positions_NxT).size))
@@ -134,10 +138,6 @@ def build_variants(groups, token_budget: int = TOKEN_BUDGET):
     out["padded_naive"] = ("padded_dense", [((dense, whole.packed), whole,
                                              int(dense.tokens_NxT.size))],
                            sum(g * len(p) + sum(len(c) for c in cs) for p, cs in groups))
-    pg = pack_prompt_groups(groups)
-    b, p_pad, _, r_pad = pg.shape
-    out["padded_prompt_once"] = ("padded_groups", [(pg, None, b * (p_pad + g * r_pad))],
-                                 out["packed_prompt_once"][2])
     return out
 
 
@@ -148,48 +148,65 @@ def _targets(groups, seed=1):
     return np.full((b, g, r), -7.0, np.float32), rng.normal(size=(b, g)).astype(np.float32)
 
 
+def _measure(step, params, parts, old, adv, repeats):
+    """Compile once per micro-batch shape, then time the whole update (all micro-batches)."""
+    calls = []
+    for batch, mb, _ in parts:
+        # Group order inside a micro-batch is the packer's: map the host arrays through it.
+        o, a = mb.take_groups(old), mb.take_groups(adv)
+        args = (params, batch, jnp.asarray(o), jnp.asarray(a))
+        calls.append((step.lower(*args).compile(), args))
+    jax.block_until_ready([fn(*args) for fn, args in calls])
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        jax.block_until_ready([fn(*args) for fn, args in calls])
+        times.append(time.perf_counter() - t0)
+    return {"time_s": float(np.median(times)),
+            "temp_bytes": max(int(fn.memory_analysis().temp_size_in_bytes) for fn, _ in calls)}
+
+
 def run_distribution(params, steps, name: str, vocab: int, repeats: int, seed: int = 0):
     """Time and measure every variant on one distribution; returns the JSON row."""
     groups = make_groups(DISTRIBUTIONS[name], vocab, seed)
     old, adv = _targets(groups)
     row = {"distribution": name, "groups": len(groups), "samples": len(groups[0][1])}
+    one_row = build_variants(groups, one_row=True)
     for variant, (kind, parts, real) in build_variants(groups).items():
-        step = steps[kind]
-        calls = []
-        for batch, mb, _ in parts:
-            o = mb.take_groups(old) if mb is not None and kind == "packed" else old
-            a = mb.take_groups(adv) if mb is not None and kind == "packed" else adv
-            r = o.shape[2]
-            if kind == "padded_groups":
-                o = np.pad(o, ((0, 0), (0, 0), (0, batch.shape[3] - r)), constant_values=-7.0)
-            calls.append((params, batch, jnp.asarray(o), jnp.asarray(a)))
-
-        def update(calls=calls, step=step):
-            return [step(*c) for c in calls]
-
-        jax.block_until_ready(update())
-        times = []
-        for _ in range(repeats):
-            t0 = time.perf_counter()
-            jax.block_until_ready(update())
-            times.append(time.perf_counter() - t0)
-        row[variant] = {
-            "time_s": float(np.median(times)),
-            "temp_bytes": max(temp_bytes(step, *c) for c in calls),
-            "computed_tokens": sum(t for _, _, t in parts),
-            "real_tokens": int(real),
-            "micro_batches": len(parts),
-        }
+        try:
+            row[variant] = _measure(steps[kind], params, parts, old, adv, repeats)
+        except jax.errors.JaxRuntimeError as e:
+            if "RESOURCE_EXHAUSTED" not in str(e):
+                raise
+            if kind != "packed":
+                row[variant] = {"out_of_memory": True, "real_tokens": int(real)}
+                print(f"  {name:12s} {variant:19s} out of memory", flush=True)
+                continue
+            # Too big as one step: the same update over one-row micro-batches.
+            parts = one_row[variant][1]
+            row[variant] = _measure(steps[kind], params, parts, old, adv, repeats)
+        row[variant].update(computed_tokens=sum(t for _, _, t in parts), real_tokens=int(real),
+                            micro_batches=len(parts))
         print(f"  {name:12s} {variant:19s} {row[variant]['time_s']:8.3f} s  "
               f"{row[variant]['temp_bytes'] / 2**20:9.1f} MiB  "
               f"{row[variant]['computed_tokens']:7d} tokens", flush=True)
     naive, once = row["packed_naive"], row["packed_prompt_once"]
     row["ideal_token_ratio"] = naive["real_tokens"] / once["real_tokens"]
+    pairs_naive, pairs_once = attention_pairs(groups)
+    row["attention_pair_ratio"] = pairs_naive / pairs_once
     row["time_ratio_vs_packed_naive"] = naive["time_s"] / once["time_s"]
-    row["memory_ratio_vs_packed_naive"] = naive["temp_bytes"] / once["temp_bytes"]
-    row["time_ratio_vs_padded_prompt_once"] = row["padded_prompt_once"]["time_s"] / once["time_s"]
-    row["time_ratio_vs_padded_naive"] = row["padded_naive"]["time_s"] / once["time_s"]
+    # Per-micro-batch memory is comparable only when both ran as one step.
+    row["memory_ratio_vs_packed_naive"] = (naive["temp_bytes"] / once["temp_bytes"]
+                                           if naive["micro_batches"] == once["micro_batches"] == 1
+                                           else None)
+    padded = row["padded_naive"]
+    row["time_ratio_vs_padded_naive"] = (padded["time_s"] / once["time_s"]
+                                         if "time_s" in padded else None)
     return row
+
+
+def _fmt(x, missing="-"):
+    return missing if x is None else f"{x:.2f}"
 
 
 def main(argv=None):
@@ -211,12 +228,14 @@ def main(argv=None):
     steps = make_steps(graphdef, LossConfig())
     print(f"actor update, {machine_note()}; model d=256 L=4 H=4 V=2048 fp32, xla attention")
     rows = [run_distribution(params, steps, n, cfg.vocab_size, args.repeats) for n in names]
-    print(f"{'distribution':12s} | {'ideal':>6} | {'time x naive':>12} {'mem x naive':>11} | "
-          f"{'x padded once':>13} {'x padded naive':>14}")
+    print(f"{'distribution':12s} | {'ideal':>6} {'pairs':>6} | {'time x packed naive':>19} "
+          f"{'mem x packed naive':>18} | {'time x padded naive':>19}")
     for r in rows:
-        print(f"{r['distribution']:12s} | {r['ideal_token_ratio']:6.2f} | "
-              f"{r['time_ratio_vs_packed_naive']:12.2f} {r['memory_ratio_vs_packed_naive']:11.2f} | "
-              f"{r['time_ratio_vs_padded_prompt_once']:13.2f} {r['time_ratio_vs_padded_naive']:14.2f}")
+        padded = r["time_ratio_vs_padded_naive"]
+        print(f"{r['distribution']:12s} | {r['ideal_token_ratio']:6.2f} "
+              f"{r['attention_pair_ratio']:6.2f} | "
+              f"{r['time_ratio_vs_packed_naive']:19.2f} {_fmt(r['memory_ratio_vs_packed_naive']):>18} | "
+              f"{_fmt(padded, 'out of memory'):>19}")
     write_json(args.json, {"machine": machine_note(), "rows": rows})
     return rows
 

@@ -1,5 +1,6 @@
-"""Benchmark: one full GRPO iteration, prompt-once (shared-prefix rollouts + PromptGroups training)
-versus naive (replicated prompts everywhere), same seed, data and weights, in one process.
+"""Benchmark: one full GRPO iteration, prompt-once (shared-prefix rollouts + packed prefix-tree
+training) versus naive (replicated prompts everywhere: naive rollouts, prompts copied into every
+packed sample), same seed, data and weights, in one process.
 
     python -m experiments.bench_iteration [--preset ci] [--json PATH] [--P 1024 --G 8 --R 128 --B 1]
 

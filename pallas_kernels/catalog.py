@@ -1,6 +1,6 @@
-"""Every Pallas kernel of the project in each public configuration the code uses, as abstract
-cases that can be lowered without data (for the GPU checks of `gpu_check.py` and
-`experiments/kernel_report.py`).
+"""Every Pallas kernel of the project in each public configuration the code uses: abstract cases
+that lower without data (for the GPU checks of `gpu_check.py` and `experiments/kernel_report.py`),
+and concrete first-use self-checks against the XLA paths (`SELF_CHECKS`).
 
 A case is a function plus `jax.ShapeDtypeStruct` arguments. Training kernels are lowered as their
 gradient (forward and backward kernels in one program); decode kernels as the decode attention.
@@ -11,15 +11,17 @@ and "realistic" (8 prompts × P 4096, G 16, R 1024, 32 query / 8 KV heads, D 128
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from pallas_kernels import shared_prefix_decode as spd
-from pallas_kernels import split_attention as sa
+from pallas_kernels import tree_attention as ta
 from pallas_kernels import tree_attention_pallas as tap
-from pallas_kernels.tree_blocks import TreeBlocks
+from pallas_kernels.tree_blocks import TreeBlocks, build_tree_blocks
 
 
 @dataclasses.dataclass(frozen=True)
@@ -39,23 +41,6 @@ class KernelCase:
 
 def _struct(shape, dtype):
     return jax.ShapeDtypeStruct(shape, dtype)
-
-
-def _split_case(name, family, b, p, g, r, h, k, d, dtype, block_sizes=None):
-    args = (
-        _struct((b, p, h, d), dtype), _struct((b, p, k, d), dtype), _struct((b, p, k, d), dtype),
-        _struct((b, g, r, h, d), dtype), _struct((b, g, r, k, d), dtype),
-        _struct((b, g, r, k, d), dtype), _struct((b,), jnp.int32), _struct((b, g), jnp.int32),
-    )
-
-    def loss(q_p, k_p, v_p, q_c, k_c, v_c, plen, clen):
-        o_p, o_c = sa.split_attention(q_p, k_p, v_p, q_c, k_c, v_c, plen, clen,
-                                      block_sizes=block_sizes)
-        return jnp.sum(o_p.astype(jnp.float32)) + jnp.sum(o_c.astype(jnp.float32))
-
-    fn = jax.grad(loss, argnums=tuple(range(6)))
-    tiles = block_sizes or sa.BlockSizes.for_inputs(dtype, d)
-    return KernelCase(f"split_attention {name}", fn, args, str(tiles), family)
 
 
 def _decode_case(name, family, b, p, g, t, h, k, d, dtype, block_sizes=None):
@@ -87,6 +72,9 @@ def _tree_case(name, family, n, t, h, k, d, dtype, list_width, block_sizes=None)
         _struct((n, nq, min(list_width, nk)), jnp.bool_),
         _struct((n, nk, min(list_width, nq)), i32), _struct((n, nk), i32),
         _struct((n, nk, min(list_width, nq)), jnp.bool_),
+        # Flat pair lists (read by the XLA path only).
+        _struct((n, nq * list_width), i32), _struct((n, nq * list_width), i32),
+        _struct((n, nq * list_width), jnp.bool_),
     )
     args = (_struct((n, t, h, d), dtype), _struct((n, t, k, d), dtype),
             _struct((n, t, k, d), dtype), _struct((n, t), i32), blocks)
@@ -109,9 +97,6 @@ def kernel_cases(family: str = "all") -> list[KernelCase]:
         _tree_case("fp32 H4/K2 D64", "small", 2, 512, 4, 2, 64, f32, 16),
         _tree_case("bf16 H4/K4 D64", "small", 2, 512, 4, 4, 64, bf16, 16),
         _tree_case("fp32 H7/K1 D96", "small", 1, 256, 7, 1, 96, f32, 8),
-        _split_case("fp32 H4/K2 D64", "small", 2, 96, 4, 40, 4, 2, 64, f32),
-        _split_case("bf16 H4/K4 D64", "small", 2, 96, 4, 40, 4, 4, 64, bf16),
-        _split_case("fp32 H7/K1 D96", "small", 1, 64, 2, 24, 7, 1, 96, f32),
         _decode_case("T1 fp32 H4/K2 D64", "small", 2, 96, 8, 1, 4, 2, 64, f32),
         _decode_case("T5 bf16 H4/K4 D64", "small", 2, 96, 8, 5, 4, 4, 64, bf16),
         _decode_case("T1 fp32 H8/K2 D96", "small", 2, 96, 8, 1, 8, 2, 96, f32),
@@ -120,8 +105,6 @@ def kernel_cases(family: str = "all") -> list[KernelCase]:
         # 8 trees of a 4096-token prompt and 16 completions of 1024 tokens, one tree per row.
         _tree_case("bf16 8 rows × 20480 (P4096 G16 R1024) H32/K8 D128", "realistic",
                    8, 20480, 32, 8, 128, bf16, 96),
-        _split_case("bf16 B8 P4096 G16 R1024 H32/K8 D128", "realistic",
-                    8, 4096, 16, 1024, 32, 8, 128, bf16),
         _decode_case("T1 bf16 B8 P4096 G16 H32/K8 D128", "realistic",
                      8, 4096, 16, 1, 32, 8, 128, bf16),
         _decode_case("T5 bf16 B8 P4096 G16 H32/K8 D128", "realistic",
@@ -130,3 +113,59 @@ def kernel_cases(family: str = "all") -> list[KernelCase]:
                      1, 4096, 16, 5, 64, 8, 128, bf16),
     ]
     return {"small": small, "realistic": realistic, "all": small + realistic}[family]
+
+
+# ---- Concrete self-checks (small inputs, Pallas kernels against the XLA paths) ----------------
+
+
+def _rand(key, shape, dtype):
+    return jax.random.normal(key, shape, jnp.float32).astype(dtype)
+
+
+def _rel_err(a, b):
+    a, b = a.astype(jnp.float32), b.astype(jnp.float32)
+    return float(jnp.max(jnp.abs(a - b)) / jnp.maximum(1.0, jnp.max(jnp.abs(b))))
+
+
+def _check_shared_prefix_decode(interpret: bool = False):
+    keys = jax.random.split(jax.random.key(1), 5)
+    b, p, g, t, s, h, k, d = 2, 100, 4, 3, 16, 8, 2, 64
+    args = (_rand(keys[0], (b, g, t, h, d), jnp.bfloat16),
+            _rand(keys[1], (b, p, k, d), jnp.bfloat16), _rand(keys[2], (b, p, k, d), jnp.bfloat16),
+            jnp.asarray([100, 37], jnp.int32), _rand(keys[3], (b, g, s, k, d), jnp.bfloat16),
+            _rand(keys[4], (b, g, s, k, d), jnp.bfloat16), jnp.full((b, g), 5, jnp.int32))
+    o = [spd.shared_prefix_decode_attention(*args, impl=impl, interpret=interpret)
+         for impl in ("pallas", "xla")]
+    return _rel_err(*o)
+
+
+def _check_tree_attention(interpret: bool = False):
+    n, t, h, k, d = 2, 256, 4, 2, 64
+    # Row 0: a prompt of 70 and three completions (40, 1, 33), then padding; row 1: two plain
+    # sequences (100, 90) and a prompt of 30 with two completions (12, 20), then padding.
+    spans = [[(0, 144, [(70, 110), (110, 111), (111, 144)])],
+             [(0, 100, []), (100, 190, []), (190, 252, [(220, 232), (232, 252)])]]
+    end = np.arange(1, t + 1)[None].repeat(n, 0)
+    for row, trees in enumerate(spans):
+        for start, stop, kids in trees:
+            end[row, start:stop] = stop
+            for a, b in kids:
+                end[row, a:b] = b
+    blocks = build_tree_blocks(end, *tap.default_token_blocks(h // k, d, jnp.bfloat16))
+    keys = jax.random.split(jax.random.key(2), 3)
+    args = (_rand(keys[0], (n, t, h, d), jnp.bfloat16), _rand(keys[1], (n, t, k, d), jnp.bfloat16),
+            _rand(keys[2], (n, t, k, d), jnp.bfloat16), jnp.asarray(end))
+    fns = (functools.partial(tap.tree_attention, interpret=interpret), ta.tree_attention_xla)
+    loss = lambda fn: lambda q, k_, v, e: jnp.sum(jnp.sin(fn(q, k_, v, e, blocks).astype(jnp.float32)))
+    grads = [jax.jit(jax.grad(loss(fn), argnums=(0, 1, 2)))(*args) for fn in fns]
+    outs = [fn(*args, blocks) for fn in fns]
+    return max([_rel_err(*outs)] + [_rel_err(a, b) for a, b in zip(*grads)])
+
+
+# layout -> check(interpret) that runs the layout's Pallas kernels and the XLA path on one small
+# bf16 input and returns the largest difference relative to max(1, max |xla|) (outputs and, for
+# training, gradients). Used by `zorro_jax.attention.pallas_self_check` on first use.
+SELF_CHECKS = {
+    "PackedTree": _check_tree_attention,
+    "SharedPrefixDecode": _check_shared_prefix_decode,
+}

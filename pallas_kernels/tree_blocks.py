@@ -69,7 +69,7 @@ def check_subtree_end(subtree_end_NxT: np.ndarray) -> np.ndarray:
 def _lists(needed_NxAxB: np.ndarray, full_NxAxB: np.ndarray, width_multiple: int):
     """Ascending index lists of the True entries of needed along the last axis."""
     count_NxA = needed_NxAxB.sum(-1).astype(np.int32)
-    m = max(1, int(count_NxA.max()))
+    m = list_bucket(max(1, int(count_NxA.max())))
     m = -(-m // width_multiple) * width_multiple
     order = np.argsort(~needed_NxAxB, axis=-1, kind="stable")
     if order.shape[-1] < m:
@@ -89,8 +89,9 @@ def build_tree_blocks(
 ) -> TreeBlocks:
     """Block lists for tiles of block_q queries × block_k keys (T must divide into both).
 
-    width_multiple rounds the list width M up (fewer distinct shapes, so fewer compilations);
-    the flat pair count P is rounded up to a log-scale bucket (at most 25% dead pairs).
+    The list width M is rounded up by `list_bucket` and the flat pair count P, which the XLA path
+    computes dead or alive, by the finer `coarse_bucket` (fewer distinct shapes, so fewer
+    compilations); width_multiple rounds M further.
     """
     end = check_subtree_end(subtree_end_NxT)
     n, t = end.shape
@@ -123,6 +124,14 @@ def build_tree_blocks(
 def coarse_bucket(n: int) -> int:
     """n rounded up to a multiple of 2^(bits(n) - 3): few distinct sizes, at most 25% above n."""
     step = 1 << max(0, n.bit_length() - 3)
+    return -(-n // step) * step
+
+
+def list_bucket(n: int) -> int:
+    """Sizes of lists whose dead entries cost nothing (block lists, the loss-view width): n
+    rounded up to a multiple of 2^(bits(n) - 2) (at most 50% above n, two sizes an octave), so a
+    batch's shape is decided by few free sizes and jit compiles few programs per row length."""
+    step = 1 << max(0, n.bit_length() - 2)
     return -(-n // step) * step
 
 

@@ -20,6 +20,10 @@ import warnings
 import jax
 import jax.numpy as jnp
 
+# layout -> check(interpret) running the layout's Pallas kernels and its XLA path on one small
+# bf16 input; returns the largest difference relative to max(1, max |xla|).
+from pallas_kernels.catalog import SELF_CHECKS
+
 IMPLS = ("reference", "xla", "pallas")
 NEG_INF = -1e30
 
@@ -61,84 +65,6 @@ def interpret_mode() -> bool:
     return jax.default_backend() == "cpu"
 
 
-def _rand(key, shape, dtype):
-    return jax.random.normal(key, shape, jnp.float32).astype(dtype)
-
-
-def _rel_err(a, b):
-    a, b = a.astype(jnp.float32), b.astype(jnp.float32)
-    return float(jnp.max(jnp.abs(a - b)) / jnp.maximum(1.0, jnp.max(jnp.abs(b))))
-
-
-def _check_split_attention(interpret: bool = False):
-    from pallas_kernels import split_attention as sa
-
-    keys = jax.random.split(jax.random.key(0), 6)
-    b, p, g, r, h, k, d = 2, 80, 3, 40, 4, 2, 64
-    args = [_rand(keys[0], (b, p, h, d), jnp.bfloat16), _rand(keys[1], (b, p, k, d), jnp.bfloat16),
-            _rand(keys[2], (b, p, k, d), jnp.bfloat16),
-            _rand(keys[3], (b, g, r, h, d), jnp.bfloat16),
-            _rand(keys[4], (b, g, r, k, d), jnp.bfloat16),
-            _rand(keys[5], (b, g, r, k, d), jnp.bfloat16),
-            jnp.asarray([80, 33], jnp.int32), jnp.asarray([[40, 0, 7], [1, 40, 25]], jnp.int32)]
-    loss = lambda fn: lambda *a: sum(jnp.sum(jnp.sin(o.astype(jnp.float32))) for o in fn(*a))
-    fns = (functools.partial(sa.split_attention, interpret=interpret), sa.split_attention_xla)
-    grads = [jax.jit(jax.grad(loss(fn), argnums=tuple(range(6))))(*args) for fn in fns]
-    outs = [fn(*args) for fn in fns]
-    return max(_rel_err(a, b) for x, y in (outs, grads) for a, b in zip(x, y))
-
-
-def _check_shared_prefix_decode(interpret: bool = False):
-    from pallas_kernels import shared_prefix_decode as spd
-
-    keys = jax.random.split(jax.random.key(1), 5)
-    b, p, g, t, s, h, k, d = 2, 100, 4, 3, 16, 8, 2, 64
-    args = (_rand(keys[0], (b, g, t, h, d), jnp.bfloat16),
-            _rand(keys[1], (b, p, k, d), jnp.bfloat16), _rand(keys[2], (b, p, k, d), jnp.bfloat16),
-            jnp.asarray([100, 37], jnp.int32), _rand(keys[3], (b, g, s, k, d), jnp.bfloat16),
-            _rand(keys[4], (b, g, s, k, d), jnp.bfloat16), jnp.full((b, g), 5, jnp.int32))
-    o = [spd.shared_prefix_decode_attention(*args, impl=impl, interpret=interpret)
-         for impl in ("pallas", "xla")]
-    return _rel_err(*o)
-
-
-def _check_tree_attention(interpret: bool = False):
-    import numpy as np
-
-    from pallas_kernels import tree_attention as ta
-    from pallas_kernels import tree_attention_pallas as tap
-    from pallas_kernels.tree_blocks import build_tree_blocks
-
-    n, t, h, k, d = 2, 256, 4, 2, 64
-    # Row 0: a prompt of 70 and three completions (40, 1, 33), then padding; row 1: two plain
-    # sequences (100, 90) and a prompt of 30 with two completions (12, 20), then padding.
-    spans = [[(0, 144, [(70, 110), (110, 111), (111, 144)])],
-             [(0, 100, []), (100, 190, []), (190, 252, [(220, 232), (232, 252)])]]
-    end = np.arange(1, t + 1)[None].repeat(n, 0)
-    for row, trees in enumerate(spans):
-        for start, stop, kids in trees:
-            end[row, start:stop] = stop
-            for a, b in kids:
-                end[row, a:b] = b
-    blocks = build_tree_blocks(end, *tap.default_token_blocks(h // k, d, jnp.bfloat16))
-    keys = jax.random.split(jax.random.key(2), 3)
-    args = (_rand(keys[0], (n, t, h, d), jnp.bfloat16), _rand(keys[1], (n, t, k, d), jnp.bfloat16),
-            _rand(keys[2], (n, t, k, d), jnp.bfloat16), jnp.asarray(end))
-    fns = (functools.partial(tap.tree_attention, interpret=interpret), ta.tree_attention_xla)
-    loss = lambda fn: lambda q, k_, v, e: jnp.sum(jnp.sin(fn(q, k_, v, e, blocks).astype(jnp.float32)))
-    grads = [jax.jit(jax.grad(loss(fn), argnums=(0, 1, 2)))(*args) for fn in fns]
-    outs = [fn(*args, blocks) for fn in fns]
-    return max([_rel_err(*outs)] + [_rel_err(a, b) for a, b in zip(*grads)])
-
-
-# layout -> check(interpret) that runs the layout's Pallas kernels and the XLA path on one small
-# bf16 input and returns the largest difference relative to max(1, max |xla|) (outputs and, for
-# training, gradients).
-SELF_CHECKS = {
-    "PackedTree": _check_tree_attention,
-    "PromptGroups": _check_split_attention,
-    "SharedPrefixDecode": _check_shared_prefix_decode,
-}
 SELF_CHECK_TOLERANCE = 2e-2  # bf16 rounding differences only
 
 
@@ -223,27 +149,6 @@ def dense_attention(q, k, v, q_offset_N, impl: str | None = None):
     impl = resolve_impl(impl, "Dense", supported=("reference", "xla"))
     fn = causal_attention_reference if impl == "reference" else causal_attention_xla
     return fn(q, k, v, q_offset_N)
-
-
-def prompt_groups_attention(q_tree, k_tree, v_tree, prompt_len_B, comp_len_BxG, impl=None, **kw):
-    """Split attention on the `PromptGroups` layout: trees are (prompt block, completion block)."""
-    from pallas_kernels import split_attention as sa
-
-    impl = resolve_impl(impl, "PromptGroups")
-    fn = {
-        "reference": sa.split_attention_reference,
-        "xla": sa.split_attention_xla,
-        "pallas": sa.split_attention,
-    }[impl]
-    if impl == "pallas":
-        kw.setdefault("interpret", interpret_mode())
-    (q_p, q_c), (k_p, k_c), (v_p, v_c) = q_tree, k_tree, v_tree
-    mesh = current_kernel_mesh()
-    if impl == "pallas" and mesh is not None:
-        from zorro_jax.parallel.kernels import split_attention_sharded
-
-        return split_attention_sharded(mesh, q_p, k_p, v_p, q_c, k_c, v_c, prompt_len_B, comp_len_BxG, **kw)
-    return fn(q_p, k_p, v_p, q_c, k_c, v_c, prompt_len_B, comp_len_BxG, **kw)
 
 
 # Tiles of the XLA tree path (query tokens, key tokens): on CPU a pair's small products run far

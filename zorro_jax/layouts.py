@@ -16,7 +16,7 @@ from typing import NamedTuple
 import jax.numpy as jnp
 import numpy as np
 
-from pallas_kernels.tree_blocks import TreeBlocks, build_tree_blocks, coarse_bucket
+from pallas_kernels.tree_blocks import TreeBlocks, build_tree_blocks, coarse_bucket, list_bucket
 
 
 class Dense(NamedTuple):
@@ -43,99 +43,18 @@ def pack_dense(rows: list[list[int]], pad_id: int = 0, length: int | None = None
     return Dense(jnp.asarray(toks), jnp.asarray([len(r) for r in rows], jnp.int32))
 
 
-class PromptGroups(NamedTuple):
-    """B unique prompts [B, P] with G completions each [B, G, R]; all right-padded.
-
-    Prompt b's true length is prompt_len[b] ≥ 1; completion (b, g) has comp_len[b, g] ≤ R tokens
-    (EOS included). Completion positions continue at prompt_len[b], not at the padded P.
-    """
-
-    prompt_BxP: jnp.ndarray
-    prompt_len_B: jnp.ndarray
-    completions_BxGxR: jnp.ndarray
-    comp_len_BxG: jnp.ndarray
-
-    @property
-    def shape(self):
-        """(B, P, G, R): unique prompts, padded prompt length, samples per prompt, padded completion
-        length.
-        """
-        b, g, r = self.completions_BxGxR.shape
-        return b, self.prompt_BxP.shape[1], g, r
-
-    def completion_mask(self):
-        """Boolean [B, G, R]: True at each completion's real tokens."""
-        r = self.completions_BxGxR.shape[2]
-        return jnp.arange(r)[None, None, :] < self.comp_len_BxG[:, :, None]
-
-    def to_dense(self) -> Dense:
-        """The replicated baseline: row b·G+g = prompt_b[:len] ++ completion_bg, padded to P+R."""
-        b, p, g, r = self.shape
-        t = jnp.arange(p + r)[None, None, :]
-        plen = self.prompt_len_B[:, None, None]
-        from_prompt = jnp.take_along_axis(
-            self.prompt_BxP[:, None, :], jnp.broadcast_to(jnp.minimum(t, p - 1), (b, 1, p + r)), axis=2
-        )
-        comp_idx = jnp.clip(t - plen, 0, r - 1)
-        from_comp = jnp.take_along_axis(
-            self.completions_BxGxR, jnp.broadcast_to(comp_idx, (b, g, p + r)), axis=2
-        )
-        tokens = jnp.where(t < plen, jnp.broadcast_to(from_prompt, (b, g, p + r)), from_comp)
-        lengths = self.prompt_len_B[:, None] + self.comp_len_BxG
-        return Dense(tokens.reshape(b * g, p + r), lengths.reshape(b * g))
-
-    def from_dense_next_token(self, values_NxT1):
-        """Per-token values of the Dense batch (position t predicts token t+1, [B·G, P+R-1]) ->
-        the values of each completion token [B, G, R]."""
-        b, _p, g, r = self.shape
-        idx = self.prompt_len_B[:, None, None] - 1 + jnp.arange(r)[None, None, :]
-        vals = values_NxT1.reshape(b, g, -1)
-        return jnp.take_along_axis(vals, jnp.broadcast_to(idx, (b, g, r)), axis=2)
-
-
-DEFAULT_BUCKETS = (16, 32, 64, 128, 256, 384, 512, 768, 1024, 1536, 2048, 3072, 4096, 6144, 8192)
-
-
-def bucket(n: int, buckets=DEFAULT_BUCKETS) -> int:
-    """The smallest bucket ≥ n, so jit compiles one program per bucket rather than per length."""
-    for size in buckets:
-        if size >= n:
-            return size
-    raise ValueError(f"length {n} exceeds the largest bucket {buckets[-1]}")
-
-
-def pack_prompt_groups(groups, pad_id: int = 0, *, prompt_buckets=DEFAULT_BUCKETS,
-                       completion_buckets=DEFAULT_BUCKETS, num_groups: int | None = None) -> PromptGroups:
-    """Host-side packing of [(prompt ids, [completion ids] * G), ...] into a bucketed PromptGroups.
-
-    num_groups pads the batch with copies of the last group (zero-length completions) so B is static.
-    """
-    if not groups:
-        raise ValueError("pack_prompt_groups needs at least one group")
-    g = len(groups[0][1])
-    if g == 0 or any(len(c) != g for _, c in groups):
-        raise ValueError("every prompt needs the same, non-zero number of completions")
-    if any(len(p) == 0 for p, _ in groups):
-        raise ValueError("every prompt needs at least one token")
-    b = num_groups or len(groups)
-    if b < len(groups):
-        raise ValueError(f"num_groups {b} < {len(groups)} groups")
-    p = bucket(max(len(pr) for pr, _ in groups), prompt_buckets)
-    r = bucket(max(1, max(len(c) for _, cs in groups for c in cs)), completion_buckets)
-    prompt = np.full((b, p), pad_id, np.int32)
-    plen = np.ones((b,), np.int32)
-    comp = np.full((b, g, r), pad_id, np.int32)
-    clen = np.zeros((b, g), np.int32)
-    for i in range(b):
-        pr, cs = groups[min(i, len(groups) - 1)]
-        prompt[i, : len(pr)] = pr
-        plen[i] = len(pr)
-        if i >= len(groups):
-            continue
-        for j, c in enumerate(cs):
-            comp[i, j, : len(c)] = c
-            clen[i, j] = len(c)
-    return PromptGroups(jnp.asarray(prompt), jnp.asarray(plen), jnp.asarray(comp), jnp.asarray(clen))
+def bucket(n: int, buckets: Sequence[int] = ()) -> int:
+    """The length a batch of longest length n is padded to, so jit compiles one program per
+    bucket rather than per length: the smallest of `buckets` ≥ n, or without buckets the next
+    power of two ≥ max(n, 16) (a multiple of the decode kernel's key block from 64 on, so a
+    prompt cache allocated at this length is never re-padded). Packed training rows use
+    `coarse_bucket` instead (finer steps: row padding is computed work)."""
+    if buckets:
+        for size in buckets:
+            if size >= n:
+                return size
+        raise ValueError(f"length {n} exceeds the largest bucket {buckets[-1]}")
+    return max(16, 1 << max(0, n - 1).bit_length())
 
 
 class PackedTree(NamedTuple):
@@ -162,6 +81,13 @@ class PackedTree(NamedTuple):
     sample_row_BxG: jnp.ndarray
     sample_cols_BxGxR: jnp.ndarray
     sample_len_BxG: jnp.ndarray
+    # Every loss token once, flat (L = Σ sample lengths rounded up to a coarse bucket; dead
+    # entries point at (0, 0)): what the LM head computes, instead of the padded [B, G, R] view.
+    loss_row_L: jnp.ndarray
+    loss_col_L: jnp.ndarray
+    loss_live_L: jnp.ndarray
+    # For each loss-view slot (b, g, r < sample_len) its entry in the flat list (0 past a length).
+    loss_index_BxGxR: jnp.ndarray
 
     @property
     def shape(self):
@@ -176,6 +102,15 @@ class PackedTree(NamedTuple):
     def gather_samples(self, values_NxT):
         """Per-token values of the packed batch [N, T, ...] -> the loss view [B, G, R, ...]."""
         return values_NxT[self.sample_row_BxG[:, :, None], self.sample_cols_BxGxR]
+
+    def loss_predictors(self):
+        """(rows [L], columns [L]) of the hidden states that predict the flat loss tokens."""
+        pred_L = self.prev_NxT[self.loss_row_L, self.loss_col_L]
+        return self.loss_row_L, jnp.maximum(pred_L, 0)
+
+    def loss_targets(self):
+        """Token ids [L] of the flat loss tokens."""
+        return self.tokens_NxT[self.loss_row_L, self.loss_col_L]
 
     def predictor_cols(self):
         """[B, G, R] int32: the column (in the sample's row) whose output predicts each loss
@@ -422,6 +357,20 @@ def _layout(segs: _Segments, tree_row, n_rows: int, row_len: int, leaf_b_L, shap
         r_R[None, :] < len_L[:, None], first_L[:, None] + r_R[None, :], tail_L[:, None]
     )
     len_BxG[leaf_b_L, segs.leaf_g_L] = len_L
+    # The flat loss-token list (leaf by leaf), padded to a coarse bucket; the loss view indexes it.
+    total = int(len_L.sum())
+    offset_L = np.cumsum(len_L) - len_L
+    leaf_of = np.repeat(np.arange(len(len_L)), len_L)
+    within = np.arange(total) - offset_L[leaf_of]
+    n_loss = coarse_bucket(max(1, total))
+    loss_row = np.zeros(n_loss, np.int32)
+    loss_col = np.zeros(n_loss, np.int32)
+    loss_row[:total] = seg_row_S[seg_L][leaf_of]
+    loss_col[:total] = first_L[leaf_of] + within
+    index_BxGxR = np.zeros((b, g, r), np.int32)
+    index_BxGxR[leaf_b_L, segs.leaf_g_L] = np.where(
+        r_R[None, :] < len_L[:, None], offset_L[:, None] + r_R[None, :], 0
+    )
 
     shape = (n_rows, t)
     subtree_end = subtree_end.reshape(shape)
@@ -430,13 +379,15 @@ def _layout(segs: _Segments, tree_row, n_rows: int, row_len: int, leaf_b_L, shap
         jnp.asarray(tokens.reshape(shape)), jnp.asarray(positions.reshape(shape)),
         jnp.asarray(subtree_end), jnp.asarray(prev.reshape(shape)), blocks,
         jnp.asarray(row_BxG), jnp.asarray(cols_BxGxR), jnp.asarray(len_BxG),
+        jnp.asarray(loss_row), jnp.asarray(loss_col), jnp.asarray(np.arange(n_loss) < total),
+        jnp.asarray(index_BxGxR),
     )
 
 
 def _loss_width(segs: _Segments, loss_width: int | None) -> int:
     longest = int((segs.length_S[segs.leaf_seg_L] - segs.leaf_start_L).max())
     if loss_width is None:
-        return max(1, longest)
+        return list_bucket(max(1, longest))
     if loss_width < max(1, longest):
         raise ValueError(f"loss_width {loss_width} < the longest sample ({longest} tokens)")
     return loss_width

@@ -5,7 +5,13 @@ import numpy as np
 import pytest
 
 from pallas_kernels.tree_blocks import visible_mask
-from tests.tree_fixtures import random_trees, root_paths, tree_tokens, visibility_oracle
+from tests.tree_fixtures import (
+    random_packed,
+    random_trees,
+    root_paths,
+    tree_tokens,
+    visibility_oracle,
+)
 from zorro_jax.layouts import (
     Leaf,
     Tree,
@@ -259,3 +265,19 @@ def test_take_groups_pads_with_zeros():
 def test_balanced_errors(trees, kwargs, match):
     with pytest.raises(ValueError, match=match):
         pack_groups_balanced(trees, **{"token_budget": 16, "tiles": (4, 4), **kwargs})
+
+
+def test_flat_loss_list_matches_the_loss_view():
+    """Every real loss-view slot indexes the flat loss list at the same (row, column); the list
+    holds each loss token exactly once and its dead tail is masked."""
+    rng = np.random.default_rng(11)
+    _, p = random_packed(rng, n_groups=5, g=4, block=8, trees_per_row=2)
+    mask = np.asarray(p.sample_mask())
+    idx = np.asarray(p.loss_index_BxGxR)
+    rows, cols = np.asarray(p.loss_row_L), np.asarray(p.loss_col_L)
+    want_rows = np.broadcast_to(np.asarray(p.sample_row_BxG)[:, :, None], mask.shape)
+    np.testing.assert_array_equal(rows[idx][mask], want_rows[mask])
+    np.testing.assert_array_equal(cols[idx][mask], np.asarray(p.sample_cols_BxGxR)[mask])
+    live = np.asarray(p.loss_live_L)
+    assert live.sum() == mask.sum() and sorted(idx[mask].tolist()) == list(range(mask.sum()))
+    assert not live[mask.sum():].any()

@@ -23,7 +23,7 @@ import optax
 from flax import nnx
 
 from pallas_kernels import shared_prefix_decode as spd
-from pallas_kernels import split_attention as sa
+from pallas_kernels import tree_attention_pallas as tap
 from zorro_jax.model.config import ModelConfig
 from zorro_jax.model.transformer import init_model
 from zorro_jax.parallel import kernels, rules, steps
@@ -189,39 +189,42 @@ def check_generate():
 
 def check_kernels():
     rng = np.random.default_rng(0)
-    b, p, g, r, h, k, d = 4, 16, 2, 8, 8, 4, 16
+    b, p, h, k, d = 4, 16, 8, 4, 16
     f = lambda *s: jnp.asarray(rng.normal(size=s), jnp.float32)
-    q_p, k_p, v_p = f(b, p, h, d), f(b, p, k, d), f(b, p, k, d)
-    q_c, k_c, v_c = f(b, g, r, h, d), f(b, g, r, k, d), f(b, g, r, k, d)
+    groups = [(rng.integers(1, 50, n), [rng.integers(1, 50, m) for m in rng.integers(0, 9, 2)])
+              for n in (16, 5, 9, 1)]
+    [mb] = pack_groups(groups, mode="prompt_once", tiles=(16, 16),
+                       cfg=PackingConfig(token_budget=16, rows_per_micro_batch=4))
+    tree = mb.packed
+    n, t = tree.tokens_NxT.shape
+    q, kk, v = f(n, t, h, d), f(n, t, k, d), f(n, t, k, d)
+    want = tap.tree_attention(q, kk, v, tree.subtree_end_NxT, tree.blocks, interpret=True)
+    k_p, v_p = f(b, p, k, d), f(b, p, k, d)
     plen = jnp.asarray([16, 5, 9, 1], jnp.int32)
-    clen = jnp.asarray(rng.integers(1, r + 1, (b, g)), jnp.int32)
-    args = (q_p, k_p, v_p, q_c, k_c, v_c)
-    want = sa.split_attention(*args, plen, clen, interpret=True)
-    q_d = f(b, g, 1, h, d)
+    q_d = f(b, 2, 1, h, d)
     want_d = spd.shared_prefix_attention(q_d, k_p, v_p, plen, interpret=True)
-    loss = lambda fn: lambda *a: sum(jnp.sum(o * o) for o in fn(*a))
-    want_grads = jax.grad(loss(lambda *a: sa.split_attention(*a, plen, clen, interpret=True)),
-                          argnums=tuple(range(6)))(*args)
+    loss = lambda fn: lambda *a: jnp.sum(fn(*a) ** 2)
+    tree_fn = lambda *a: tap.tree_attention(*a, tree.subtree_end_NxT, tree.blocks, interpret=True)
+    want_grads = jax.grad(loss(tree_fn), argnums=(0, 1, 2))(q, kk, v)
 
     for sizes in [(2, 2, 1), (1, 2, 4)]:
         mesh = MeshConfig(*sizes).make(jax.devices()[: int(np.prod(sizes))])
-        got = kernels.split_attention_sharded(mesh, *args, plen, clen, interpret=True)
-        assert_close(f"{sizes} split_attention", got, want)
-        assert got[1].sharding.spec == kernels.completion_spec(), got[1].sharding
+        sharded = lambda *a, m=mesh: kernels.tree_attention_sharded(
+            m, *a, tree.subtree_end_NxT, tree.blocks, interpret=True)
+        got = sharded(q, kk, v)
+        assert_close(f"{sizes} tree_attention", got, want)
+        assert got.sharding.spec == kernels.prompt_spec(), got.sharding
         got_d = kernels.shared_prefix_attention_sharded(mesh, q_d, k_p, v_p, plen, interpret=True)
         assert_close(f"{sizes} shared_prefix_attention", got_d, want_d)
-        if sizes[2] == 1:
-            print(f"kernels {sizes}: ok")
-            continue
-        # The fused backward (prompt dK/dV summed over each group) runs per device too.
-        sharded = lambda *a, m=mesh: kernels.split_attention_sharded(m, *a, plen, clen, interpret=True)
-        assert_close(f"{sizes} split_attention grads",
-                     jax.grad(loss(sharded), argnums=tuple(range(6)))(*args), want_grads)
+        # The fused backward (a prompt's dK/dV summed over its samples) runs per device too.
+        assert_close(f"{sizes} tree_attention grads",
+                     jax.grad(loss(sharded), argnums=(0, 1, 2))(q, kk, v), want_grads)
         print(f"kernels {sizes}: ok")
 
     mesh = MeshConfig(1, 1, 8).make()
     try:
-        kernels.split_attention_sharded(mesh, *args, plen, clen, interpret=True)
+        kernels.tree_attention_sharded(mesh, q, kk, v, tree.subtree_end_NxT, tree.blocks,
+                                       interpret=True)
     except ValueError as e:
         assert "kv heads (4)" in str(e) and "tensor axis (8)" in str(e), e
     else:

@@ -58,7 +58,7 @@ def test_check_model_heads():
 
 def test_check_batch():
     check_batch(mesh(2, 2, 2), 8)
-    with pytest.raises(ValueError, match=r"batch of 6 prompt groups is not divisible by data × fsdp = 2 × 2 = 4"):
+    with pytest.raises(ValueError, match=r"batch of 6 rows / groups is not divisible by data × fsdp = 2 × 2 = 4"):
         check_batch(mesh(2, 2, 2), 6)
 
 

@@ -6,6 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from zorro_jax.layouts import bucket
 from zorro_jax.sampling.processors import (
     policy_logprob,
     process_logits,
@@ -13,7 +14,7 @@ from zorro_jax.sampling.processors import (
     top_k_filter,
     top_p_filter,
 )
-from zorro_jax.sampling.sampler import SamplerConfig, bucket
+from zorro_jax.sampling.sampler import SamplerConfig
 
 # Probabilities deliberately not sorted, so a filter that forgets to map back from sorted order
 # keeps the wrong ids. Descending: id1 0.5, id3 0.25, id2 0.15, id0 0.1.

@@ -12,8 +12,8 @@ from typing import NamedTuple
 import jax.numpy as jnp
 
 from zorro_jax import attention
-from zorro_jax.layouts import Dense, PackedTree, PromptGroups
-from zorro_jax.model.logprobs import logsumexp_and_entropy, token_logprobs
+from zorro_jax.layouts import Dense, PackedTree
+from zorro_jax.model.logprobs import token_logprobs
 from zorro_jax.model.transformer import Transformer
 
 
@@ -110,45 +110,6 @@ def dense_decode(model: Transformer, cache: DenseKVCache, token_N, impl=None):
     return model.logits(h[:, 0]), cache
 
 
-def prompt_groups_hidden(model: Transformer, batch: PromptGroups, impl: str | None = None):
-    """Hidden states of the prompt block [B, P, E] (computed once per group) and of the
-    completion block [B, G, R, E]; attention is the split prompt-once rule."""
-    b, p, g, r = batch.shape
-    pos_p = jnp.broadcast_to(jnp.arange(p, dtype=jnp.int32)[None, :], (b, p))
-    pos_c = batch.prompt_len_B[:, None, None] + jnp.arange(r, dtype=jnp.int32)[None, None, :]
-    pos_c = jnp.broadcast_to(pos_c, (b, g, r))
-    attend = lambda i, q, k, v: attention.prompt_groups_attention(
-        q, k, v, batch.prompt_len_B, batch.comp_len_BxG, impl
-    )
-    h_p, h_c = model.hidden((batch.prompt_BxP, batch.completions_BxGxR), (pos_p, pos_c), attend)
-    return h_p, h_c
-
-
-def prompt_groups_logprobs(model: Transformer, batch: PromptGroups, *, impl=None, chunk_size=8192,
-                           with_entropy=True):
-    """log-probs of every completion token [B, G, R], entropy [B, G, R] and the mask [B, G, R].
-
-    The first completion token is predicted by the last real prompt position: its log-sum-exp is
-    computed once per group and shared by the G samples.
-    """
-    h_p, h_c = prompt_groups_hidden(model, batch, impl)
-    w = model.unembedding()
-    comp = batch.completions_BxGxR
-    b, _p, g, _r = batch.shape
-    h_last = jnp.take_along_axis(h_p, (batch.prompt_len_B - 1)[:, None, None], axis=1)[:, 0]
-    lse0, ent0 = logsumexp_and_entropy(h_last, w, chunk_size=chunk_size, with_entropy=with_entropy)
-    z0 = jnp.einsum("be,bge->bg", h_last, jnp.take(w.T, comp[:, :, 0], axis=0)).astype(jnp.float32)
-    logp0 = z0 - lse0[:, None]
-    logp_rest, ent_rest = token_logprobs(h_c[:, :, :-1], w, comp[:, :, 1:], chunk_size=chunk_size,
-                                         with_entropy=with_entropy)
-    logp = jnp.concatenate([logp0[:, :, None], logp_rest], axis=2)
-    ent = None
-    if with_entropy:
-        ent0 = jnp.broadcast_to(ent0[:, None, None], (b, g, 1))
-        ent = jnp.concatenate([ent0, ent_rest], axis=2)
-    return logp, ent, batch.completion_mask()
-
-
 def packed_hidden(model: Transformer, batch: PackedTree, impl: str | None = None):
     """Final-normed hidden states [N, T, E] of packed rows: every position-wise layer runs once
     per packed token (a shared prompt once for all its samples); attention is the tree rule."""
@@ -164,12 +125,13 @@ def packed_logprobs(model: Transformer, batch: PackedTree, *, impl=None, chunk_s
 
     A loss token is predicted by the hidden state at its `prev` column (the previous token of its
     segment, or the last token of the parent segment for a segment's first token), so each
-    sample's tokens are predicted exactly as in its replicated `Dense` row.
+    sample's tokens are predicted exactly as in its replicated `Dense` row. The LM head runs once
+    per loss token (the flat list), not over the padded [B, G, R] view.
     """
     h_NxTxE = packed_hidden(model, batch, impl)
-    rows_BxGx1 = batch.sample_row_BxG[:, :, None]
-    h_BxGxRxE = h_NxTxE[rows_BxGx1, jnp.maximum(batch.predictor_cols(), 0)]
-    targets_BxGxR = batch.tokens_NxT[rows_BxGx1, batch.sample_cols_BxGxR]
-    logp, ent = token_logprobs(h_BxGxRxE, model.unembedding(), targets_BxGxR,
-                               chunk_size=chunk_size, with_entropy=with_entropy)
-    return logp, ent, batch.sample_mask()
+    rows_L, cols_L = batch.loss_predictors()
+    logp_L, ent_L = token_logprobs(h_NxTxE[rows_L, cols_L], model.unembedding(),
+                                   batch.loss_targets(), chunk_size=chunk_size,
+                                   with_entropy=with_entropy)
+    index = batch.loss_index_BxGxR
+    return logp_L[index], (ent_L[index] if with_entropy else None), batch.sample_mask()

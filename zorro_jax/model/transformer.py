@@ -1,8 +1,9 @@
 """Decoder-only transformer (Llama / Qwen2 / Qwen3) in Flax NNX, layout-agnostic.
 
 The model never knows which token layout it runs on: position-wise layers are mapped over a
-pytree of token blocks (one array for `Dense`, prompt + completion blocks for `PromptGroups`, ...)
-and attention is delegated to an `attend(layer, q, k, v)` callback built by the layout code in
+pytree of token blocks (one array of rows for `Dense` and `PackedTree`, prompt and suffix blocks
+in the sampler's caches) and attention is delegated to an `attend(layer, q, k, v)` callback built
+by the layout code in
 `zorro_jax.model.forward`. Parameters carry logical axis names for the sharding rules.
 """
 

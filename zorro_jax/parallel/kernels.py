@@ -1,9 +1,10 @@
-"""The Pallas attention kernels under `jax.shard_map`: groups on ("data", "fsdp"), heads on "tensor".
+"""The Pallas attention kernels under `jax.shard_map`: packed rows / groups on ("data", "fsdp"),
+heads on "tensor".
 
 XLA cannot partition a Pallas call by itself (it would gather every operand onto each device), so
-on a mesh the kernels run per device on their local block: the groups of that device's batch
-shard and its slice of the heads. Attention never mixes groups or heads, so no communication is
-needed. With GQA the kv heads are split on "tensor" too: a contiguous slice of H/t query heads
+on a mesh the kernels run per device on their local block: the packed rows (training) or groups
+(decoding) of that device's batch shard and its slice of the heads. Attention never mixes rows,
+groups or heads (a tree lives in one row), so no communication is needed. With GQA the kv heads are split on "tensor" too: a contiguous slice of H/t query heads
 uses exactly the matching slice of K/t kv heads when K % t == 0, which is therefore required.
 Interpret mode (`interpret=True`) runs the same wrappers on CPU.
 
@@ -21,7 +22,6 @@ from jax.sharding import Mesh
 from jax.sharding import PartitionSpec as P
 
 from pallas_kernels import shared_prefix_decode as spd
-from pallas_kernels import split_attention as sa
 from pallas_kernels import tree_attention_pallas as tap
 from zorro_jax.parallel.mesh import BATCH_AXES, batch_shards
 
@@ -29,7 +29,7 @@ _DECODE_BLOCKS = spd.BlockSizes()
 
 
 def prompt_spec() -> P:
-    """[B, P, heads, D] blocks (prompt queries, prompt keys / values)."""
+    """[B or N, tokens, heads, D] blocks (packed rows' q / k / v, a decode prompt's K / V)."""
     return P(BATCH_AXES, None, "tensor", None)
 
 
@@ -46,29 +46,7 @@ def _check(mesh: Mesh, batch: int, heads: int, kv_heads: int):
             f"axis ({t}) to shard the attention kernels")
     n = batch_shards(mesh)
     if batch % n:
-        raise ValueError(f"batch of {batch} groups is not divisible by data × fsdp = {n}")
-
-
-def split_attention_sharded(mesh: Mesh, q_p, k_p, v_p, q_c, k_c, v_c, prompt_len_B, comp_len_BxG, *,
-                            sm_scale=None, block_sizes: sa.BlockSizes | None = None,
-                            interpret: bool = False):
-    """`pallas_kernels.split_attention` (forward and custom-vjp backward) per device.
-
-    q_p [B, P, H, D], k_p / v_p [B, P, K, D], q_c [B, G, R, H, D], k_c / v_c [B, G, R, K, D];
-    returns (o_p, o_c) sharded like q_p and q_c. The backward's prompt dK/dV sum over the group
-    stays local: a group lives on one device.
-    """
-    _check(mesh, q_p.shape[0], q_p.shape[2], k_p.shape[2])
-    if sm_scale is None:
-        # The local head_dim is the global one, but pin the scale so it never depends on the shard.
-        sm_scale = q_p.shape[-1] ** -0.5
-    kernel = functools.partial(sa.split_attention, sm_scale=sm_scale, block_sizes=block_sizes,
-                               interpret=interpret)
-    pp, cp = prompt_spec(), completion_spec()
-    fn = jax.shard_map(kernel, mesh=mesh,
-                       in_specs=(pp, pp, pp, cp, cp, cp, P(BATCH_AXES), P(BATCH_AXES, None)),
-                       out_specs=(pp, cp), check_vma=False)
-    return fn(q_p, k_p, v_p, q_c, k_c, v_c, prompt_len_B, comp_len_BxG)
+        raise ValueError(f"batch of {batch} rows / groups is not divisible by data × fsdp = {n}")
 
 
 def shared_prefix_attention_sharded(mesh: Mesh, q_BxGxTxHxD, k_prompt_BxPxKxD, v_prompt_BxPxKxD,

@@ -98,10 +98,11 @@ def check_model(mesh: Mesh, cfg: ModelConfig) -> None:
 
 
 def check_batch(mesh: Mesh, batch_size: int) -> None:
-    """The unique-prompt axis B must split evenly over data × fsdp."""
+    """The batch axis (packed rows, or prompt groups when decoding) must split evenly over
+    data × fsdp."""
     n = batch_shards(mesh)
     if batch_size % n:
         raise ValueError(
-            f"batch of {batch_size} prompt groups is not divisible by data × fsdp = "
-            f"{mesh.shape['data']} × {mesh.shape['fsdp']} = {n}; use a multiple of {n} groups "
-            "(pack_prompt_groups(num_groups=...) pads a batch)")
+            f"batch of {batch_size} rows / groups is not divisible by data × fsdp = "
+            f"{mesh.shape['data']} × {mesh.shape['fsdp']} = {n}; use a multiple of {n} "
+            "(PackingConfig.rows_per_micro_batch for packed rows)")

@@ -133,7 +133,7 @@ def batch_sharding(mesh: Mesh) -> NamedSharding:
 
 
 def batch_shardings(tree, mesh: Mesh):
-    """Per-array shardings of a batch pytree (PromptGroups, Dense, per-token arrays [B, ...]):
+    """Per-array shardings of a batch pytree (PackedTree, Dense, per-token arrays [B, ...]):
     every array of rank ≥ 1 splits its leading axis over data × fsdp, scalars are replicated."""
     return jax.tree.map(lambda x: batch_sharding(mesh) if x.ndim else replicated(mesh), tree)
 

@@ -22,6 +22,7 @@ from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from zorro_jax.attention import kernel_mesh
+from zorro_jax.layouts import bucket
 from zorro_jax.model.forward import packed_logprobs
 from zorro_jax.parallel.mesh import BATCH_AXES, batch_shards
 from zorro_jax.parallel.rules import (
@@ -37,7 +38,6 @@ from zorro_jax.sampling.cache import SharedPrefixKVCache, shared_prefix_step
 from zorro_jax.sampling.sampler import (
     Rollouts,
     SamplerConfig,
-    bucket,
     pack_prompts,
     shared_decode,
     shared_prefill,

@@ -29,10 +29,10 @@ from zorro_jax.sampling.sampler import SamplerConfig, generate
 
 
 def _next_token_logits(model: Transformer, batch: PackedTree, temperature: float, impl):
-    """Logits [B, G, R, V] predicting loss-view token r (float32, divided by temperature)."""
+    """Logits [L, V] predicting each flat loss token (float32, divided by temperature)."""
     h_NxTxE = packed_hidden(model, batch, impl)
-    h_BxGxRxE = h_NxTxE[batch.sample_row_BxG[:, :, None], jnp.maximum(batch.predictor_cols(), 0)]
-    return model.logits(h_BxGxRxE) / temperature
+    rows_L, cols_L = batch.loss_predictors()
+    return model.logits(h_NxTxE[rows_L, cols_L]) / temperature
 
 
 def distill_loss(draft: Transformer, policy: Transformer, batch: PackedTree, *,
@@ -41,16 +41,16 @@ def distill_loss(draft: Transformer, policy: Transformer, batch: PackedTree, *,
 
     The policy is a fixed target (no gradient flows into it). Returns (loss, metrics).
     """
-    logp_BxGxRxV = jax.lax.stop_gradient(
+    logp_LxV = jax.lax.stop_gradient(
         jax.nn.log_softmax(_next_token_logits(policy, batch, temperature, impl), axis=-1))
-    logq_BxGxRxV = jax.nn.log_softmax(_next_token_logits(draft, batch, temperature, impl), axis=-1)
-    kl_BxGxR = jnp.sum(jnp.exp(logp_BxGxRxV) * (logp_BxGxRxV - logq_BxGxRxV), axis=-1)
-    mask_BxGxR = batch.sample_mask().astype(jnp.float32)
-    n = jnp.maximum(jnp.sum(mask_BxGxR), 1.0)
-    loss = jnp.sum(kl_BxGxR * mask_BxGxR) / n
+    logq_LxV = jax.nn.log_softmax(_next_token_logits(draft, batch, temperature, impl), axis=-1)
+    kl_L = jnp.sum(jnp.exp(logp_LxV) * (logp_LxV - logq_LxV), axis=-1)
+    live_L = batch.loss_live_L.astype(jnp.float32)
+    n = jnp.maximum(jnp.sum(live_L), 1.0)
+    loss = jnp.sum(kl_L * live_L) / n
     # Expected acceptance of a draft token sampled from q: Σ_v min(p, q).
-    overlap_BxGxR = jnp.sum(jnp.minimum(jnp.exp(logp_BxGxRxV), jnp.exp(logq_BxGxRxV)), axis=-1)
-    return loss, {"kl": loss, "expected_acceptance": jnp.sum(overlap_BxGxR * mask_BxGxR) / n}
+    overlap_L = jnp.sum(jnp.minimum(jnp.exp(logp_LxV), jnp.exp(logq_LxV)), axis=-1)
+    return loss, {"kl": loss, "expected_acceptance": jnp.sum(overlap_L * live_L) / n}
 
 
 @functools.partial(jax.jit, static_argnames=("draft_graph", "policy_graph", "tx", "temperature", "impl"),

@@ -14,6 +14,7 @@ from collections.abc import Callable
 
 import jax.numpy as jnp
 
+from pallas_kernels.tree_blocks import list_bucket
 from zorro_jax.attention import XLA_TREE_TILES
 from zorro_jax.rl.batches import PackingConfig, pack_groups
 from zorro_jax.rl.grpo import data_order
@@ -61,6 +62,9 @@ def make_sft_step(graphdef, apply_fn, examples: list[tuple[list[int], list[int]]
     if cfg.literal_swap and swap is None:
         raise ValueError("literal_swap > 0 needs a swap function (the data source must support it)")
     grad_fn = make_sft_grad_fn(graphdef, impl)
+    # One loss width for the run (the longest answer, bucketed; a longer literal-swapped answer
+    # widens it for its step): fewer programs to compile.
+    width = list_bucket(max(len(a) for _, a in examples))
 
     def example(step: int, j: int, i: int):
         if cfg.literal_swap:
@@ -73,7 +77,8 @@ def make_sft_step(graphdef, apply_fn, examples: list[tuple[list[int], list[int]]
         idx = data_order(len(examples), cfg.seed, (step - 1) * cfg.batch_size, cfg.batch_size)
         chosen = [example(step, j, i) for j, i in enumerate(idx)]
         mbs = pack_groups([(p, [a]) for p, a in chosen], mode="prompt_once", tiles=tiles,
-                          cfg=cfg.packing, pad_id=pad_id)
+                          cfg=cfg.packing, pad_id=pad_id,
+                          loss_width=max(width, list_bucket(max(len(a) for _, a in chosen))))
         n_tok = jnp.asarray(max(1, sum(len(a) for _, a in chosen)), jnp.float32)
         loss, grads = 0.0, None
         for mb in mbs:

@@ -29,7 +29,7 @@ import numpy as np
 from flax import nnx
 
 from zorro_jax.attention import IMPLS
-from zorro_jax.layouts import Dense
+from zorro_jax.layouts import Dense, bucket
 from zorro_jax.model.forward import DenseKVCache, dense_prefill, dense_step
 from zorro_jax.model.transformer import Transformer
 from zorro_jax.sampling.cache import SharedPrefixKVCache, shared_prefix_prefill, shared_prefix_step
@@ -117,16 +117,6 @@ class DrawSpec(NamedTuple):
     stop_ids: tuple[int, ...]
     pad_id: int
     impl: str | None
-
-
-def bucket(n: int, buckets: tuple[int, ...]) -> int:
-    """Smallest allowed length >= n: from `buckets`, or the next power of two >= max(n, 16)."""
-    if buckets:
-        for b in buckets:
-            if b >= n:
-                return b
-        raise ValueError(f"length {n} exceeds the largest bucket {buckets[-1]}")
-    return max(16, 1 << (n - 1).bit_length())
 
 
 @dataclasses.dataclass

@@ -30,6 +30,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from zorro_jax.layouts import bucket
 from zorro_jax.model.config import ModelConfig
 from zorro_jax.model.transformer import Transformer
 from zorro_jax.sampling.cache import shared_prefix_prefill, shared_prefix_step
@@ -40,7 +41,6 @@ from zorro_jax.sampling.sampler import (
     SamplerConfig,
     _draw,
     _is_stop,
-    bucket,
     pack_prompts,
 )
 
