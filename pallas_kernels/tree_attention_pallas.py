@@ -149,8 +149,18 @@ def online_softmax_update(state, s_RxB, v_BxD):
     alpha_R = jnp.exp(m_R - m_new_R)
     p_RxB = jnp.exp(s_RxB - m_new_R[:, None])
     l_new_R = alpha_R * l_R + jnp.sum(p_RxB, axis=1)
-    acc_new_RxD = alpha_R[:, None] * acc_RxD + dot_nn(p_RxB.astype(v_BxD.dtype), v_BxD)
-    return acc_new_RxD, m_new_R, l_new_R
+    return alpha_R[:, None] * acc_RxD + probs_times_values(p_RxB, v_BxD), m_new_R, l_new_R
+
+
+def probs_times_values(p_RxB, v_BxD):
+    """p · v in fp32 with p kept to ~16 mantissa bits for narrow v: p = hi + lo, both rounded to
+    v's dtype, two tensor-core products. Rounding p itself to bf16 (7 bits) would cost ~1e-3 on
+    log-probs, the whole bf16 budget; hi + lo keeps the attention output near fp32."""
+    if v_BxD.dtype == jnp.float32:
+        return dot_nn(p_RxB, v_BxD)
+    hi_RxB = p_RxB.astype(v_BxD.dtype)
+    lo_RxB = (p_RxB - hi_RxB.astype(jnp.float32)).astype(v_BxD.dtype)
+    return dot_nn(hi_RxB, v_BxD) + dot_nn(lo_RxB, v_BxD)
 
 
 def finish_softmax(state):
