@@ -6,10 +6,11 @@
 
 Sections, each guarded so that a failure is recorded (with its traceback) and the run goes on:
 environment; numerics of every Pallas kernel against its reference (fp32 and bf16, outputs and
-gradients); split-attention and decode-kernel timings at a realistic shape against the XLA paths;
-the actor-update, rollout and speculative-sampling benchmark ratios at one GPU-sized shape.
-Timing work is skipped once the time budget is spent. Writes a JSON report and prints a summary
-table last; exits 1 if a numerics check failed, 2 when there is no GPU and no --cpu-smoke.
+gradients); tree-attention and decode-kernel timings at a realistic shape against the XLA paths;
+the actor-update (packed prompt-once vs packed naive), rollout and speculative-sampling benchmark
+ratios at one GPU-sized shape. Timing work is skipped once the time budget is spent. Writes a
+JSON report and prints a summary table last; exits 1 if a numerics check failed, 2 when there is
+no GPU and no --cpu-smoke.
 """
 
 from __future__ import annotations
@@ -32,17 +33,22 @@ import numpy as np
 
 # (dtype, quantity kind) -> (metric, bound); metric "rel" = max|err| / max|ref|.
 TOLERANCES = {
-    ("float32", "output"): ("rel", 1e-4),
-    ("float32", "grad"): ("rel", 1e-4),
+    # Interpret mode computes the kernels' dots in fp32: the project's fp32 bound.
+    ("float32", "output"): ("rel", 1e-5),
+    ("float32", "grad"): ("rel", 1e-5),
+    # Compiled on a GPU, fp32 kernel dots are TF32 by design (lse_merge.KERNEL_DOT_PRECISION:
+    # IEEE fp32 dots spill at the kernels' tiles), a 10-bit mantissa: ~1e-3 relative.
+    ("float32/tf32", "output"): ("rel", 2e-3),
+    ("float32/tf32", "grad"): ("rel", 2e-3),
     ("bfloat16", "output"): ("abs", 2e-2),
     # Gradients of K/V sum over many queries, so their scale grows with the shape: relative.
     ("bfloat16", "grad"): ("rel", 2e-2),
 }
 DTYPES = (jnp.float32, jnp.bfloat16)
 PRECISION_NOTE = (
-    "fp32 kernels and all references run under jax.default_matmul_precision('highest') (IEEE "
-    "fp32 dots; the kernels' GPU default for fp32 is TF32, ~1e-3 relative); bf16 kernels run at "
-    "default precision"
+    "references run under jax.default_matmul_precision('highest') (IEEE fp32 dots); kernel dots "
+    "state their own precision (lse_merge.KERNEL_DOT_PRECISION): fp32 in interpret mode (bound "
+    "1e-5), TF32 for fp32 inputs on a GPU (bound 2e-3 relative); bf16 kernels at default precision"
 )
 
 
@@ -52,56 +58,67 @@ class Plan:
 
     interpret: bool
     repeats: int
-    # Calls per timing sample for sub-millisecond kernels (decode).
-    inner: int
-    # Numerics: split attention (B, G, P, R, D), decode (B, G, P, S, K, D), their tiles (None =
-    # the kernel's own default for the inputs) and the (H/K, K) head layouts checked.
-    split_shape: tuple
-    split_blocks: tuple | None
+    inner: int  # calls per timing sample for sub-millisecond kernels (decode)
+    # Numerics: tree attention on random packed trees (trees, G, max prompt P, max completion R,
+    # D) with token tiles (None: each dtype's `default_token_blocks`); decode (B, G, P, S, K, D)
+    # and its block sizes; the (H/K, K) head layouts of both.
+    tree_shape: tuple
+    tree_tiles: tuple | None
     decode_shape: tuple
     decode_blocks: dict
     head_layouts: tuple
-    # Timings: split (B, P, G, R, H, K, D) and its BlockSizes settings (None = the kernel's
-    # default); decode (B, P, G, K, H, D, S).
-    split_timing_shape: tuple
-    split_timing_blocks: tuple
+    # Timings: tree attention on N rows of one tree (P-token prompt, G completions of R tokens)
+    # (N, P, G, R, H, K, D); Pallas token tiles (None: the default), launch settings (`BlockSizes`
+    # overrides, None: defaults; run with the first tiles, other tiles at defaults), XLA tiles;
+    # decode (B, P, G, K, H, D, S).
+    tree_timing_shape: tuple
+    tree_timing_tiles: tuple
+    tree_timing_launch: tuple
+    xla_tiles: tuple
     decode_timing_shape: tuple
     timing_dtype: str
-    # Benchmarks: overrides of `experiments.common.bench_model_config` and of `draft_config`;
-    # actor (P, R, G), rollout (P, G, R), speculative (B, P, G, R).
+    # Benchmarks: `bench_model_config` and `draft_config` overrides; actor-update groups
+    # (lognormal lengths (median, sigma, lo, hi) as in bench_actor_update) and row token budget;
+    # rollout (P, G, R), speculative (B, P, G, R).
     model: dict
     draft: dict
-    actor_shape: tuple
+    actor: dict
     rollout_shape: tuple
     spec_shape: tuple
 
 
 GPU_PLAN = Plan(
-    interpret=False, repeats=3, inner=20,
-    split_shape=(2, 3, 200, 72, 128), split_blocks=None,
+    interpret=False, repeats=3, inner=20, tree_shape=(6, 4, 300, 100, 128), tree_tiles=None,
     decode_shape=(3, 4, 300, 40, 2, 128), decode_blocks=dict(),
     head_layouts=((1, 2), (4, 2), (7, 1)),
-    split_timing_shape=(8, 4096, 16, 1024, 32, 8, 128),
-    split_timing_blocks=(None, (128, 64, 128, 64, 64, 128), (128, 128, 64, 64, 64, 64)),
-    decode_timing_shape=(8, 4096, 16, 8, 32, 128, 128), timing_dtype="bfloat16",
+    tree_timing_shape=(8, 4096, 16, 1024, 32, 8, 128), tree_timing_tiles=(None, (32, 64)),
+    tree_timing_launch=(None, dict(num_warps=8, num_stages=2, num_warps_dq=8, num_stages_dq=2),
+                        dict(num_stages=4, num_stages_dq=4, num_warps_dkv=4, num_stages_dkv=3)),
+    xla_tiles=(128, 64), decode_timing_shape=(8, 4096, 16, 8, 32, 128, 128),
+    timing_dtype="bfloat16",
     model=dict(hidden_size=1024, intermediate_size=4096, num_hidden_layers=8,
                num_attention_heads=8, num_key_value_heads=2, head_dim=128,
                compute_dtype="bfloat16"),
     draft=dict(hidden_size=256, num_layers=2),
-    actor_shape=(2048, 256, 16), rollout_shape=(2048, 16, 128), spec_shape=(4, 512, 8, 128),
+    # bench_actor_update's "sql" lengths, twice its groups.
+    actor=dict(groups=8, samples=8, prompt=(768, 0.5, 128, 3072), completion=(96, 0.6, 8, 512),
+               token_budget=8192),
+    rollout_shape=(2048, 16, 128), spec_shape=(4, 512, 8, 128),
 )
 SMOKE_PLAN = Plan(
-    interpret=True, repeats=1, inner=1,
-    split_shape=(2, 3, 40, 24, 16), split_blocks=(16,) * 6,
+    interpret=True, repeats=1, inner=1, tree_shape=(3, 3, 20, 9, 16), tree_tiles=(16, 16),
     decode_shape=(3, 3, 37, 9, 2, 16), decode_blocks=dict(block_k=16, num_splits=3),
     # Interpret mode compiles slowly: one head layout (H/K=7, the odd one) keeps the smoke short.
     head_layouts=((7, 1),),
-    split_timing_shape=(1, 64, 2, 32, 4, 2, 16), split_timing_blocks=((16,) * 6,),
+    tree_timing_shape=(1, 64, 2, 32, 4, 2, 16), tree_timing_tiles=(None,),
+    tree_timing_launch=(None,), xla_tiles=(128, 64),
     decode_timing_shape=(2, 64, 2, 2, 4, 16, 16), timing_dtype="float32",
     model=dict(hidden_size=64, intermediate_size=128, num_hidden_layers=1, num_attention_heads=2,
                num_key_value_heads=2, head_dim=32, vocab_size=256),
     draft=dict(hidden_size=32, num_layers=1),
-    actor_shape=(48, 16, 4), rollout_shape=(32, 4, 8), spec_shape=(1, 16, 2, 8),
+    actor=dict(groups=2, samples=4, prompt=(24, 0.5, 8, 48), completion=(8, 0.6, 1, 16),
+               token_budget=128),
+    rollout_shape=(32, 4, 8), spec_shape=(1, 16, 2, 8),
 )
 
 
@@ -149,6 +166,8 @@ class NumericsCase:
     output_names: tuple
     # Names of the gradients w.r.t. float_args; empty = forward only (e.g. decode kernels).
     grad_names: tuple = ()
+    # The kernel dtypes this case runs in (a case whose tiles depend on the dtype names one).
+    dtypes: tuple = DTYPES
 
 
 def _normal(rng, shape):
@@ -162,30 +181,64 @@ def _ragged(rng, low, high, shape):
     return jnp.asarray(lengths, jnp.int32)
 
 
-def _split_blocks(blocks):
-    """Keyword arguments choosing split-attention tiles; none for the kernel's own default."""
-    from pallas_kernels import split_attention as sa
+def random_tree_rows(rng, shape, multiple: int) -> np.ndarray:
+    """subtree_end [N, T] of random trees (`zorro_jax.layouts`), depth 1 (G sequences prompt ++
+    completion), 2 (prompt, G completions) and 3 (a shared root, two questions, G completions
+    each) in turn, packed in order into rows that hold the two largest (T a multiple of
+    `multiple`, rows ending in padding); prompts in [1, P] (the first P, the last 1),
+    completions in [0, R] (one empty and one of R per group)."""
+    from zorro_jax.layouts import group_tree, pack_trees, replicated_trees, shared_root_tree
 
-    return {} if blocks is None else {"block_sizes": sa.BlockSizes(*blocks)}
+    n_trees, g, p, r, _ = shape
+
+    def ids(n):
+        return rng.integers(3, 100, int(n)).astype(np.int32)
+
+    def completions():
+        lengths = rng.integers(0, r + 1, g)
+        lengths[:2] = (0, r)[:g]
+        return [ids(n) for n in lengths]
+
+    trees, b = [], 0
+    for i, plen in enumerate(np.asarray(_ragged(rng, 1, p, (n_trees,)))):
+        if i % 3 == 0:
+            trees += replicated_trees(ids(plen), completions(), b)
+        elif i % 3 == 1:
+            trees.append(group_tree(ids(plen), completions(), b))
+        else:
+            questions = [(ids(rng.integers(1, r + 1)), completions()) for _ in range(2)]
+            trees.append(shared_root_tree(ids(plen), questions, b))
+            b += 1
+        b += 1
+    big = sum(sorted(sum(map(len, tree.segments)) for tree in trees)[-2:])
+    packed = pack_trees(trees, row_tokens=-(-big // multiple) * multiple, tiles=(multiple,) * 2)
+    return np.asarray(packed.subtree_end_NxT)
 
 
-def split_attention_cases(plan: Plan) -> list[NumericsCase]:
-    """Ragged prompt/completion lengths (plen 1 and P, clen 0 and R), one case per head layout."""
-    from pallas_kernels import split_attention as sa
+def tree_attention_cases(plan: Plan) -> list[NumericsCase]:
+    """Fresh random packed trees (`random_tree_rows`) per head layout, checked with each dtype's
+    tiles (`plan.tree_tiles` or the kernel's defaults)."""
+    from pallas_kernels import tree_attention as ta
+    from pallas_kernels import tree_attention_pallas as tap
+    from pallas_kernels.tree_blocks import build_tree_blocks
 
-    kernel = functools.partial(sa.split_attention, interpret=plan.interpret,
-                               **_split_blocks(plan.split_blocks))
-    B, G, P, R, D = plan.split_shape
-    cases = []
-    for seed, (ratio, K) in enumerate(plan.head_layouts):
-        H, rng = ratio * K, np.random.default_rng(seed)
-        shapes = [(B, P, H, D), (B, P, K, D), (B, P, K, D),
-                  (B, G, R, H, D), (B, G, R, K, D), (B, G, R, K, D)]
-        cases.append(NumericsCase(
-            "split_attention", f"H/K={ratio} H={H} P={P} R={R} D={D}", kernel,
-            sa.split_attention_reference, tuple(_normal(rng, s) for s in shapes),
-            (_ragged(rng, 1, P, (B,)), _ragged(rng, 0, R, (B, G))),
-            ("o_p", "o_c"), ("dq_p", "dk_p", "dv_p", "dq_c", "dk_c", "dv_c")))
+    def kernel(q, k, v, end, blocks):
+        return (tap.tree_attention(q, k, v, end, blocks, interpret=plan.interpret),)
+
+    def reference(q, k, v, end, blocks):
+        return (ta.tree_attention_reference(q, k, v, end),)
+
+    d, cases = plan.tree_shape[-1], []
+    for seed, (ratio, kh) in enumerate(plan.head_layouts):
+        h, rng = ratio * kh, np.random.default_rng(seed)
+        tiles = {dt: plan.tree_tiles or tap.default_token_blocks(ratio, d, dt) for dt in DTYPES}
+        end = random_tree_rows(rng, plan.tree_shape, max(max(t) for t in tiles.values()))
+        n, t = end.shape
+        floats = tuple(_normal(rng, (n, t, heads, d)) for heads in (h, kh, kh))
+        cases += [NumericsCase(
+            "tree_attention", f"H/K={ratio} H={h} N={n} T={t} D={d} {bq}x{bk}", kernel,
+            reference, floats, (jnp.asarray(end), build_tree_blocks(end, bq, bk)), ("o",),
+            ("dq", "dk", "dv"), dtypes=(dtype,)) for dtype, (bq, bk) in tiles.items()]
     return cases
 
 
@@ -217,8 +270,9 @@ def shared_prefix_decode_cases(plan: Plan) -> list[NumericsCase]:
 
 
 # One case builder per kernel. A new kernel adds its builder here (pallas_kernels.tree_attention:
-# `tree_attention` vs `tree_attention_reference`, to be added with that kernel).
-KERNEL_CASES = (split_attention_cases, shared_prefix_decode_cases)
+
+# One case builder per kernel; a new kernel adds its builder here.
+KERNEL_CASES = (tree_attention_cases, shared_prefix_decode_cases)
 
 
 def _outputs_and_grads(fn, float_args, int_args, cotangents):
@@ -265,7 +319,9 @@ def check_case(case: NumericsCase, dtype) -> dict:
     quantities = {}
     for kind, names, actual, expected in (("output", case.output_names, got[0], ref[0]),
                                           ("grad", case.grad_names, got[1], ref[1])):
-        metric, tol = TOLERANCES[(dtype_name, kind)]
+        tf32 = dtype_name == "float32" and jax.default_backend() != "cpu"
+        key = "float32/tf32" if tf32 else dtype_name
+        metric, tol = TOLERANCES[(key, kind)]
         for name, a, e in zip(names, actual, expected):
             quantities[name] = _error(a, e, metric, tol)
     worst = max(quantities, key=lambda n: quantities[n]["value"] / quantities[n]["tol"])
@@ -286,7 +342,8 @@ def _numerics_line(row):
 
 
 def numerics(plan: Plan, budget: Budget) -> dict:
-    """Every case of every kernel in fp32 and bf16; a case that raises is a failed row."""
+    """Every case of every kernel in its dtypes (fp32, bf16); a case that raises is a failed
+    row."""
     rows = []
     for builder in KERNEL_CASES:
         build = {"kernel": builder.__name__, "case": "build", "dtype": "-", "passed": False}
@@ -294,7 +351,7 @@ def numerics(plan: Plan, budget: Budget) -> dict:
         with recorded(build, full_traceback=True):
             cases = builder(plan)
         rows += [build] if "error" in build else []
-        for case, dtype in ((c, d) for c in cases for d in DTYPES):
+        for case, dtype in ((c, d) for c in cases for d in c.dtypes):
             row = {"kernel": case.kernel, "case": case.name, "dtype": jnp.dtype(dtype).name,
                    "passed": False}
             with recorded(row, full_traceback=True):
@@ -320,14 +377,6 @@ def _fitting_batch(jitted, make_args, batch):
         b //= 2
 
 
-def visible_pairs(prompt_len_B, comp_len_BxG) -> int:
-    """Query-key pairs split attention computes: causal prompt, completions see prompt + own."""
-    plen = np.asarray(prompt_len_B, np.int64)
-    clen = np.asarray(comp_len_BxG, np.int64)
-    return int(np.sum(plen * (plen + 1) // 2)
-               + np.sum(clen * plen[:, None] + clen * (clen + 1) // 2))
-
-
 def _median_time(fn, *args, repeats, inner=1):
     """Median seconds per call (warm-up excluded), `inner` back-to-back calls per sample."""
     from experiments.common import median_time
@@ -339,6 +388,11 @@ def _random(seed, shapes, dtype):
     """Standard-normal arrays drawn on the device (host RNG is slow at the timing shapes)."""
     keys = jax.random.split(jax.random.key(seed), len(shapes))
     return [jax.random.normal(k, s, jnp.float32).astype(dtype) for k, s in zip(keys, shapes)]
+
+
+@jax.jit
+def _max_abs(a, b):
+    return jnp.max(jnp.abs(a.astype(jnp.float32) - b.astype(jnp.float32)))
 
 
 def _figures(row, keys):
@@ -362,50 +416,77 @@ def _timed_rows(specs, budget, measure, label, keys):
     return public, [[label(r), "ok" if "ms" in r else "-", _figures(r, keys)] for r in rows]
 
 
-def split_attention_timing(plan: Plan, budget: Budget) -> dict:
-    """Forward and forward+backward of the Pallas kernel (per BlockSizes) and of the XLA path.
+def visible_pairs(subtree_end_NxT) -> int:
+    """(query, key) pairs of the tree rule: key j is seen by the queries j ≤ i < subtree_end[j]."""
+    end = np.asarray(subtree_end_NxT, np.int64)
+    return int(np.sum(end - np.arange(end.shape[1])))
 
-    A program that does not fit in device memory at B prompts runs at the largest B/2^k that does
-    (TFLOP/s stay comparable).
-    """
-    from pallas_kernels import split_attention as sa
 
-    B, P, G, R, H, K, D = plan.split_timing_shape
-    shapes = [(B, P, H, D), (B, P, K, D), (B, P, K, D),
-              (B, G, R, H, D), (B, G, R, K, D), (B, G, R, K, D)]
-    floats = _random(0, shapes + [shapes[0], shapes[3]], plan.timing_dtype)
-    lengths = [jnp.full((B,), P, jnp.int32), jnp.full((B, G), R, jnp.int32)]
-    first_o_c = []
+def group_rows(n, p, g, r, multiple: int) -> np.ndarray:
+    """subtree_end [n, T] of n rows of one tree: a p-token prompt and g completions of r tokens;
+    T = the tree rounded up to `multiple` (padding after it)."""
+    size = p + g * r
+    end_T = np.arange(1, -(-size // multiple) * multiple + 1, dtype=np.int32)
+    end_T[:size] = np.concatenate([np.full(p, size), p + r * np.repeat(np.arange(1, g + 1), r)])
+    return np.tile(end_T, (n, 1))
 
-    def make_args(b, backward):
-        args = [x[:b] for x in floats[:6] + lengths]
-        return (args, [c[:b] for c in floats[6:]]) if backward else (args,)
+
+def tree_attention_timing(plan: Plan, budget: Budget) -> dict:
+    """Forward and forward+backward of the Pallas kernel (per token tiles and launch settings)
+    and of the XLA path on N group rows. A program that does not fit in device memory at N rows
+    runs at the largest N/2^k that does (TFLOP/s stay comparable)."""
+    from pallas_kernels import tree_attention as ta
+    from pallas_kernels import tree_attention_pallas as tap
+    from pallas_kernels.tree_blocks import TreeBlocks, build_tree_blocks
+
+    N, P, G, R, H, K, D = plan.tree_timing_shape
+    default = tap.default_token_blocks(H // K, D, plan.timing_dtype)
+
+    def label(launch):  # "default" or the overrides, e.g. "w=8 s=2 w_dq=8 s_dq=2"
+        return " ".join(f"{k.replace('num_warps', 'w').replace('num_stages', 's')}={v}"
+                        for k, v in launch.items()) if launch else "default"
+
+    specs = [{"variant": f"pallas {bq}x{bk} {label(launch)}", "tiles": (bq, bk),
+              "fn": functools.partial(tap.tree_attention, interpret=plan.interpret,
+                                      block_sizes=tap.BlockSizes(**(launch or {})))}
+             for i, (bq, bk) in enumerate(t or default for t in plan.tree_timing_tiles)
+             for launch in (plan.tree_timing_launch if i == 0 else (None,))]
+    specs.append({"variant": "xla {}x{}".format(*plan.xla_tiles), "tiles": tuple(plan.xla_tiles),
+                  "fn": ta.tree_attention_xla})
+    specs = [{**spec, "mode": mode} for spec in specs for mode in ("fwd", "fwd+bwd")]
+    end = group_rows(N, P, G, R, max(max(spec["tiles"]) for spec in specs))
+    T = end.shape[1]
+    floats = _random(0, [(N, T, H, D), (N, T, K, D), (N, T, K, D), (N, T, H, D)],
+                     plan.timing_dtype)
+    blocks = {tiles: build_tree_blocks(end, *tiles) for tiles in {s["tiles"] for s in specs}}
+    first_o = []
+
+    def make_args(b, tiles, backward):
+        floats_b = [x if b == N else x[:b] for x in floats]
+        ints = (jnp.asarray(end[:b]), TreeBlocks(*(jnp.asarray(x[:b]) for x in blocks[tiles])))
+        return (floats_b[:3], ints, floats_b[3]) if backward else (floats_b[:3], ints)
 
     def measure(row):
         fn, backward = row["fn"], row["mode"] == "fwd+bwd"
         if backward:
-            jitted = jax.jit(lambda a, c: jax.vjp(lambda *x: fn(*x, *a[6:]), *a[:6])[1](tuple(c)))
+            jitted = jax.jit(lambda f, ints, do: jax.vjp(lambda *x: fn(*x, *ints), *f)[1](do))
         else:
-            jitted = jax.jit(lambda a: fn(*a))
-        b, args = _fitting_batch(jitted, functools.partial(make_args, backward=backward), B)
+            jitted = jax.jit(lambda f, ints: fn(*f, *ints))
+        b, args = _fitting_batch(jitted, functools.partial(
+            make_args, tiles=row["tiles"], backward=backward), N)
         seconds = _median_time(jitted, *args, repeats=plan.repeats)
-        flops = 4 * D * H * visible_pairs(args[0][6], args[0][7]) * (2.5 if backward else 1.0)
-        out = {"batch": b, "ms": seconds * 1e3, "tflops": flops / seconds / 1e12}
-        if not backward and row["variant"].startswith("pallas") and b == B:
-            o_c = jitted(*args)[1].astype(jnp.float32)
-            first_o_c[:] = first_o_c or [o_c]
-            out["max_abs_vs_first_tiles"] = float(jnp.max(jnp.abs(o_c - first_o_c[0])))
+        flops = 4 * D * H * visible_pairs(end[:b]) * (2.5 if backward else 1.0)
+        out = {"rows": b, "ms": seconds * 1e3, "tflops": flops / seconds / 1e12}
+        if not backward and b == N:
+            first_o[:] = first_o or [jitted(*args)]
+            out["max_abs_vs_first"] = float(_max_abs(jitted(*args), first_o[0]))
         return out
 
-    variants = [(f"pallas {bs or 'default'}", functools.partial(
-        sa.split_attention, interpret=plan.interpret, **_split_blocks(bs)))
-        for bs in plan.split_timing_blocks] + [("xla", sa.split_attention_xla)]
-    specs = [{"variant": name, "mode": mode, "fn": fn}
-             for name, fn in variants for mode in ("fwd", "fwd+bwd")]
     rows, table = _timed_rows(specs, budget, measure, lambda r: f"{r['variant']} {r['mode']}",
-                              ("batch", "ms", "tflops", "max_abs_vs_first_tiles"))
-    return {"shape": dict(B=B, P=P, G=G, R=R, H=H, K=K, D=D, dtype=plan.timing_dtype),
-            "flops_rule": "fwd 4*D*H*visible pairs, fwd+bwd 2.5x", "rows": rows, "table": table}
+                              ("rows", "ms", "tflops", "max_abs_vs_first"))
+    return {"shape": dict(N=N, T=T, P=P, G=G, R=R, H=H, K=K, D=D, dtype=plan.timing_dtype),
+            "flops_rule": "fwd 4*D*H*visible (query, key) pairs of the tree rule, fwd+bwd 2.5x",
+            "rows": rows, "table": table}
 
 
 def decode_timing(plan: Plan, budget: Budget) -> dict:
@@ -447,21 +528,72 @@ def _model(plan: Plan, seed=0):
     return init_model(bench_model_config(**plan.model), seed=seed)
 
 
+def actor_groups(spec: dict, vocab: int, seed: int = 0):
+    """Random groups, lengths lognormal(median, sigma) clipped to [lo, hi]: ([(prompt ids,
+    [completion ids] * G)], prompt lengths [B], completion lengths [B, G])."""
+    rng = np.random.default_rng(seed)
+
+    def lengths(dist, size):
+        median, sigma, lo, hi = dist
+        return np.clip(np.round(np.exp(rng.normal(np.log(median), sigma, size))), lo, hi)
+
+    plen = lengths(spec["prompt"], spec["groups"]).astype(int)
+    clen = lengths(spec["completion"], (spec["groups"], spec["samples"])).astype(int)
+    ids = [rng.integers(3, vocab, n).astype(np.int32) for n in (*plen, *clen.flat)]
+    g = clen.shape[1]
+    return [(ids[i], ids[len(plen) + i * g:][:g]) for i in range(len(plen))], plen, clen
+
+
 def actor_update(plan: Plan, budget: Budget) -> dict:
-    """`bench_actor_update.run_row`: replicated vs prompt-once GRPO update, time and memory."""
+    """One GRPO actor update (value and grad of the token loss on every micro-batch of
+    `rl.batches.pack_groups`), packed prompt-once vs packed naive: time, real and computed
+    tokens, XLA temp bytes of one micro-batch (rows of the same token budget, so alike in both).
+    Pallas attention on GPU, XLA in the smoke."""
     from flax import nnx
 
-    from experiments import bench_actor_update
-    from zorro_jax.rl.losses import LossConfig
+    from experiments.common import temp_bytes
+    from zorro_jax import attention
+    from zorro_jax.model.forward import packed_logprobs
+    from zorro_jax.rl.batches import PackingConfig, pack_groups, sample_mask, tiles_for
+    from zorro_jax.rl.losses import LossConfig, loss_normaliser, policy_loss
 
     model = _model(plan)
     graphdef, params = nnx.split(model)
-    steps = bench_actor_update.make_steps(graphdef, LossConfig())
-    p, r, g = plan.actor_shape
-    row = bench_actor_update.run_row(params, steps, p, r, g, model.config.vocab_size,
-                                     plan.repeats)
-    return {"model": plan.model, **row, "table": [[f"P={p} R={r} G={g}", "ok", _figures(
-        row, ("ideal_token_ratio", "time_ratio", "memory_ratio"))]]}
+    vocab, cfg = model.config.vocab_size, LossConfig()
+    impl = attention.resolve_impl("xla" if plan.interpret else "pallas", "PackedTree")
+    groups, plen, clen = actor_groups(plan.actor, vocab)
+    (b, g), r = clen.shape, max(1, int(clen.max()))
+    old = np.full((b, g, r), -np.log(vocab), np.float32)
+    adv = np.random.default_rng(1).normal(size=(b, g)).astype(np.float32)
+    norm = loss_normaliser(jnp.asarray(sample_mask(clen, r)), cfg)
+
+    def loss(params, packed, old, adv, norm):
+        lp, _, mask = packed_logprobs(nnx.merge(graphdef, params), packed, impl=impl,
+                                      with_entropy=False)
+        return policy_loss(lp, old, adv, mask, norm, cfg)[0]
+
+    step = jax.jit(jax.value_and_grad(loss))
+    real = {"prompt_once": plen.sum() + clen.sum(), "naive": g * plen.sum() + clen.sum()}
+    out = {"impl": impl, "model": plan.model, "groups": b, "samples": g, "lengths": plan.actor}
+    for mode in ("prompt_once", "naive"):
+        mbs = pack_groups(groups, mode=mode, tiles=tiles_for(model.config, impl), loss_width=r,
+                          cfg=PackingConfig(token_budget=plan.actor["token_budget"]))
+        calls = [(params, mb.packed, *(jnp.asarray(mb.take_groups(x)) for x in (old, adv)), norm)
+                 for mb in mbs]
+        out[mode] = {"time_s": _median_time(lambda calls=calls: [step(*c) for c in calls],
+                                            repeats=plan.repeats),
+                     # The micro-batches of one call share their shapes: one program.
+                     "temp_bytes": temp_bytes(step, *calls[0]), "micro_batches": len(mbs),
+                     "row_tokens": int(mbs[0].packed.tokens_NxT.shape[1]),
+                     "computed_tokens": sum(int(mb.packed.tokens_NxT.size) for mb in mbs),
+                     "real_tokens": int(real[mode])}
+    naive, once = out["naive"], out["prompt_once"]
+    out.update(ideal_token_ratio=naive["real_tokens"] / once["real_tokens"],
+               computed_token_ratio=naive["computed_tokens"] / once["computed_tokens"],
+               time_ratio=naive["time_s"] / once["time_s"])
+    out["table"] = [[f"naive / prompt-once B={b} G={g} {impl}", "ok", _figures(
+        out, ("ideal_token_ratio", "computed_token_ratio", "time_ratio"))]]
+    return out
 
 
 def rollout(plan: Plan, budget: Budget) -> dict:
@@ -539,7 +671,7 @@ def environment(plan: Plan, budget: Budget) -> dict:
 
 # (name, function, timing section: skipped once the budget is spent)
 SECTIONS = (("environment", environment, False), ("numerics", numerics, False),
-            ("split_attention_timing", split_attention_timing, True),
+            ("tree_attention_timing", tree_attention_timing, True),
             ("decode_timing", decode_timing, True), ("actor_update", actor_update, True),
             ("rollout", rollout, True), ("speculative", speculative, True))
 
