@@ -5,8 +5,15 @@
 Compile only: parameters, optimizer state and batch are abstract (jax.ShapeDtypeStruct with
 shardings), nothing is allocated. Figures are XLA's `compiled.memory_analysis()` per device:
 arguments, outputs, temporaries, and the bytes of outputs aliased to donated arguments. Rows:
-the training preset (one GRPO train step on a PromptGroups batch: grad + AdamW apply) on several
-(data, fsdp, tensor) meshes, and the sampling preset (one shared-prefix decode step).
+the training preset (one GRPO train step, grad + AdamW apply, with XLA tree attention on a
+prompt-once `PackedTree` batch) on several (data, fsdp, tensor) meshes, and the sampling preset
+(one shared-prefix decode step).
+
+The training batch holds B groups of a P-token prompt and G completions of R tokens, one group per
+packed row: N rows (B rounded up to a multiple of data × fsdp, so every batch array splits evenly)
+of T = P + G·R tokens (rounded up to the attention tiles), the loss view [B, G, R]. Its block-list
+widths M, pair-list length and flat loss-token list length are upper bounds for such rows (any
+completion lengths up to R), so the figures bound a real micro-batch of this shape.
 
 Model (Llama-style): vocab 32000, d_model 2048, 16 layers, 16 heads × 128, 8 kv heads,
 MLP 8192, untied embeddings: 1.14B parameters (4.6 GB fp32; AdamW adds 9.1 GB).
@@ -30,11 +37,13 @@ import jax.numpy as jnp
 from flax import nnx
 
 from experiments.common import machine_note, write_json
-from zorro_jax.layouts import PromptGroups
+from pallas_kernels.tree_blocks import TreeBlocks, coarse_bucket
+from zorro_jax.attention import XLA_TREE_TILES
+from zorro_jax.layouts import PackedTree
 from zorro_jax.model.config import ModelConfig
 from zorro_jax.model.transformer import init_model
 from zorro_jax.parallel import rules, steps
-from zorro_jax.parallel.mesh import MeshConfig, check_batch, check_model
+from zorro_jax.parallel.mesh import MeshConfig, batch_shards, check_batch, check_model
 from zorro_jax.rl.losses import LossConfig
 from zorro_jax.rl.optim import OptimConfig, make_optimizer
 from zorro_jax.sampling.cache import SharedPrefixKVCache
@@ -63,8 +72,80 @@ def analyse(lowered) -> dict:
             "compile_s": time.perf_counter() - t0}
 
 
-def train_row(cfg, graphdef, state, sizes, shape) -> dict:
+def cdiv(a: int, b: int) -> int:
+    """ceil(a / b) for positive ints."""
+    return -(-a // b)
+
+
+def packed_dims(shape, shards: int, tiles=XLA_TREE_TILES) -> dict:
+    """Array sizes of a prompt-once `PackedTree` holding the B groups of shape (B, P, G, R), one
+    group per row: N rows (B rounded up to a multiple of shards), T = P + G·R tokens rounded up to
+    the tiles, and upper bounds on the block lists of such rows whatever the completion lengths
+    (at most R each; the prompt at columns [0, P), completion g right after completion g-1).
+
+    Per query block [qf, ql]: inside the prompt it is causal (key blocks up to ql); past the group
+    it is padding (each token sees itself); otherwise its queries see the prompt and their own
+    completion's earlier tokens, which start at or after max(P, qf - R + 1). Per key block [kf, kl]:
+    its keys are seen by queries of the group (before P + G·R) and, as padding, by themselves.
+    The list widths M are the largest per-block counts; the pair-list length is their sum over the
+    query blocks, rounded up like `build_tree_blocks`. L, the flat loss-token list, holds B·G·R
+    tokens (bucketed like the layout's, then rounded up to a multiple of shards).
+    """
     b, p, g, r = shape
+    bq, bk = tiles
+    n = cdiv(b, shards) * shards
+    group = p + g * r
+    t = cdiv(group, max(bq, bk)) * max(bq, bk)
+    nq, nk = t // bq, t // bk
+    kv_counts = []
+    for qf in range(0, t, bq):
+        ql = qf + bq - 1
+        if ql < p:
+            kv_counts.append(cdiv(ql + 1, bk))
+        elif qf >= group:
+            kv_counts.append(cdiv(bq, bk))
+        else:
+            lo = max(p, qf - r + 1)  # the earliest own-completion key of a query here
+            shared = int(lo // bk == (p - 1) // bk)  # the prompt's last block holds it too
+            kv_counts.append(cdiv(p, bk) + ql // bk - lo // bk + 1 - shared)
+    q_counts = []
+    for kf in range(0, t, bk):
+        kl = kf + bk - 1
+        last_q = max(group - 1 if kf < group else -1, kl if kl >= p else -1)
+        q_counts.append(last_q // bq - kf // bq + 1)
+    # The flat loss-token list: every sample full (B·G·R tokens), bucketed, split over the shards.
+    n_loss = cdiv(coarse_bucket(b * g * r), shards) * shards
+    return {"N": n, "T": t, "Q": nq, "K": nk, "M_kv": min(nk, max(kv_counts)),
+            "M_q": min(nq, max(q_counts)), "pairs": coarse_bucket(sum(min(nk, c) for c in kv_counts)),
+            "L": n_loss}
+
+
+def abstract_packed(shape, dims: dict, sds) -> PackedTree:
+    """A `PackedTree` of abstract arrays (every field, the block lists too) of these sizes."""
+    b, _p, g, r = shape
+    n, t, nq, nk, m_kv, m_q, pairs, n_loss = (
+        dims[k] for k in ("N", "T", "Q", "K", "M_kv", "M_q", "pairs", "L"))
+    i32, bool_ = jnp.int32, jnp.bool_
+    blocks = TreeBlocks(
+        kv_index_NxQxM=sds((n, nq, m_kv), i32), kv_count_NxQ=sds((n, nq), i32),
+        kv_full_NxQxM=sds((n, nq, m_kv), bool_),
+        q_index_NxKxM=sds((n, nk, m_q), i32), q_count_NxK=sds((n, nk), i32),
+        q_full_NxKxM=sds((n, nk, m_q), bool_),
+        pair_q_NxP=sds((n, pairs), i32), pair_k_NxP=sds((n, pairs), i32),
+        pair_live_NxP=sds((n, pairs), bool_),
+    )
+    return PackedTree(
+        tokens_NxT=sds((n, t), i32), positions_NxT=sds((n, t), i32),
+        subtree_end_NxT=sds((n, t), i32), prev_NxT=sds((n, t), i32), blocks=blocks,
+        sample_row_BxG=sds((b, g), i32), sample_cols_BxGxR=sds((b, g, r), i32),
+        sample_len_BxG=sds((b, g), i32),
+        loss_row_L=sds((n_loss,), i32), loss_col_L=sds((n_loss,), i32),
+        loss_live_L=sds((n_loss,), bool_), loss_index_BxGxR=sds((b, g, r), i32),
+    )
+
+
+def train_row(cfg, graphdef, state, sizes, shape) -> dict:
+    b, _p, g, r = shape
     mesh = MeshConfig(*sizes).make()
     check_model(mesh, cfg)
     check_batch(mesh, b)
@@ -73,11 +154,10 @@ def train_row(cfg, graphdef, state, sizes, shape) -> dict:
     params = rules.abstract_params(state, sh.params)
     opt_state = rules.abstract_params(jax.eval_shape(optimizer.init, state), sh.opt_state)
     sds = lambda s, dt: jax.ShapeDtypeStruct(s, dt, sharding=sh.batch)
-    batch = PromptGroups(sds((b, p), jnp.int32), sds((b,), jnp.int32), sds((b, g, r), jnp.int32),
-                         sds((b, g), jnp.int32))
+    batch = abstract_packed(shape, packed_dims(shape, batch_shards(mesh)), sds)
     per_token = sds((b, g, r), jnp.float32)
     norm = jax.ShapeDtypeStruct((), jnp.float32, sharding=sh.replicated)
-    step = steps.make_train_step(graphdef, optimizer, LossConfig(), sh, mode="prompt_once", impl="xla")
+    step = steps.make_train_step(graphdef, optimizer, LossConfig(), sh, impl="xla")
     lowered = step.lower(params, opt_state, batch, per_token, sds((b, g), jnp.float32), per_token, norm)
     return {"preset": "training", "mesh": sizes, "params_bytes": shard_bytes(params),
             "opt_state_bytes": shard_bytes(opt_state), "cache_bytes": 0, **analyse(lowered)}
@@ -130,7 +210,10 @@ def main(argv=None):
     print(f"per-device memory, {machine_note()}, 8 simulated devices (compile only)")
     print(f"model: {n_params / 1e9:.2f}B params (d 2048, {cfg.num_hidden_layers} layers, 16 heads, 8 kv heads, "
           f"MLP 8192, vocab 32000), fp32 params, {cfg.compute_dtype} compute")
-    print("training: GRPO train step (grad + AdamW), PromptGroups B={} P={} G={} R={}".format(*train_shape))
+    dims = packed_dims(train_shape, 8)
+    print("training: GRPO train step (grad + AdamW), prompt-once PackedTree B={} P={} G={} R={}".format(
+        *train_shape) + f" (one group a row: N={dims['N']} x T={dims['T']}, XLA tree attention "
+        f"{XLA_TREE_TILES} tiles, {dims['pairs']} block pairs a row)")
     print("sampling: one shared-prefix decode step, B={} P={} G={} suffix S={}".format(*decode_shape))
     print(f"{'preset':>8} {'mesh d,f,t':>10} | {'params':>7} {'opt':>7} {'kvcache':>7} | {'args':>7} "
           f"{'outputs':>7} {'aliased':>7} {'temp':>7} | compile s   (GiB per device)")

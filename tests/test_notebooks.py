@@ -18,7 +18,7 @@ TIMEOUT_S = 300
 
 def test_notebooks_present():
     names = {p.name for p in NOTEBOOKS}
-    for name in ("01_split_attention.ipynb", "02_shared_prefix_generation.ipynb", "03_grpo_text2sql.ipynb"):
+    for name in ("01_tree_attention.ipynb", "02_shared_prefix_generation.ipynb", "03_grpo_text2sql.ipynb"):
         assert name in names
 
 

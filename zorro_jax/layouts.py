@@ -362,7 +362,9 @@ def _layout(segs: _Segments, tree_row, n_rows: int, row_len: int, leaf_b_L, shap
     offset_L = np.cumsum(len_L) - len_L
     leaf_of = np.repeat(np.arange(len(len_L)), len_L)
     within = np.arange(total) - offset_L[leaf_of]
-    n_loss = coarse_bucket(max(1, total))
+    # At least 64, so the list (a coarse bucket: a multiple of 8 from 64 on) splits over up to 8
+    # data × fsdp shards.
+    n_loss = coarse_bucket(max(64, total))
     loss_row = np.zeros(n_loss, np.int32)
     loss_col = np.zeros(n_loss, np.int32)
     loss_row[:total] = seg_row_S[seg_L][leaf_of]
