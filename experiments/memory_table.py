@@ -128,9 +128,7 @@ def abstract_packed(shape, dims: dict, sds) -> PackedTree:
     i32, bool_ = jnp.int32, jnp.bool_
     blocks = TreeBlocks(
         kv_index_NxQxM=sds((n, nq, m_kv), i32), kv_count_NxQ=sds((n, nq), i32),
-        kv_full_NxQxM=sds((n, nq, m_kv), bool_),
         q_index_NxKxM=sds((n, nk, m_q), i32), q_count_NxK=sds((n, nk), i32),
-        q_full_NxKxM=sds((n, nk, m_q), bool_),
         pair_q_NxP=sds((n, pairs), i32), pair_k_NxP=sds((n, pairs), i32),
         pair_live_NxP=sds((n, pairs), bool_),
     )

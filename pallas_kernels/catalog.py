@@ -69,9 +69,7 @@ def _tree_case(name, family, n, t, h, k, d, dtype, list_width, block_sizes=None)
     i32 = jnp.int32
     blocks = TreeBlocks(
         _struct((n, nq, min(list_width, nk)), i32), _struct((n, nq), i32),
-        _struct((n, nq, min(list_width, nk)), jnp.bool_),
         _struct((n, nk, min(list_width, nq)), i32), _struct((n, nk), i32),
-        _struct((n, nk, min(list_width, nq)), jnp.bool_),
         # Flat pair lists (read by the XLA path only).
         _struct((n, nq * list_width), i32), _struct((n, nq * list_width), i32),
         _struct((n, nq * list_width), jnp.bool_),

@@ -23,6 +23,7 @@ from pallas_kernels.tree_attention_pallas import (
     masked_scores,
     metadata_spec,
     pallas_call_per_platform,
+    query_grid_specs,
     query_positions,
     tree_mask,
 )
@@ -145,10 +146,7 @@ def backward(cfg, residuals, do):
     do = do.astype(q.dtype)
 
     # dQ: one program per query block, grid (N, K, query blocks).
-    rows = pl.BlockSpec((None, None, br, dp), lambda b, h, i: (b, h, i, 0))
-    row_stats = pl.BlockSpec((None, None, 1, br), lambda b, h, i: (b, h, 0, i))
-    whole_kv = pl.BlockSpec((None, None, t, dp), lambda b, h, i: (b, h, 0, 0))
-    whole_end = pl.BlockSpec((None, 1, t), lambda b, h, i: (b, 0, 0))
+    rows, row_stats, whole_kv, whole_end = query_grid_specs(br, t, dp)
     dq = pallas_call_per_platform(
         functools.partial(_dq_kernel, cfg=cfg),
         interpret=cfg.interpret,

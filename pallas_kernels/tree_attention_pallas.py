@@ -17,7 +17,7 @@ for all of them; a query block holds block_q_tokens · Hp rows. D is zero-padded
 ≥ 16. The kernel math lives in small backend-neutral helpers (`tree_mask`, `masked_scores`,
 `online_softmax_update`, ...); the Pallas bodies are thin shells around them, lowered through
 Triton (GPU) or Mosaic (TPU). Dots use `KERNEL_DOT_PRECISION` (TF32 for fp32 inputs on a GPU:
-IEEE fp32 dots spill registers at these tiles). The mask is applied on every tile; the `kv_full` / `q_full` flags are not read yet
+IEEE fp32 dots spill registers at these tiles). The mask is applied on every tile
 (skipping the mask on full tiles waits for a GPU measurement). The backward kernels live in
 `tree_attention_bwd.py`.
 """
@@ -227,6 +227,17 @@ def _fwd_kernel(kv_index_ref, kv_count_ref, q_ref, k_ref, v_ref, end_ref, o_ref,
     lse_ref[0, :] = lse
 
 
+def query_grid_specs(block_rows: int, row_len: int, head_dim: int):
+    """BlockSpecs of a (N, K, query blocks) grid, shared by the forward and dQ kernels: the block's
+    query rows [R, D], their row statistics (lse, delta) [1, R], the row's whole K or V [T, D]
+    (read tile by tile through the block lists) and its subtree ends [1, T]."""
+    rows = pl.BlockSpec((None, None, block_rows, head_dim), lambda b, h, i: (b, h, i, 0))
+    row_stats = pl.BlockSpec((None, None, 1, block_rows), lambda b, h, i: (b, h, 0, i))
+    whole_kv = pl.BlockSpec((None, None, row_len, head_dim), lambda b, h, i: (b, h, 0, 0))
+    whole_end = pl.BlockSpec((None, 1, row_len), lambda b, h, i: (b, 0, 0))
+    return rows, row_stats, whole_kv, whole_end
+
+
 def _forward(q, k, v, end, kv_index, kv_count, cfg):
     """Kernel-layout forward: q [N,K,T·Hp,Dp], k/v [N,K,T,Dp], end [N,1,T].
 
@@ -235,10 +246,7 @@ def _forward(q, k, v, end, kv_index, kv_count, cfg):
     n, kh, num_rows, dp = q.shape
     t = k.shape[2]
     br = cfg.block_rows
-    rows = pl.BlockSpec((None, None, br, dp), lambda b, h, i: (b, h, i, 0))
-    row_stats = pl.BlockSpec((None, None, 1, br), lambda b, h, i: (b, h, 0, i))
-    whole_kv = pl.BlockSpec((None, None, t, dp), lambda b, h, i: (b, h, 0, 0))
-    whole_end = pl.BlockSpec((None, 1, t), lambda b, h, i: (b, 0, 0))
+    rows, row_stats, whole_kv, whole_end = query_grid_specs(br, t, dp)
     return pallas_call_per_platform(
         functools.partial(_fwd_kernel, cfg=cfg),
         interpret=cfg.interpret,

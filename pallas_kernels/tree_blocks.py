@@ -11,9 +11,9 @@ Every token sees itself (subtree_end[j] > j), so no query row is empty. Padding 
 end are singletons (subtree_end[j] = j + 1): they see only themselves and nobody sees them.
 
 For tiles of `block_q` queries and `block_k` keys, `build_tree_blocks` lists, for each query block,
-the key blocks holding at least one visible pair (ascending), and whether a pair needs no mask at
-all; the transposed lists (for each key block, the query blocks that see it) for a dK/dV pass;
-and the same pairs as one flat list per row, for a path that batches over pairs.
+the key blocks holding at least one visible pair (ascending); the transposed lists (for each key
+block, the query blocks that see it) for a dK/dV pass; and the same pairs as one flat list per
+row, for a path that batches over pairs.
 The visible queries of a key block form one contiguous range [first key, max subtree_end), because
 each key's range starts at the key itself, so both lists follow from per-block minima and maxima.
 """
@@ -29,15 +29,13 @@ class TreeBlocks(NamedTuple):
     """Block lists of a batch of packed rows (all int32 / bool NumPy or jnp arrays).
 
     M is the longest list (static; entries at or past a list's count repeat its last valid index,
-    so a kernel may prefetch them, and carry full = False).
+    so a kernel may prefetch them).
     """
 
     kv_index_NxQxM: np.ndarray  # key blocks visited by query block q, ascending
     kv_count_NxQ: np.ndarray
-    kv_full_NxQxM: np.ndarray  # True: every (query, key) pair of the block pair is visible
     q_index_NxKxM: np.ndarray  # query blocks that see key block k, ascending
     q_count_NxK: np.ndarray
-    q_full_NxKxM: np.ndarray
     # The same visible block pairs as one flat list per row (ordered by query block, then key
     # block), P = the longest row's count rounded up; entries past a row's count are dead
     # (pair_live False, indices 0). The XLA path computes exactly these pairs.
@@ -66,7 +64,7 @@ def check_subtree_end(subtree_end_NxT: np.ndarray) -> np.ndarray:
     return end.astype(np.int32)
 
 
-def _lists(needed_NxAxB: np.ndarray, full_NxAxB: np.ndarray, width_multiple: int):
+def _lists(needed_NxAxB: np.ndarray, width_multiple: int):
     """Ascending index lists of the True entries of needed along the last axis."""
     count_NxA = needed_NxAxB.sum(-1).astype(np.int32)
     m = list_bucket(max(1, int(count_NxA.max())))
@@ -79,9 +77,7 @@ def _lists(needed_NxAxB: np.ndarray, full_NxAxB: np.ndarray, width_multiple: int
     order = order[..., :m]
     last = np.take_along_axis(order, np.maximum(count_NxA - 1, 0)[..., None], axis=-1)
     live = np.arange(m)[None, None, :] < count_NxA[..., None]
-    index = np.where(live, order, last).astype(np.int32)
-    full = np.take_along_axis(full_NxAxB, np.minimum(order, full_NxAxB.shape[-1] - 1), axis=-1)
-    return index, count_NxA, full & live
+    return np.where(live, order, last).astype(np.int32), count_NxA
 
 
 def build_tree_blocks(
@@ -101,24 +97,15 @@ def build_tree_blocks(
         raise ValueError(f"width_multiple must be >= 1, got {width_multiple}")
     end_NxKxb = end.reshape(n, t // block_k, block_k)
     k_first_K = np.arange(t // block_k) * block_k
-    k_last_K = k_first_K + block_k - 1
     end_max_NxK = end_NxKxb.max(-1)
-    end_min_NxK = end_NxKxb.min(-1)
     q_first_Q = np.arange(t // block_q) * block_q
     q_last_Q = q_first_Q + block_q - 1
     # [N, Q, K]: the key block's visible query range [k_first, end_max) meets the query block.
     needed = (q_last_Q[None, :, None] >= k_first_K[None, None, :]) & (
         q_first_Q[None, :, None] < end_max_NxK[:, None, :]
     )
-    full = (k_last_K[None, None, :] <= q_first_Q[None, :, None]) & (
-        q_last_Q[None, :, None] < end_min_NxK[:, None, :]
-    )
-    kv_index, kv_count, kv_full = _lists(needed, full, width_multiple)
-    q_index, q_count, q_full = _lists(
-        needed.transpose(0, 2, 1), full.transpose(0, 2, 1), width_multiple
-    )
-    return TreeBlocks(kv_index, kv_count, kv_full, q_index, q_count, q_full,
-                      *_pairs(needed))
+    return TreeBlocks(*_lists(needed, width_multiple),
+                      *_lists(needed.transpose(0, 2, 1), width_multiple), *_pairs(needed))
 
 
 def coarse_bucket(n: int) -> int:

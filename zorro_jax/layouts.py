@@ -112,12 +112,6 @@ class PackedTree(NamedTuple):
         """Token ids [L] of the flat loss tokens."""
         return self.tokens_NxT[self.loss_row_L, self.loss_col_L]
 
-    def predictor_cols(self):
-        """[B, G, R] int32: the column (in the sample's row) whose output predicts each loss
-        token, i.e. prev at the loss view; a log-prob of token (b, g, r) reads the hidden state
-        there. Always >= 0 at real loss tokens."""
-        return self.gather_samples(self.prev_NxT)
-
     def to_dense(self, pad_id: int = 0) -> Dense:
         """Host-side test oracle: row b·G+g is sample (b, g)'s root path (its ancestors' tokens
         ++ its segment up to its last loss token), right-padded to the longest path."""

@@ -168,7 +168,7 @@ def test_random_trees_match_independent_oracles(seed, depths, g):
     nxt = np.asarray(p.from_dense_next_token(d.tokens_NxT[:, 1:]))
     np.testing.assert_array_equal(np.where(mask, nxt, -1), np.where(mask, toks_BxGxR, -1))
     # Every loss token has a predictor, one position earlier on its root path.
-    pred, loss_pos = np.asarray(p.predictor_cols()), np.asarray(p.gather_samples(p.positions_NxT))
+    pred, loss_pos = np.asarray(p.gather_samples(p.prev_NxT)), np.asarray(p.gather_samples(p.positions_NxT))
     rows_BxGxR = np.broadcast_to(np.asarray(p.sample_row_BxG)[..., None], mask.shape)
     assert (pred[mask] >= 0).all()
     assert (pos[rows_BxGxR[mask], pred[mask]] == loss_pos[mask] - 1).all()
