@@ -2,7 +2,8 @@
 layouts in one process (XLA attention on this CPU).
 
     python -m experiments.bench_actor_update [--distributions sql reasoning long-prompt uniform]
-                                             [--preset ci] [--repeats 3] [--json PATH]
+                                             [--preset ci] [--repeats 3] [--hidden-size 256]
+                                             [--json PATH]
 
 Variants, all on the same groups (B prompts × G completions drawn from a named length
 distribution with a fixed seed):
@@ -14,9 +15,12 @@ distribution with a fixed seed):
 the README.) A variant that does not fit in memory is reported as out of memory.
 Columns: median time per update, XLA temp bytes (`memory_analysis`, the largest micro-batch),
 tokens each variant computes (rows × row length), the ideal token ratio = packed-naive real
-tokens / packed prompt-once real tokens, and the same ratio of visible attention pairs (lower:
-sharing a prompt does not shrink its completions' attention to it). Ratios compare variants
-inside this process.
+tokens / packed prompt-once real tokens, the same ratio of visible attention pairs (lower:
+sharing a prompt does not shrink its completions' attention to it), and the ratio of the model
+FLOPs both need (position-wise layers per real token, attention per visible pair, LM head per
+scored token): the speed-up an exact implementation reaches when every FLOP costs the same. It
+lies between the pair and the token ratio, nearer the token ratio the wider the model
+(`--hidden-size`). Ratios compare variants inside this process.
 """
 
 from __future__ import annotations
@@ -30,7 +34,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from experiments.common import bench_model_config, machine_note, write_json
+from experiments.common import bench_model_of_width, flop_rates, machine_note, write_json
 from zorro_jax.attention import XLA_TREE_TILES
 from zorro_jax.layouts import group_tree, pack_groups_balanced, replicated_trees
 from zorro_jax.model.forward import dense_logprobs, packed_logprobs
@@ -88,6 +92,19 @@ def attention_pairs(groups) -> tuple[int, int]:
     naive = sum(tri(len(p) + len(c)) for p, cs in groups for c in cs)
     once = sum(tri(len(p)) + sum(len(c) * len(p) + tri(len(c)) for c in cs) for p, cs in groups)
     return naive, once
+
+
+def flop_ratio(cfg, groups) -> float:
+    """Model FLOPs of packed naive / packed prompt-once: real tokens, visible pairs and scored
+    tokens priced by `flop_rates` (padding and masked block work excluded)."""
+    per_token, per_pair, head = flop_rates(cfg)
+    pairs_naive, pairs_once = attention_pairs(groups)
+    scored = sum(len(c) for _, cs in groups for c in cs)
+    tokens_naive = sum(len(p) + len(c) for p, cs in groups for c in cs)
+    tokens_once = sum(len(p) + sum(len(c) for c in cs) for p, cs in groups)
+    naive = per_token * tokens_naive + per_pair * pairs_naive + head * scored
+    once = per_token * tokens_once + per_pair * pairs_once + head * scored
+    return naive / once
 
 
 def _loss(logp, mask, old, adv, cfg):
@@ -166,9 +183,9 @@ def _measure(step, params, parts, old, adv, repeats):
             "temp_bytes": max(int(fn.memory_analysis().temp_size_in_bytes) for fn, _ in calls)}
 
 
-def run_distribution(params, steps, name: str, vocab: int, repeats: int, seed: int = 0):
+def run_distribution(params, steps, name: str, cfg, repeats: int, seed: int = 0):
     """Time and measure every variant on one distribution; returns the JSON row."""
-    groups = make_groups(DISTRIBUTIONS[name], vocab, seed)
+    groups = make_groups(DISTRIBUTIONS[name], cfg.vocab_size, seed)
     old, adv = _targets(groups)
     row = {"distribution": name, "groups": len(groups), "samples": len(groups[0][1])}
     one_row = build_variants(groups, one_row=True)
@@ -194,6 +211,7 @@ def run_distribution(params, steps, name: str, vocab: int, repeats: int, seed: i
     row["ideal_token_ratio"] = naive["real_tokens"] / once["real_tokens"]
     pairs_naive, pairs_once = attention_pairs(groups)
     row["attention_pair_ratio"] = pairs_naive / pairs_once
+    row["flop_ratio"] = flop_ratio(cfg, groups)
     row["time_ratio_vs_packed_naive"] = naive["time_s"] / once["time_s"]
     # Per-micro-batch memory is comparable only when both ran as one step.
     row["memory_ratio_vs_packed_naive"] = (naive["temp_bytes"] / once["temp_bytes"]
@@ -218,25 +236,32 @@ def main(argv=None):
     ap.add_argument("--preset", choices=["full", "ci"], default="full",
                     help="ci: the uniform and sql distributions only")
     ap.add_argument("--repeats", type=int, default=3, help="timed runs per variant (median)")
+    ap.add_argument("--hidden-size", type=int, default=256,
+                    help="model width (4 layers, head_dim 64, intermediate 4x): wider models "
+                         "spend a smaller share of their FLOPs in attention")
     ap.add_argument("--json", default=None, help="write one row per distribution to this path")
     args = ap.parse_args(argv)
     if args.repeats < 1:
         ap.error("--repeats must be at least 1")
     names = ["uniform", "sql"] if args.preset == "ci" else args.distributions
-    cfg = bench_model_config()
+    try:
+        cfg = bench_model_of_width(args.hidden_size)
+    except ValueError as e:
+        ap.error(str(e))
     graphdef, params = nnx.split(init_model(cfg, seed=0))
     steps = make_steps(graphdef, LossConfig())
-    print(f"actor update, {machine_note()}; model d=256 L=4 H=4 V=2048 fp32, xla attention")
-    rows = [run_distribution(params, steps, n, cfg.vocab_size, args.repeats) for n in names]
-    print(f"{'distribution':12s} | {'ideal':>6} {'pairs':>6} | {'time x packed naive':>19} "
+    print(f"actor update, {machine_note()}; model d={cfg.hidden_size} L={cfg.num_hidden_layers} "
+          f"H={cfg.num_attention_heads} V={cfg.vocab_size} fp32, xla attention")
+    rows = [run_distribution(params, steps, n, cfg, args.repeats) for n in names]
+    print(f"{'distribution':12s} | {'ideal':>6} {'pairs':>6} {'flops':>6} | {'time x packed naive':>19} "
           f"{'mem x packed naive':>18} | {'time x padded naive':>19}")
     for r in rows:
         padded = r["time_ratio_vs_padded_naive"]
         print(f"{r['distribution']:12s} | {r['ideal_token_ratio']:6.2f} "
-              f"{r['attention_pair_ratio']:6.2f} | "
+              f"{r['attention_pair_ratio']:6.2f} {r['flop_ratio']:6.2f} | "
               f"{r['time_ratio_vs_packed_naive']:19.2f} {_fmt(r['memory_ratio_vs_packed_naive']):>18} | "
               f"{_fmt(padded, 'out of memory'):>19}")
-    write_json(args.json, {"machine": machine_note(), "rows": rows})
+    write_json(args.json, {"machine": machine_note(), "hidden_size": cfg.hidden_size, "rows": rows})
     return rows
 
 

@@ -20,7 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from experiments.common import bench_model_config, machine_note, write_json
+from experiments.common import bench_model_of_width, flop_rates, machine_note, write_json
 from zorro_jax.model.config import ModelConfig
 from zorro_jax.model.transformer import init_model
 from zorro_jax.rl.grpo import GRPOConfig, GRPOTrainer, Policy, PromptItem
@@ -47,12 +47,10 @@ def synthetic_reward(texts, tasks):
 
 def forward_flops(cfg: ModelConfig, rows: int, new: int, context_end: int) -> float:
     """FLOPs of a forward over `new` tokens per row whose keys end at `context_end` (causal)."""
-    e, h, k, d, f, v, n_layers = (cfg.hidden_size, cfg.num_attention_heads, cfg.num_key_value_heads,
-                                  cfg.head_dim, cfg.intermediate_size, cfg.vocab_size, cfg.num_hidden_layers)
-    per_token = n_layers * (2 * e * (h + 2 * k) * d + 2 * h * d * e + 6 * e * f) + 2 * e * v
-    # Each new token attends to all keys up to its own position (QK^T and PV: 4·H·D per key).
+    per_token, per_pair, head = flop_rates(cfg)
+    # Each new token attends to all keys up to its own position.
     keys = new * context_end - new * (new - 1) / 2
-    return rows * (new * per_token + 4 * n_layers * h * d * keys)
+    return rows * (new * (per_token + head) + per_pair * keys)
 
 
 def naive_iteration_flops(cfg: ModelConfig, b: int, g: int, p: int, r: int) -> float:
@@ -117,10 +115,7 @@ def main(argv=None):
         ap.error("P, R, B must be >= 1 and G >= 2")
     if args.hidden_size % 64 or args.hidden_size < 64 or args.layers < 1:
         ap.error("--hidden-size must be a positive multiple of 64 and --layers >= 1")
-    heads = args.hidden_size // 64
-    cfg_model = bench_model_config(hidden_size=args.hidden_size, intermediate_size=4 * args.hidden_size,
-                                   num_hidden_layers=args.layers, num_attention_heads=heads,
-                                   num_key_value_heads=heads)
+    cfg_model = bench_model_of_width(args.hidden_size, args.layers)
     _, params0 = nnx.split(init_model(cfg_model, seed=0))
     rng = np.random.default_rng(0)
     items = [PromptItem(task=None, prompt_ids=list(rng.integers(3, cfg_model.vocab_size, p))) for _ in range(b)]

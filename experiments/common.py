@@ -21,6 +21,27 @@ def bench_model_config(**overrides) -> ModelConfig:
     return ModelConfig(**kw)
 
 
+def bench_model_of_width(hidden_size: int, layers: int = 4) -> ModelConfig:
+    """The benchmark model at another width: head_dim 64, hidden_size // 64 heads, intermediate 4×.
+    Wider models spend a smaller share of their FLOPs in attention."""
+    if hidden_size % 64 or hidden_size < 64 or layers < 1:
+        raise ValueError(f"hidden size {hidden_size} must be a positive multiple of 64, layers >= 1")
+    heads = hidden_size // 64
+    return bench_model_config(hidden_size=hidden_size, intermediate_size=4 * hidden_size,
+                              num_hidden_layers=layers, num_attention_heads=heads,
+                              num_key_value_heads=heads)
+
+
+def flop_rates(cfg: ModelConfig) -> tuple[float, float, float]:
+    """Forward FLOPs (position-wise layers per token, attention per visible (query, key) pair —
+    QK^T and PV, 4·H·D a layer —, LM head per scored token) of the model. Backward ≈ 2× forward
+    for all three, so ratios of forward FLOPs are ratios of training FLOPs too."""
+    e, h, k, d, f, v, n = (cfg.hidden_size, cfg.num_attention_heads, cfg.num_key_value_heads,
+                           cfg.head_dim, cfg.intermediate_size, cfg.vocab_size, cfg.num_hidden_layers)
+    per_token = n * (2 * e * (h + 2 * k) * d + 2 * h * d * e + 6 * e * f)
+    return float(per_token), float(4 * n * h * d), float(2 * e * v)
+
+
 def median_time(fn, *args, repeats: int = 3) -> float:
     """Median wall time of fn(*args) (blocked on its outputs) over `repeats` runs after a warm-up."""
     jax.block_until_ready(fn(*args))

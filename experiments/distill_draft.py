@@ -17,11 +17,10 @@ import jax
 from zorro_jax.checkpoints.hf import export_hf_model, load_hf_model
 from zorro_jax.model.transformer import init_model
 from zorro_jax.rl.distill import distill_on_rollouts
-from zorro_jax.rl.pipeline import encode
+from zorro_jax.rl.pipeline import DataConfig, encode_prompt, prompt_and_answer_texts
 from zorro_jax.sampling.sampler import SamplerConfig
 from zorro_jax.sampling.speculative import draft_config
 from zorro_jax.tasks.text2sql import load_builtin
-from zorro_jax.tasks.text2sql.prompts import build_prompt
 from zorro_jax.tokenizer import load_tokenizer
 
 
@@ -47,7 +46,8 @@ def main(argv=None):
     tok = load_tokenizer(args.tokenizer or args.policy)
     policy = load_hf_model(args.policy)
     tasks = load_builtin("train")[: args.num_prompts]
-    prompts = [encode(tok, build_prompt(t, style="compact").text, args.max_prompt_tokens) for t in tasks]
+    parts, _ = prompt_and_answer_texts(tasks, DataConfig(prompt_style="compact"))
+    prompts = [encode_prompt(tok, p, args.max_prompt_tokens)[0] for p in parts]
     if args.init_draft:
         draft = load_hf_model(args.init_draft)
     else:

@@ -1,5 +1,7 @@
 """GRPO iteration invariants: micro-batched (by token budget) == full-batch gradients == the
-replicated Dense computation, for every loss aggregation; prompt-once == naive iteration."""
+replicated Dense computation, for every loss aggregation and for two- and three-level sharing
+(a schema under several questions); prompt-once == naive iteration, also with several questions
+per database."""
 
 import dataclasses
 
@@ -12,7 +14,7 @@ from flax import nnx
 from zorro_jax.model.config import ModelConfig
 from zorro_jax.model.forward import dense_logprobs
 from zorro_jax.model.transformer import init_model
-from zorro_jax.rl.batches import PackingConfig, pack_groups, sample_mask
+from zorro_jax.rl.batches import PackingConfig, group_trees, pack_groups, sample_mask, shared_runs
 from zorro_jax.rl.grpo import GRPOConfig, GRPOTrainer, Policy, PromptItem
 from zorro_jax.rl.losses import LossConfig, loss_normaliser, policy_loss
 from zorro_jax.rl.optim import OptimConfig, make_optimizer
@@ -39,12 +41,24 @@ def _groups(rng, n=4, g=3):
              [list(rng.integers(3, VOCAB, rng.integers(0, 9))) for _ in range(g)]) for _ in range(n)]
 
 
-def _full_and_micro(groups, mode):
+def _schema_groups(rng, databases=3, questions=2, g=3):
+    """Groups whose prompts are a database's schema ++ a question: (groups, shared lengths)."""
+    groups, shared = [], []
+    for _ in range(databases):
+        schema = list(rng.integers(3, VOCAB, rng.integers(3, 10)))
+        for _ in range(questions):
+            groups.append((schema + list(rng.integers(3, VOCAB, rng.integers(1, 5))),
+                           [list(rng.integers(3, VOCAB, rng.integers(0, 9))) for _ in range(g)]))
+            shared.append(len(schema))
+    return groups, shared
+
+
+def _full_and_micro(groups, mode, shared_lens=None):
     """The whole batch as one micro-batch, and the same groups over one-row micro-batches of a
     small token budget."""
-    full = pack_groups(groups, mode=mode, tiles=(16, 16),
+    full = pack_groups(groups, mode=mode, tiles=(16, 16), shared_lens=shared_lens,
                        cfg=PackingConfig(token_budget=4096, rows_per_micro_batch=1), loss_width=8)
-    micro = pack_groups(groups, mode=mode, tiles=(16, 16),
+    micro = pack_groups(groups, mode=mode, tiles=(16, 16), shared_lens=shared_lens,
                         cfg=PackingConfig(token_budget=32, rows_per_micro_batch=1), loss_width=8)
     assert len(full) == 1 and len(micro) >= 3
     return full[0], micro
@@ -61,13 +75,22 @@ def _dense_loss_and_grads(graphdef, params, packed, old, adv, norm, cfg):
     return jax.value_and_grad(loss_fn)(params)
 
 
-@pytest.mark.parametrize("mode", ["prompt_once", "naive"])
+@pytest.mark.parametrize("mode", ["prompt_once", "naive", "three_level"])
 def test_micro_batched_gradient_equals_full_batch_and_dense(mode):
     graphdef, params = nnx.split(tiny_model())
     rng = np.random.default_rng(0)
-    groups = _groups(rng)
-    whole, micro = _full_and_micro(groups, mode)
-    b, g, r = 4, 3, 8
+    if mode == "three_level":
+        groups, shared = _schema_groups(rng)
+        whole, micro = _full_and_micro(groups, "prompt_once", shared)
+        # Each schema is one root segment: its tokens are packed once for its two questions.
+        tokens = lambda trees: sum(len(seg) for t in trees for seg in t.segments)
+        assert (tokens(group_trees(groups, "prompt_once", shared))
+                == tokens(group_trees(groups, "prompt_once")) - sum(shared[::2]))
+        assert max(len(t.parents) for t in group_trees(groups, "prompt_once", shared)) == 1 + 2 * 4
+    else:
+        groups = _groups(rng)
+        whole, micro = _full_and_micro(groups, mode)
+    b, g, r = len(groups), 3, 8
     old = rng.normal(-4, 0.1, (b, g, r)).astype(np.float32)
     adv = rng.normal(size=(b, g)).astype(np.float32)
     lengths = np.asarray([[len(c) for c in cs] for _, cs in groups])
@@ -132,3 +155,46 @@ def test_prompt_once_iteration_equals_naive_iteration():
     # ±lr, so parameters agree to about lr·1e-3 — checked relative to each tensor's scale.
     for a, b in zip(jax.tree.leaves(p1), jax.tree.leaves(p2)):
         assert max_rel(a, b) <= 1e-5
+
+
+def test_shared_runs_need_equal_ids_and_a_rest():
+    schema = [5, 6, 7]
+    prompts = [schema + [1], schema + [2, 3], [5, 6, 8, 1], schema, schema + [4]]
+    # Prompt 2 differs inside the schema; prompt 3 has nothing after it (no question segment).
+    assert shared_runs(prompts, [3] * 5) == [(0, 2), (2, 3), (3, 4), (4, 5)]
+    assert shared_runs(prompts, [0] * 5) == [(i, i + 1) for i in range(5)]
+    with pytest.raises(ValueError, match="shared lengths"):
+        shared_runs(prompts, [3])
+
+
+def test_questions_per_database_iteration_equals_naive_iteration():
+    """Three-level trees in the log-prob passes and the update give the naive iteration's loss
+    and parameters, on prompts that share a schema two questions at a time."""
+    rng = np.random.default_rng(2)
+    groups, shared = _schema_groups(rng, databases=2, questions=2)
+    items = [PromptItem(task=int(rng.integers(3, VOCAB)), prompt_ids=[int(t) for t in p],
+                        shared_len=n, group_key=f"db{i // 2}")
+             for i, ((p, _), n) in enumerate(zip(groups, shared))]
+    sampler = SamplerConfig(max_new_tokens=8, temperature=1.0, eos_token_ids=(2,), attention_impl="xla")
+    base = GRPOConfig(steps=1, prompts_per_step=4, group_size=4, sampler=sampler,
+                      optim=OptimConfig(lr=1e-3), attention_impl="xla", loss=LossConfig())
+    results = {}
+    for mode in ("prompt_once", "naive"):
+        cfg = dataclasses.replace(base, mode=mode)
+        graphdef, params = nnx.split(tiny_model(seed=3))
+        policy = Policy(graphdef, params)
+        opt = make_optimizer(cfg.optim)
+        trainer = GRPOTrainer(policy, opt, make_apply_fn(opt), CharTokenizer(), items, count_reward,
+                              cfg, questions_per_key=2)
+        row, _, extra = trainer.iteration(0, opt.init(params))
+        results[mode] = (policy.params, row, extra)
+    (p1, r1, e1), (p2, r2, e2) = results["prompt_once"], results["naive"]
+    keys = [it.group_key for it in e1["items"]]
+    assert keys[0] == keys[1] and keys[2] == keys[3]  # two questions of each drawn database
+    assert e1["texts"] == e2["texts"]
+    np.testing.assert_allclose(r1["loss"], r2["loss"], rtol=1e-5)
+    for a, b in zip(jax.tree.leaves(p1), jax.tree.leaves(p2)):
+        assert max_rel(a, b) <= 1e-5
+    with pytest.raises(ValueError, match="multiple"):
+        GRPOTrainer(policy, opt, make_apply_fn(opt), CharTokenizer(), items, count_reward,
+                    dataclasses.replace(base, prompts_per_step=3), questions_per_key=2)

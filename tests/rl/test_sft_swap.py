@@ -17,7 +17,7 @@ def setup(tmp_path_factory):
     data = DataConfig()
     tasks = load_builtin("train")[:80]
     prompts, answers = prompt_and_answer_texts(tasks, data)
-    tok = train_bpe_tokenizer(prompts + answers, 400, tmp_path_factory.mktemp("tok"))
+    tok = train_bpe_tokenizer(["".join(p) for p in prompts] + answers, 400, tmp_path_factory.mktemp("tok"))
     return data, tasks, tok
 
 

@@ -119,23 +119,64 @@ class GRPOConfig:
             raise ValueError("speculative rollouts run on shared-prefix caches: they need mode='prompt_once'")
 
 
+def _permutation_stream(n: int, key: Sequence[int], position: int, count: int) -> list[int]:
+    """Indices `position .. position+count-1` of an endless stream of seeded permutations of n."""
+    out = []
+    for pos in range(position, position + count):
+        epoch, i = divmod(pos, n)
+        out.append(int(np.random.default_rng([*key, epoch]).permutation(n)[i]))
+    return out
+
+
 def data_order(n: int, seed: int, position: int, count: int) -> list[int]:
     """Indices `position .. position+count-1` of an endless stream of seeded permutations."""
     if n < 1:
         raise ValueError("no training prompts")
+    return _permutation_stream(n, [seed], position, count)
+
+
+def grouped_order(keys: Sequence[str], per_key: int, seed: int, position: int, count: int) -> list[int]:
+    """Like `data_order`, `per_key` items at a time from one key (a database): item positions
+    `position .. position+count-1` (both multiples of per_key) are keys at positions
+    position/per_key .. of a seeded stream of permutations of the distinct keys, each followed by
+    per_key distinct items of that key: the next per_key of a seeded permutation of its items (a
+    new permutation when fewer than per_key are left; a key with fewer items than per_key repeats
+    some). Items of one key are adjacent in the result. per_key = 1 is `data_order` itself.
+    Deterministic in (seed, position): a resumed run draws the same."""
+    if per_key < 1:
+        raise ValueError(f"questions per key must be >= 1, got {per_key}")
+    if per_key == 1:
+        return data_order(len(keys), seed, position, count)
+    if not keys:
+        raise ValueError("no training prompts")
+    if position % per_key or count % per_key:
+        raise ValueError(f"position {position} and count {count} must be multiples of {per_key}")
+    names = sorted(set(keys))
+    members = {name: [] for name in names}
+    for i, k in enumerate(keys):
+        members[k].append(i)
     out = []
-    for pos in range(position, position + count):
-        epoch, i = divmod(pos, n)
-        out.append(int(np.random.default_rng([seed, epoch]).permutation(n)[i]))
+    for pos in range(position // per_key, (position + count) // per_key):
+        [d] = _permutation_stream(len(names), [seed], pos, 1)
+        visit = pos // len(names)  # each key comes once per epoch of the key stream
+        m = members[names[d]]
+        windows = max(1, len(m) // per_key)  # visits per permutation of the key's items
+        epoch, w = divmod(visit, windows)
+        perm = np.random.default_rng([seed, 1, d, epoch]).permutation(len(m))
+        out += [m[perm[(w * per_key + j) % len(m)]] for j in range(per_key)]
     return out
 
 
 @dataclasses.dataclass
 class PromptItem:
-    """A task with its tokenised prompt (what the trainer needs of a data set)."""
+    """A task with its tokenised prompt (what the trainer needs of a data set): prompt_ids[:shared_len]
+    is the part shared by every item of the same group_key (a database's schema), the rest the
+    item's own (its question)."""
 
     task: Any
     prompt_ids: list[int]
+    shared_len: int = 0
+    group_key: str = ""
 
 
 class Policy:
@@ -215,8 +256,15 @@ class GRPOTrainer:
     """
 
     def __init__(self, policy: Policy, optimizer, apply_fn, tokenizer, items: list[PromptItem],
-                 reward_fn: RewardFn, cfg: GRPOConfig, ref_params=None, draft=None):
+                 reward_fn: RewardFn, cfg: GRPOConfig, ref_params=None, draft=None,
+                 questions_per_key: int = 1):
         self.policy, self.tok, self.items, self.reward_fn, self.cfg = policy, tokenizer, items, reward_fn, cfg
+        if questions_per_key < 1 or cfg.prompts_per_step % questions_per_key:
+            raise ValueError(f"prompts_per_step {cfg.prompts_per_step} must be a multiple of the "
+                             f"questions per database {questions_per_key}")
+        # Each step draws prompts_per_step / k databases with k questions each; their schema is
+        # shared three levels deep (schema → questions → completions) in training.
+        self.questions_per_key = questions_per_key
         self.optimizer, self.apply_fn, self.ref_params = optimizer, apply_fn, ref_params
         if cfg.speculative.enabled and draft is None:
             raise ValueError("cfg.speculative.enabled needs a draft (DraftTrainer)")
@@ -235,7 +283,8 @@ class GRPOTrainer:
         Returns (metrics row, new optimiser state, {texts, rewards, details, items}).
         """
         cfg = self.cfg
-        idx = data_order(len(self.items), cfg.seed, step * cfg.prompts_per_step, cfg.prompts_per_step)
+        idx = grouped_order([it.group_key for it in self.items], self.questions_per_key, cfg.seed,
+                            step * cfg.prompts_per_step, cfg.prompts_per_step)
         items = [self.items[i] for i in idx]
         key = jax.random.fold_in(jax.random.key(cfg.seed), step)
         spec = cfg.speculative
@@ -248,8 +297,9 @@ class GRPOTrainer:
         # The loss view is the sampler's response buffer: one length bucket policy for both.
         width = roll.tokens_BxGxR.shape[2]
         groups = rollout_groups([it.prompt_ids for it in items], roll.tokens_BxGxR, roll.lengths_BxG)
+        shared = [it.shared_len for it in items] if self.questions_per_key > 1 else None
         mbs = pack_groups(groups, mode=cfg.mode, tiles=self.tiles, cfg=cfg.packing,
-                          pad_id=cfg.sampler.pad_token_id, loss_width=width)
+                          pad_id=cfg.sampler.pad_token_id, loss_width=width, shared_lens=shared)
         old_lp = self._logprobs(self.policy.params, mbs, roll.tokens_BxGxR.shape)
         ref_lp = (self._logprobs(self.ref_params, mbs, roll.tokens_BxGxR.shape)
                   if cfg.loss.kl_coef > 0 else old_lp)

@@ -47,6 +47,14 @@ class DataConfig:
     # Prompt style of zorro_jax.tasks.text2sql.prompts ("compact" suits small models).
     prompt_style: str = "compact"
     max_prompt_tokens: int = 384
+    # Questions drawn from each chosen database per step (SFT and GRPO). Above 1, the database's
+    # schema is processed once for all of them in training (three-level prefix trees: schema →
+    # questions → completions) and in generation. 1 = one question per draw, databases mixed.
+    questions_per_database: int = 1
+
+    def __post_init__(self):
+        if self.questions_per_database < 1:
+            raise ValueError(f"questions_per_database must be >= 1, got {self.questions_per_database}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -84,6 +92,13 @@ class RunConfig:
     eval_batch_size: int = 16
     quiet: bool = False
 
+    def __post_init__(self):
+        k = self.data.questions_per_database
+        for name, n in (("grpo.prompts_per_step", self.grpo.prompts_per_step),
+                        ("sft.batch_size", self.sft.batch_size)):
+            if n % k:
+                raise ValueError(f"{name} ({n}) must be a multiple of data.questions_per_database ({k})")
+
 
 def load_tasks(data: DataConfig, split: str):
     """Tasks of a split of the configured source; "a+b" concatenates splits (e.g. "train+rl")."""
@@ -109,15 +124,19 @@ def load_tasks(data: DataConfig, split: str):
 
 
 def prompt_and_answer_texts(tasks, data: DataConfig):
-    """Prompt texts and reference answers (the gold SQL in a fenced block) of `tasks`."""
+    """Prompts as (shared part, question part) text pairs — the shared part is the database's
+    (system text and schema), the question part the task's — and the reference answers (the gold
+    SQL in a fenced block) of `tasks`. Every path tokenises the parts apart (`encode_prompt`), so
+    the policy sees one format whether or not a schema is shared."""
     from zorro_jax.tasks.text2sql.prompts import build_prompt, format_answer
 
-    def text(task):
+    def parts(task):
         prompt = build_prompt(task, style=data.prompt_style)
         # The compact style is for small policies trained from scratch: no system turn needed.
-        return prompt.text if data.prompt_style == "compact" else f"{prompt.system}\n\n{prompt.text}"
+        shared = prompt.shared if data.prompt_style == "compact" else f"{prompt.system}\n\n{prompt.shared}"
+        return shared, prompt.question
 
-    return [text(t) for t in tasks], [format_answer(t.gold_sql) for t in tasks]
+    return [parts(t) for t in tasks], [format_answer(t.gold_sql) for t in tasks]
 
 
 def literal_swapper(tasks, tok, data: DataConfig, eos: int):
@@ -132,7 +151,8 @@ def literal_swapper(tasks, tok, data: DataConfig, eos: int):
         question, sql = swap_literals(task.question, task.gold_sql, rng, pool)
         [prompt], [answer] = prompt_and_answer_texts(
             [dataclasses.replace(task, question=question, gold_sql=sql)], data)
-        return encode(tok, prompt, data.max_prompt_tokens), tok(answer, add_special_tokens=False)["input_ids"] + [eos]
+        return (encode_prompt(tok, prompt, data.max_prompt_tokens)[0],
+                tok(answer, add_special_tokens=False)["input_ids"] + [eos])
 
     return swap
 
@@ -164,15 +184,18 @@ def new_model_config(cfg: RunConfig, tok) -> ModelConfig:
     )
 
 
-def encode(tok, text: str, max_tokens: int | None = None) -> list[int]:
-    """Token ids of `text` with BOS; when longer than `max_tokens`, the start is cut (the question
-    comes last).
-    """
-    ids = tok(text, add_special_tokens=False)["input_ids"]
+def encode_prompt(tok, parts: tuple[str, str], max_tokens: int | None = None) -> tuple[list[int], int]:
+    """(token ids, shared length) of a (shared, question) prompt: BOS + the shared part's ids +
+    the question part's ids, each part tokenised on its own. When longer than `max_tokens`, the
+    start of the shared part is cut (the question comes last)."""
+    shared, question = (tok(text, add_special_tokens=False)["input_ids"] for text in parts)
     prefix = [tok.bos_token_id] if tok.bos_token_id is not None else []
-    if max_tokens and len(ids) + len(prefix) > max_tokens:
-        ids = ids[len(ids) + len(prefix) - max_tokens:]  # keep the question, which comes last
-    return prefix + ids
+    over = len(prefix) + len(shared) + len(question) - (max_tokens or 0)
+    if max_tokens and over > 0:
+        cut = min(over, len(shared))
+        shared = shared[cut:]
+        question = question[over - cut:]
+    return prefix + shared + question, len(prefix) + len(shared)
 
 
 def warm_up_draft(cfg: RunConfig, grpo_cfg: GRPOConfig, policy: Policy, examples: list[tuple[list[int], list[int]]],
@@ -241,7 +264,7 @@ def run(cfg: RunConfig) -> dict:
     grpo_split = cfg.data.grpo_split or cfg.data.train_split
     grpo_tasks = train_tasks if grpo_split == cfg.data.train_split else load_tasks(cfg.data, grpo_split)
     grpo_prompts, _ = prompt_and_answer_texts(grpo_tasks, cfg.data)
-    tok = get_tokenizer(cfg, train_prompts + train_answers)
+    tok = get_tokenizer(cfg, ["".join(p) for p in train_prompts] + train_answers)
     eos = tok.eos_token_id
     say(f"data: {len(train_tasks)} SFT ({cfg.data.train_split}) / {len(grpo_tasks)} GRPO ({grpo_split}) / "
         f"{len(eval_tasks)} eval ({cfg.data.eval_split}) tasks; tokenizer vocab {len(tok)}")
@@ -255,9 +278,12 @@ def run(cfg: RunConfig) -> dict:
     say(f"policy: {model.config.model_type}, {n_params / 1e6:.2f}M parameters")
 
     budget = cfg.data.max_prompt_tokens
-    train_items = [PromptItem(t, encode(tok, p, budget)) for t, p in zip(train_tasks, train_prompts)]
-    eval_items = [PromptItem(t, encode(tok, p, budget)) for t, p in zip(eval_tasks, eval_prompts)]
-    grpo_items = [PromptItem(t, encode(tok, p, budget)) for t, p in zip(grpo_tasks, grpo_prompts)]
+    def items(tasks, prompts):
+        return [PromptItem(t, *encode_prompt(tok, p, budget), group_key=t.db_id)
+                for t, p in zip(tasks, prompts)]
+
+    train_items, eval_items, grpo_items = (items(train_tasks, train_prompts), items(eval_tasks, eval_prompts),
+                                           items(grpo_tasks, grpo_prompts))
     examples = [(it.prompt_ids, tok(a, add_special_tokens=False)["input_ids"] + [eos])
                 for it, a in zip(train_items, train_answers)]
 
@@ -278,6 +304,9 @@ def run(cfg: RunConfig) -> dict:
         step_fn = make_sft_step(graphdef, make_apply_fn(sft_opt), examples, cfg.sft, pad_id=tok.pad_token_id,
                                 impl=cfg.grpo.attention_impl,
                                 tiles=tiles_for(model.config, cfg.grpo.attention_impl),
+                                keys=[it.group_key for it in train_items],
+                                shared_lens=[it.shared_len for it in train_items],
+                                per_key=cfg.data.questions_per_database,
                                 swap=literal_swapper(train_tasks, tok, cfg.data, eos) if cfg.sft.literal_swap else None)
         state = run_phase("sft", cfg.sft.steps, step_fn, state, run_dir, log,
                           checkpoint_every=cfg.checkpoint_every, keep=cfg.keep_checkpoints,
@@ -314,7 +343,8 @@ def run(cfg: RunConfig) -> dict:
     t0 = time.perf_counter()
     grpo_opt = make_optimizer(grpo_cfg.optim)
     trainer = GRPOTrainer(policy, grpo_opt, make_apply_fn(grpo_opt), tok, grpo_items, reward_fn, grpo_cfg,
-                          ref_params=state["params"] if grpo_cfg.loss.kl_coef > 0 else None, draft=draft)
+                          ref_params=state["params"] if grpo_cfg.loss.kl_coef > 0 else None, draft=draft,
+                          questions_per_key=cfg.data.questions_per_database)
 
     def grpo_step(step, st):
         policy.params = st["params"]

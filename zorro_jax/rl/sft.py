@@ -10,14 +10,14 @@ from __future__ import annotations
 
 import dataclasses
 import random
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import jax.numpy as jnp
 
 from pallas_kernels.tree_blocks import list_bucket
 from zorro_jax.attention import XLA_TREE_TILES
 from zorro_jax.rl.batches import PackingConfig, pack_groups
-from zorro_jax.rl.grpo import data_order
+from zorro_jax.rl.grpo import grouped_order
 from zorro_jax.rl.optim import OptimConfig
 from zorro_jax.rl.steps import add_grads, make_sft_grad_fn
 
@@ -48,10 +48,14 @@ class SFTConfig:
 def make_sft_step(graphdef, apply_fn, examples: list[tuple[list[int], list[int]]], cfg: SFTConfig,
                   pad_id: int = 0, impl=None,
                   swap: Callable[[int, random.Random], tuple[list[int], list[int]]] | None = None,
-                  tiles: tuple[int, int] = XLA_TREE_TILES):
+                  tiles: tuple[int, int] = XLA_TREE_TILES, keys: Sequence[str] | None = None,
+                  shared_lens: Sequence[int] | None = None, per_key: int = 1):
     """step_fn(step, state={'params', 'opt'}) -> (state, metrics row) for `run_phase`.
 
     `tiles` are the attention tiles the batches are packed with (`batches.tiles_for`).
+    With per_key > 1 each step draws batch_size / per_key keys (databases, `keys[i]` of example i)
+    with per_key examples each, and the examples of a key share their first `shared_lens[i]`
+    prompt tokens (the schema) as one root segment, as in GRPO.
 
     With `cfg.literal_swap > 0`, `swap(i, rng)` gives example i with its literals swapped; which
     examples are swapped, and how, depends only on (seed, step), so a resumed run sees the same
@@ -59,6 +63,9 @@ def make_sft_step(graphdef, apply_fn, examples: list[tuple[list[int], list[int]]
     """
     if not examples:
         raise ValueError("SFT needs at least one (prompt, answer) example")
+    if per_key > 1 and (keys is None or shared_lens is None or cfg.batch_size % per_key):
+        raise ValueError(f"per_key {per_key} > 1 needs keys, shared_lens and a batch size "
+                         f"({cfg.batch_size}) that is a multiple of it")
     if cfg.literal_swap and swap is None:
         raise ValueError("literal_swap > 0 needs a swap function (the data source must support it)")
     grad_fn = make_sft_grad_fn(graphdef, impl)
@@ -74,11 +81,13 @@ def make_sft_step(graphdef, apply_fn, examples: list[tuple[list[int], list[int]]
         return examples[i]
 
     def step_fn(step: int, state):
-        idx = data_order(len(examples), cfg.seed, (step - 1) * cfg.batch_size, cfg.batch_size)
+        idx = grouped_order(keys if per_key > 1 else [""] * len(examples), per_key, cfg.seed,
+                            (step - 1) * cfg.batch_size, cfg.batch_size)
         chosen = [example(step, j, i) for j, i in enumerate(idx)]
         mbs = pack_groups([(p, [a]) for p, a in chosen], mode="prompt_once", tiles=tiles,
                           cfg=cfg.packing, pad_id=pad_id,
-                          loss_width=max(width, list_bucket(max(len(a) for _, a in chosen))))
+                          loss_width=max(width, list_bucket(max(len(a) for _, a in chosen))),
+                          shared_lens=[shared_lens[i] for i in idx] if per_key > 1 else None)
         n_tok = jnp.asarray(max(1, sum(len(a) for _, a in chosen)), jnp.float32)
         loss, grads = 0.0, None
         for mb in mbs:

@@ -64,13 +64,22 @@ class Table:
 
 @dataclasses.dataclass(frozen=True)
 class Prompt:
-    """A rendered prompt: `system` for chat models, `text` the user turn; `omitted` lists what
-    the token budget removed; `n_tokens` is counted on `text` when a counter was given."""
+    """A rendered prompt: `system` for chat models, the user turn in two parts — `shared` (the
+    database's schema and notes, the same for every question of the database when no budget
+    trims it per question) and `question` (the question, its evidence and the instructions);
+    `text` = shared + question. `omitted` lists what the token budget removed; `n_tokens` is
+    counted on `text` when a counter was given."""
 
     system: str
-    text: str
+    shared: str
+    question: str
     omitted: tuple[str, ...] = ()
     n_tokens: int | None = None
+
+    @property
+    def text(self) -> str:
+        """The whole user turn."""
+        return self.shared + self.question
 
 
 def format_answer(sql: str) -> str:
@@ -209,20 +218,20 @@ def relevance(table: Table, question: str) -> float:
     return score
 
 
-def _render(task: Task, style: str, tables, trimmed, examples: bool, notes) -> str:
+def _render(task: Task, style: str, tables, trimmed, examples: bool, notes) -> tuple[str, str]:
+    """(shared part, question part); every shared part ends with a newline, so the two parts
+    tokenise apart at a word boundary."""
     question = task.question.strip()
     if task.evidence:
         question += f"\nHint: {task.evidence.strip()}"
     if style == "compact":
         body = _render_compact(tables, trimmed)
         note = "".join(f"-- {n}\n" for n in notes)
-        return f"{body}\n{note}Q: {question}"
+        return f"{body}\n{note}", f"Q: {question}"
     schema = _render_ddl(tables, trimmed, examples)
     note = "".join(f"-- Note: {n}\n" for n in notes)
-    return (
-        f"Database engine: DuckDB\n\nDatabase schema:\n{schema}\n{note}\n"
-        f"Question:\n{question}\n\n{_INSTRUCTIONS}"
-    )
+    return (f"Database engine: DuckDB\n\nDatabase schema:\n{schema}\n{note}\n",
+            f"Question:\n{question}\n\n{_INSTRUCTIONS}")
 
 
 def build_prompt(
@@ -246,11 +255,11 @@ def build_prompt(
     omitted: list[str] = []
 
     def render():
-        return _render(task, style, tables, trimmed, examples, notes)
+        return "".join(_render(task, style, tables, trimmed, examples, notes))
 
     text = render()
     if count_tokens is None:
-        return Prompt(SYSTEM_PROMPT, text)
+        return Prompt(SYSTEM_PROMPT, *_render(task, style, tables, trimmed, examples, notes))
     n = count_tokens(text)
     if n > budget and examples:
         examples = False
@@ -283,4 +292,5 @@ def build_prompt(
         text = render()
         n = count_tokens(text)
     trim(ranked[-1])
-    return Prompt(SYSTEM_PROMPT, text, tuple(omitted), n)
+    return Prompt(SYSTEM_PROMPT, *_render(task, style, tables, trimmed, examples, notes),
+                  tuple(omitted), n)
