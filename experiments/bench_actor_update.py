@@ -1,7 +1,7 @@
 """Benchmark: one actor update (forward + backward of the GRPO token loss) on ragged batches, four
 layouts in one process (XLA attention on this CPU).
 
-    python -m experiments.bench_actor_update [--distributions sql reasoning long-prompt uniform]
+    python -m experiments.bench_actor_update [--distributions sql reasoning long-prompt uniform schema]
                                              [--preset ci] [--repeats 3] [--hidden-size 256]
                                              [--json PATH]
 
@@ -10,7 +10,9 @@ distribution with a fixed seed):
 - padded naive: `Dense` rows prompt ++ completion, right-padded to the longest sample;
 - packed naive: depth-1 `PackedTree` (the prompt copied into every sample, rows packed without
   padding: the baseline stacks run as "remove padding" / varlen packing);
-- packed prompt-once: depth-2 `PackedTree` (each prompt once, its G completions under it).
+- packed prompt-once: depth-2 `PackedTree` (each prompt once, its G completions under it);
+- packed three-level (`schema` only: prompts are a database schema ++ a question): depth 3, the
+  schema once for all k questions of its database, each question once for its G completions.
 (The padded prompt-once layout these replaced was measured beside them before its removal; see
 the README.) A variant that does not fit in memory is reported as out of memory.
 Columns: median time per update, XLA temp bytes (`memory_analysis`, the largest micro-batch),
@@ -36,23 +38,28 @@ from flax import nnx
 
 from experiments.common import bench_model_of_width, flop_rates, machine_note, write_json
 from zorro_jax.attention import XLA_TREE_TILES
-from zorro_jax.layouts import group_tree, pack_groups_balanced, replicated_trees
+from zorro_jax.layouts import pack_groups_balanced
 from zorro_jax.model.forward import dense_logprobs, packed_logprobs
 from zorro_jax.model.transformer import init_model
+from zorro_jax.rl.batches import group_trees
 from zorro_jax.rl.losses import LossConfig, loss_normaliser, policy_loss
 
 
 @dataclasses.dataclass(frozen=True)
 class LengthDist:
-    """B prompts × G completions; lengths lognormal(median, sigma) clipped to [lo, hi]."""
+    """B prompts × G completions; lengths lognormal(median, sigma) clipped to [lo, hi]. With a
+    `schema` spec, prompts are a database schema ++ a question: `groups` databases with
+    `questions` questions each (B = groups · questions), `prompt` then draws the question."""
 
     groups: int
     samples: int
     prompt: tuple[float, float, int, int]  # median, sigma, lo, hi
     completion: tuple[float, float, int, int]
+    schema: tuple[float, float, int, int] | None = None
+    questions: int = 1
 
     def draw(self, seed: int = 0):
-        """(prompt lengths [B], completion lengths [B, G]) as int arrays."""
+        """(schema lengths [D] or None, prompt lengths [B], completion lengths [B, G])."""
         rng = np.random.default_rng(seed)
 
         def lognormal(spec, size):
@@ -60,8 +67,9 @@ class LengthDist:
             x = np.exp(rng.normal(np.log(median), sigma, size)) if sigma else np.full(size, median)
             return np.clip(np.round(x), lo, hi).astype(np.int64)
 
-        return (lognormal(self.prompt, self.groups),
-                lognormal(self.completion, (self.groups, self.samples)))
+        b = self.groups * self.questions
+        schema = None if self.schema is None else lognormal(self.schema, self.groups)
+        return schema, lognormal(self.prompt, b), lognormal(self.completion, (b, self.samples))
 
 
 DISTRIBUTIONS = {
@@ -69,42 +77,53 @@ DISTRIBUTIONS = {
     "sql": LengthDist(4, 8, (768, 0.5, 128, 3072), (96, 0.6, 8, 512)),
     "reasoning": LengthDist(2, 8, (512, 0.5, 128, 3072), (384, 0.8, 16, 2048)),
     "long-prompt": LengthDist(2, 8, (3072, 0.2, 1024, 6144), (192, 0.8, 8, 1024)),
+    # One database: schema ~1536 tokens, k = 8 questions of ~48, G = 8 completions of ~96.
+    "schema": LengthDist(1, 8, (48, 0.4, 8, 256), (96, 0.6, 8, 512), schema=(1536, 0.3, 256, 6144),
+                         questions=8),
 }
-VARIANTS = ("padded_naive", "packed_naive", "packed_prompt_once")
 # Each packed row holds at most this many tokens (raised to the largest tree when needed).
 TOKEN_BUDGET = 8192
 
 
 def make_groups(dist: LengthDist, vocab: int, seed: int = 0):
-    """[(prompt ids, [completion ids] * G)] with the distribution's lengths (random tokens)."""
-    plen, clen = dist.draw(seed)
+    """([(prompt ids, [completion ids] * G)], shared lengths [B] or None) with the distribution's
+    lengths (random tokens); with a schema, prompt b = schema of database b // questions ++ its
+    question, and shared length = that schema's length."""
+    slen, plen, clen = dist.draw(seed)
     rng = np.random.default_rng(seed + 1)
-    return [(rng.integers(3, vocab, int(p)).astype(np.int32),
-             [rng.integers(3, vocab, int(c)).astype(np.int32) for c in cs])
-            for p, cs in zip(plen, clen)]
+    tokens = lambda n: rng.integers(3, vocab, int(n)).astype(np.int32)
+    schemas = [tokens(n) for n in slen] if slen is not None else None
+    groups = []
+    for b, (p, cs) in enumerate(zip(plen, clen)):
+        prompt = tokens(p) if schemas is None else np.concatenate([schemas[b // dist.questions], tokens(p)])
+        groups.append((prompt, [tokens(c) for c in cs]))
+    shared = None if schemas is None else [len(schemas[b // dist.questions]) for b in range(len(groups))]
+    return groups, shared
 
 
-def attention_pairs(groups) -> tuple[int, int]:
-    """Visible (query, key) pairs of the tree rule: (packed naive, packed prompt-once). Sharing
-    removes the prompt-prompt pairs of G-1 copies only; prompt-completion and completion pairs are
-    the same in both, so attention's ratio is below the token ratio."""
-    tri = lambda n: n * (n + 1) // 2
-    naive = sum(tri(len(p) + len(c)) for p, cs in groups for c in cs)
-    once = sum(tri(len(p)) + sum(len(c) * len(p) + tri(len(c)) for c in cs) for p, cs in groups)
-    return naive, once
+def tree_counts(trees) -> tuple[int, int]:
+    """(real tokens, visible (query, key) pairs of the tree rule) of packing units: a segment of n
+    tokens under ancestors of A tokens sees n·A + n(n+1)/2 pairs. Sharing a prefix removes the
+    pairs of its copies only; what its descendants see of it is the same, so attention's ratio is
+    below the token ratio."""
+    tokens = pairs = 0
+    for t in trees:
+        above = []  # tokens of each segment's ancestors (parents come first: depth-first order)
+        for seg, parent in zip(t.segments, t.parents):
+            n = len(seg)
+            a = 0 if parent < 0 else above[parent] + len(t.segments[parent])
+            above.append(a)
+            tokens += n
+            pairs += n * a + n * (n + 1) // 2
+    return tokens, pairs
 
 
-def flop_ratio(cfg, groups) -> float:
-    """Model FLOPs of packed naive / packed prompt-once: real tokens, visible pairs and scored
-    tokens priced by `flop_rates` (padding and masked block work excluded)."""
+def model_flops(cfg, trees, scored: int) -> float:
+    """Forward FLOPs an exact implementation needs for `trees`: real tokens, visible pairs and
+    scored tokens priced by `flop_rates` (padding and masked block work excluded)."""
     per_token, per_pair, head = flop_rates(cfg)
-    pairs_naive, pairs_once = attention_pairs(groups)
-    scored = sum(len(c) for _, cs in groups for c in cs)
-    tokens_naive = sum(len(p) + len(c) for p, cs in groups for c in cs)
-    tokens_once = sum(len(p) + sum(len(c) for c in cs) for p, cs in groups)
-    naive = per_token * tokens_naive + per_pair * pairs_naive + head * scored
-    once = per_token * tokens_once + per_pair * pairs_once + head * scored
-    return naive / once
+    tokens, pairs = tree_counts(trees)
+    return per_token * tokens + per_pair * pairs + head * scored
 
 
 def _loss(logp, mask, old, adv, cfg):
@@ -130,31 +149,38 @@ def make_steps(graphdef, cfg: LossConfig):
     return {"packed": step(packed), "padded_dense": step(padded_dense)}
 
 
-def build_variants(groups, token_budget: int = TOKEN_BUDGET, one_row: bool = False):
-    """variant -> (step kind, [(batch, micro-batch, computed tokens)] one per micro-batch, real
-    tokens). The packed variants put every row in one micro-batch, or with `one_row` each row in
-    a micro-batch of its own (gradients accumulated: the same update in less memory)."""
-    g = len(groups[0][1])
+def variant_trees(groups, shared_lens=None) -> dict:
+    """variant -> packing units: packed naive (depth 1), packed prompt-once (depth 2) and, when
+    the prompts share schemas, packed three-level (schema → questions → completions)."""
+    out = {"packed_naive": group_trees(groups, "naive"),
+           "packed_prompt_once": group_trees(groups, "prompt_once")}
+    if shared_lens is not None:
+        out["packed_three_level"] = group_trees(groups, "prompt_once", shared_lens)
+    return out
+
+
+def build_variants(groups, shared_lens=None, token_budget: int = TOKEN_BUDGET, one_row: bool = False):
+    """variant -> (step kind, [(batch, micro-batch, computed tokens)] one per micro-batch, trees).
+    The packed variants put every row in one micro-batch, or with `one_row` each row in a
+    micro-batch of its own (gradients accumulated: the same update in less memory)."""
     r = max(1, max(len(c) for _, cs in groups for c in cs))
-    prompt_once = [group_tree(p, cs, b) for b, (p, cs) in enumerate(groups)]
-    naive = [t for b, (p, cs) in enumerate(groups) for t in replicated_trees(p, cs, b)]
     out = {}
-    for name, trees in (("packed_naive", naive), ("packed_prompt_once", prompt_once)):
+    for name, trees in variant_trees(groups, shared_lens).items():
         largest = max(sum(len(s) for s in t.segments) for t in trees)
         budget = max(token_budget, largest)
-        total = sum(sum(len(s) for s in t.segments) for t in trees)
+        total = tree_counts(trees)[0]
         rows = 1 if one_row else -(-total // budget)
         mbs = pack_groups_balanced(trees, token_budget=budget, rows_per_batch=rows, loss_width=r,
                                    tiles=XLA_TREE_TILES)
         out[name] = ("packed", [(m.packed, m, int(np.asarray(m.packed.positions_NxT).size))
-                                for m in mbs], total)
+                                for m in mbs], trees)
+    prompt_once = out["packed_prompt_once"][2]
     whole = pack_groups_balanced(prompt_once, token_budget=max(
         token_budget, max(sum(len(s) for s in t.segments) for t in prompt_once)),
         rows_per_batch=len(prompt_once), loss_width=r, tiles=XLA_TREE_TILES)[0]
     dense = whole.packed.to_dense()
     out["padded_naive"] = ("padded_dense", [((dense, whole.packed), whole,
-                                             int(dense.tokens_NxT.size))],
-                           sum(g * len(p) + sum(len(c) for c in cs) for p, cs in groups))
+                                             int(dense.tokens_NxT.size))], out["packed_naive"][2])
     return out
 
 
@@ -185,41 +211,50 @@ def _measure(step, params, parts, old, adv, repeats):
 
 def run_distribution(params, steps, name: str, cfg, repeats: int, seed: int = 0):
     """Time and measure every variant on one distribution; returns the JSON row."""
-    groups = make_groups(DISTRIBUTIONS[name], cfg.vocab_size, seed)
+    groups, shared = make_groups(DISTRIBUTIONS[name], cfg.vocab_size, seed)
     old, adv = _targets(groups)
     row = {"distribution": name, "groups": len(groups), "samples": len(groups[0][1])}
-    one_row = build_variants(groups, one_row=True)
-    for variant, (kind, parts, real) in build_variants(groups).items():
+    one_row = build_variants(groups, shared, one_row=True)
+    scored = sum(len(c) for _, cs in groups for c in cs)
+    for variant, (kind, parts, trees) in build_variants(groups, shared).items():
+        real, pairs = tree_counts(trees)
         try:
             row[variant] = _measure(steps[kind], params, parts, old, adv, repeats)
         except jax.errors.JaxRuntimeError as e:
             if "RESOURCE_EXHAUSTED" not in str(e):
                 raise
             if kind != "packed":
-                row[variant] = {"out_of_memory": True, "real_tokens": int(real)}
+                row[variant] = {"out_of_memory": True, "real_tokens": real}
                 print(f"  {name:12s} {variant:19s} out of memory", flush=True)
                 continue
             # Too big as one step: the same update over one-row micro-batches.
             parts = one_row[variant][1]
             row[variant] = _measure(steps[kind], params, parts, old, adv, repeats)
-        row[variant].update(computed_tokens=sum(t for _, _, t in parts), real_tokens=int(real),
+        row[variant].update(computed_tokens=sum(t for _, _, t in parts), real_tokens=real,
+                            attention_pairs=pairs, model_flops=model_flops(cfg, trees, scored),
                             micro_batches=len(parts))
         print(f"  {name:12s} {variant:19s} {row[variant]['time_s']:8.3f} s  "
               f"{row[variant]['temp_bytes'] / 2**20:9.1f} MiB  "
               f"{row[variant]['computed_tokens']:7d} tokens", flush=True)
+
+    def ratios(base, new, prefix=""):
+        row[prefix + "ideal_token_ratio"] = base["real_tokens"] / new["real_tokens"]
+        row[prefix + "attention_pair_ratio"] = base["attention_pairs"] / new["attention_pairs"]
+        row[prefix + "flop_ratio"] = base["model_flops"] / new["model_flops"]
+        # Per-micro-batch memory is comparable only when both ran as one step.
+        comparable = base["micro_batches"] == new["micro_batches"] == 1
+        return base["time_s"] / new["time_s"], (base["temp_bytes"] / new["temp_bytes"]
+                                                if comparable else None)
+
     naive, once = row["packed_naive"], row["packed_prompt_once"]
-    row["ideal_token_ratio"] = naive["real_tokens"] / once["real_tokens"]
-    pairs_naive, pairs_once = attention_pairs(groups)
-    row["attention_pair_ratio"] = pairs_naive / pairs_once
-    row["flop_ratio"] = flop_ratio(cfg, groups)
-    row["time_ratio_vs_packed_naive"] = naive["time_s"] / once["time_s"]
-    # Per-micro-batch memory is comparable only when both ran as one step.
-    row["memory_ratio_vs_packed_naive"] = (naive["temp_bytes"] / once["temp_bytes"]
-                                           if naive["micro_batches"] == once["micro_batches"] == 1
-                                           else None)
+    row["time_ratio_vs_packed_naive"], row["memory_ratio_vs_packed_naive"] = ratios(naive, once)
     padded = row["padded_naive"]
     row["time_ratio_vs_padded_naive"] = (padded["time_s"] / once["time_s"]
                                          if "time_s" in padded else None)
+    if "packed_three_level" in row:
+        # Three-level sharing against two-level (prompt-once): the multi-level comparison.
+        row["three_vs_two_level_ratio"], row["three_vs_two_level_memory_ratio"] = ratios(
+            once, row["packed_three_level"], prefix="three_vs_two_level_")
     return row
 
 
@@ -261,6 +296,13 @@ def main(argv=None):
               f"{r['attention_pair_ratio']:6.2f} {r['flop_ratio']:6.2f} | "
               f"{r['time_ratio_vs_packed_naive']:19.2f} {_fmt(r['memory_ratio_vs_packed_naive']):>18} | "
               f"{_fmt(padded, 'out of memory'):>19}")
+    for r in rows:
+        if "three_vs_two_level_ratio" in r:
+            print(f"{r['distribution']:12s} three-level vs two-level: ideal "
+                  f"{r['three_vs_two_level_ideal_token_ratio']:.2f}, pairs "
+                  f"{r['three_vs_two_level_attention_pair_ratio']:.2f}, flops "
+                  f"{r['three_vs_two_level_flop_ratio']:.2f}, time {r['three_vs_two_level_ratio']:.2f}, "
+                  f"memory {_fmt(r['three_vs_two_level_memory_ratio'])}")
     write_json(args.json, {"machine": machine_note(), "hidden_size": cfg.hidden_size, "rows": rows})
     return rows
 
