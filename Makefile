@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: run test test-all lint
+.PHONY: run test test-all lint results
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -24,6 +24,12 @@ test: $(STAMP)
 # pytest exits 5 when the tier selects no test: not a failure.
 test-all: $(STAMP)
 	$(PY) -m pytest -q -m "slow or notebook" $(PYTEST_ARGS); rc=$$?; [ $$rc -eq 5 ] || exit $$rc
+
+# Re-measure the README's results tables (benchmarks + quickstart, about an hour on two cores)
+# and rewrite them in README.md from results/*.json; RESULTS_ARGS="--only quickstart" for one.
+RESULTS_ARGS ?=
+results: $(STAMP)
+	$(PY) -m experiments.results $(RESULTS_ARGS)
 
 lint: $(STAMP)
 	$(PY) -m ruff check zorro_jax pallas_kernels experiments tests

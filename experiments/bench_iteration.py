@@ -3,6 +3,12 @@ training) versus naive (replicated prompts everywhere: naive rollouts, prompts c
 packed sample), same seed, data and weights, in one process.
 
     python -m experiments.bench_iteration [--preset ci] [--json PATH] [--P 1024 --G 8 --R 128 --B 1]
+    python -m experiments.bench_iteration --schema 1536 --questions 8 [--P 48 --G 8 --R 96]
+
+With `--schema S`, the B = `--questions` prompts are one database's schema (S tokens) ++ a question
+(P tokens each), and the iteration with questions_per_database = B (three levels: the schema once
+in rollouts and training) is compared with questions_per_database = 1 (two levels: each prompt
+once, the schema in every one of them).
 
 Prints the phase breakdown (rollout, reward, log-probs, update), the speedup, and the "perceived"
 FLOP/s — the naive computation's FLOPs divided by our time — next to the fp32 matmul peak
@@ -75,7 +81,7 @@ def _timed(f, *args):
     return time.perf_counter() - t0
 
 
-def run_mode(mode, cfg_model, params0, items, b, g, r, repeats):
+def run_mode(mode, cfg_model, params0, items, b, g, r, repeats, questions_per_key=1):
     graphdef, _ = nnx.split(init_model(cfg_model, seed=0))
     sampler = SamplerConfig(max_new_tokens=r, temperature=1.0, ignore_eos=True, attention_impl="xla",
                             response_buckets=(r,))
@@ -84,7 +90,8 @@ def run_mode(mode, cfg_model, params0, items, b, g, r, repeats):
                      optim=OptimConfig(lr=1e-5))
     policy = Policy(graphdef, params0)
     opt = make_optimizer(cfg.optim)
-    trainer = GRPOTrainer(policy, opt, make_apply_fn(opt), IdTokenizer(), items, synthetic_reward, cfg)
+    trainer = GRPOTrainer(policy, opt, make_apply_fn(opt), IdTokenizer(), items, synthetic_reward, cfg,
+                          questions_per_key=questions_per_key)
     opt_state = opt.init(params0)
     rows = []
     for step in range(repeats + 1):  # step 0 compiles every program
@@ -107,8 +114,13 @@ def main(argv=None):
                     help="model width (intermediate = 4x, head_dim 64); wider models keep the naive "
                          "computation closer to the matmul peak")
     ap.add_argument("--layers", type=int, default=4)
+    ap.add_argument("--schema", type=int, default=0,
+                    help="schema tokens shared by all B prompts (0: independent prompts)")
+    ap.add_argument("--questions", type=int, default=8, help="with --schema: questions B of the database")
     ap.add_argument("--json", default=None)
     args = ap.parse_args(argv)
+    if args.schema:
+        return schema_main(args)
     p, g, r, b = (256, 8, 32, 1) if args.preset == "ci" else (1024, 8, 128, 1)
     p, g, r, b = args.P or p, args.G or g, args.R or r, args.B or b
     if min(p, g, r, b) < 1 or g < 2:
@@ -144,6 +156,37 @@ def main(argv=None):
                "layers": c.num_hidden_layers, "phases": results, "naive_achieved_flops_per_s": achieved,
                "speedup": speedup, "naive_flops": naive_flops, "perceived_flops_per_s": perceived,
                "matmul_peak_flops_per_s": peak}
+    write_json(args.json, payload)
+    return payload
+
+
+def schema_main(args):
+    """One database: three-level (questions_per_database = B) vs two-level (= 1) iterations."""
+    p, g, r, b, s = args.P or 48, args.G or 8, args.R or 96, args.questions, args.schema
+    if min(p, g, r, b, s) < 1 or g < 2 or b < 2:
+        raise SystemExit("--schema, --P, --R must be >= 1 and --G, --questions >= 2")
+    cfg_model = bench_model_of_width(args.hidden_size, args.layers)
+    _, params0 = nnx.split(init_model(cfg_model, seed=0))
+    rng = np.random.default_rng(0)
+    schema = list(rng.integers(3, cfg_model.vocab_size, s))
+    items = [PromptItem(task=None, prompt_ids=schema + list(rng.integers(3, cfg_model.vocab_size, p)),
+                        shared_len=s, group_key="db") for _ in range(b)]
+    c = cfg_model
+    print(f"GRPO iteration, {machine_note()}; model d={c.hidden_size} L={c.num_hidden_layers} "
+          f"H={c.num_attention_heads} V={c.vocab_size} fp32; schema {s} + question {p} tokens, "
+          f"{b} questions, G={g} R={r}")
+    results = {}
+    for name, k in (("two_level", 1), ("three_level", b)):
+        results[name], _ = run_mode("prompt_once", cfg_model, params0, items, b, g, r, args.repeats,
+                                    questions_per_key=k)
+        print(f"  {name:12s} " + "  ".join(f"{k[5:]} {results[name][k]:.2f}s" for k in (*PHASES, "time_total")),
+              flush=True)
+    speedup = results["two_level"]["time_total"] / results["three_level"]["time_total"]
+    print(f"three-level / two-level speedup: {speedup:.2f}x   per phase: " + "  ".join(
+        f"{k[5:]} {results['two_level'][k] / max(results['three_level'][k], 1e-9):.2f}x" for k in PHASES))
+    payload = {"machine": machine_note(), "schema": s, "P": p, "G": g, "R": r, "questions": b,
+               "hidden_size": c.hidden_size, "layers": c.num_hidden_layers, "phases": results,
+               "three_vs_two_level_ratio": speedup}
     write_json(args.json, payload)
     return payload
 

@@ -105,11 +105,16 @@ class GRPOConfig:
     sampler: SamplerConfig = SamplerConfig(max_new_tokens=64, temperature=1.0)
     # Reward at or above which a rollout counts as correct (execution accuracy).
     correct_threshold: float = 1.0
+    # Held-out evaluation every this many GRPO steps (besides before and after GRPO); 0 = about
+    # five times per run (steps // 5).
+    eval_every: int = 0
     speculative: SpeculativeRolloutConfig = SpeculativeRolloutConfig()
 
     def __post_init__(self):
         if self.mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {self.mode!r}")
+        if self.eval_every < 0:
+            raise ValueError(f"eval_every must be >= 0 (0 = about five evaluations), got {self.eval_every}")
         for name in ("steps", "prompts_per_step", "group_size", "epochs"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
@@ -244,7 +249,7 @@ def evaluate(policy: Policy, tokenizer, items: list[PromptItem], reward_fn: Rewa
     rewards = np.asarray(rewards)
     return {"exec_accuracy": float(np.mean(rewards >= threshold)) if len(rewards) else math.nan,
             "reward_mean": float(rewards.mean()) if len(rewards) else math.nan,
-            "n": len(items), "texts": texts}
+            "n": len(items), "texts": texts, "correct": (rewards >= threshold).tolist()}
 
 
 class GRPOTrainer:
@@ -276,6 +281,11 @@ class GRPOTrainer:
         self.tiles = tiles_for(policy.model().config, cfg.attention_impl)
         if cfg.loss.kl_coef > 0 and ref_params is None:
             raise ValueError("kl_coef > 0 needs reference params")
+
+    @property
+    def eval_every(self) -> int:
+        """Held-out evaluation period in GRPO steps (`GRPOConfig.eval_every`, 0 = steps // 5)."""
+        return self.cfg.eval_every or max(1, self.cfg.steps // 5)
 
     def iteration(self, step: int, opt_state):
         """Run GRPO iteration `step` (0-based): rollouts, rewards, advantages, log-probs, `epochs`
@@ -331,6 +341,7 @@ class GRPOTrainer:
         gen_tokens = int(roll.lengths_BxG.sum())
         total = t_roll + t_reward + (t1 - t0) + (t2 - t1) + spec_row.get("time_distill", 0.0)
         row = {
+            "prompts": len(items), "group_size": cfg.group_size,
             "reward_mean": float(rewards.mean()),
             "exec_accuracy": float((rewards >= cfg.correct_threshold).mean()),
             "loss": float(np.sum([float(x) for x in losses]) / cfg.epochs),

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import time
 from pathlib import Path
 
@@ -24,7 +25,7 @@ from zorro_jax.rl.batches import tiles_for
 from zorro_jax.rl.grpo import GRPOConfig, GRPOTrainer, Policy, PromptItem, evaluate
 from zorro_jax.rl.loop import run_phase
 from zorro_jax.rl.optim import make_optimizer
-from zorro_jax.rl.report import MetricsLog, plot_metrics, write_summary
+from zorro_jax.rl.report import MetricsLog, plot_metrics, run_summary, write_summary
 from zorro_jax.rl.sft import SFTConfig, make_sft_step
 from zorro_jax.rl.steps import make_apply_fn
 from zorro_jax.tokenizer import load_tokenizer, train_bpe_tokenizer
@@ -245,6 +246,44 @@ def warm_up_draft(cfg: RunConfig, grpo_cfg: GRPOConfig, policy: Policy, examples
     return trainer
 
 
+PACKAGES = ("jax", "jaxlib", "flax", "optax", "orbax-checkpoint", "numpy", "transformers", "tokenizers",
+            "duckdb", "sqlglot")
+
+
+def provenance(cfg: RunConfig) -> dict:
+    """What a run's figures depend on: the code's git commit (and whether the tree had local
+    changes), package versions, Python and machine, and every seed of the config."""
+    import importlib.metadata
+    import platform
+    import subprocess
+
+    root = Path(__file__).resolve().parents[2]
+
+    def git(*args):
+        try:
+            return subprocess.run(["git", *args], cwd=root, capture_output=True, text=True,
+                                  timeout=10, check=True).stdout.strip()
+        except (OSError, subprocess.SubprocessError):
+            return None
+
+    def version(name):
+        try:
+            return importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            return None
+
+    return {
+        "git_commit": git("rev-parse", "HEAD"),
+        "git_dirty": bool(git("status", "--porcelain", "--untracked-files=no")),
+        "packages": {name: version(name) for name in PACKAGES},
+        "python": platform.python_version(),
+        "machine": f"{platform.machine()} {platform.system()}, {os.cpu_count()} cores, "
+                   f"jax backend {jax.default_backend()}",
+        "seeds": {"policy": cfg.policy.seed, "sft": cfg.sft.seed, "grpo": cfg.grpo.seed,
+                  "speculative": cfg.grpo.speculative.seed},
+    }
+
+
 def run(cfg: RunConfig) -> dict:
     """Run (or resume) the whole pipeline of `cfg`; returns the summary figures also written to
     summary.md.
@@ -253,6 +292,7 @@ def run(cfg: RunConfig) -> dict:
     run_dir = Path(cfg.run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "config.json").write_text(json.dumps(dataclasses.asdict(cfg), indent=2, default=str))
+    (run_dir / "provenance.json").write_text(json.dumps(provenance(cfg), indent=2))
     say = (lambda *a: None) if cfg.quiet else (lambda *a: print(*a, flush=True))
 
     train_tasks = load_tasks(cfg.data, cfg.data.train_split)
@@ -323,11 +363,16 @@ def run(cfg: RunConfig) -> dict:
         res = evaluate(policy, tok, eval_items, reward_fn, sampler, cfg.eval_batch_size, grpo_cfg.correct_threshold)
         row = {"phase": "eval", "step": step, "exec_accuracy": res["exec_accuracy"],
                "reward_mean": res["reward_mean"], "n": res["n"], "seconds": time.perf_counter() - t0}
-        log.append(row)
         (run_dir / f"eval_step{step}.jsonl").write_text("".join(
             json.dumps({"task_id": it.task.task_id, "question": it.task.question, "gold": it.task.gold_sql,
-                        "output": txt}) + "\n" for it, txt in zip(eval_items, res["texts"])))
+                        "output": txt, "correct": ok}) + "\n"
+            for it, txt, ok in zip(eval_items, res["texts"], res["correct"])))
+        log.append(row)  # after the outputs: a logged eval always has its per-task file
         return row
+
+    def correct_at(step: int) -> list[bool]:
+        lines = (run_dir / f"eval_step{step}.jsonl").read_text().splitlines()
+        return [bool(json.loads(x)["correct"]) for x in lines if x.strip()]
 
     before = held_out(0)
     say(f"held-out execution accuracy after SFT: {before['exec_accuracy']:.3f} (n={before['n']})")
@@ -351,6 +396,8 @@ def run(cfg: RunConfig) -> dict:
         if draft:
             draft.params, draft.opt_state = st["draft"], st["draft_opt"]
         row, opt, _ = trainer.iteration(step - 1, st["opt"])
+        if step % trainer.eval_every == 0 and step < grpo_cfg.steps:  # the last one comes below
+            row["heldout_accuracy"] = held_out(step)["exec_accuracy"]
         out = {"params": policy.params, "opt": opt}
         return ({**out, "draft": draft.params, "draft_opt": draft.opt_state} if draft else out), row
 
@@ -384,29 +431,25 @@ def run(cfg: RunConfig) -> dict:
     results = {
         "held-out execution accuracy after SFT": before["exec_accuracy"],
         "held-out execution accuracy after GRPO": after["exec_accuracy"],
-        "GRPO gain (points)": 100 * (after["exec_accuracy"] - before["exec_accuracy"]),
         "eval split / tasks": f"{cfg.data.eval_split} / {after['n']}",
-        "GRPO rollout reward, first step": grpo_rows[0]["reward_mean"] if grpo_rows else float("nan"),
-        "GRPO rollout reward, last step": grpo_rows[-1]["reward_mean"] if grpo_rows else float("nan"),
+        **run_summary(rows, correct_at(0), correct_at(grpo_cfg.steps)),
         "parameters (M)": n_params / 1e6,
         "wall seconds (this invocation)": time.perf_counter() - t_start,
         **phases,
     }
-    if grpo_rows:
-        for k in ("time_rollout", "time_reward", "time_logprobs", "time_update", "time_draft_est",
-                  "time_verify_est", "time_distill"):
-            vals = [r[k] for r in grpo_rows if k in r]
-            if vals:
-                results[f"mean {k[5:]} seconds / GRPO step"] = float(np.mean(vals))
-        if draft:
-            for k in ("spec_acceptance_rate", "spec_tokens_per_forward"):
-                results[f"{k}, first / last GRPO step"] = f"{grpo_rows[0][k]:.3f} / {grpo_rows[-1][k]:.3f}"
+    if grpo_rows and draft:
+        for k in ("time_draft_est", "time_verify_est"):
+            results[f"seconds per GRPO step, {k[5:]} (estimated split of rollout)"] = float(
+                np.mean([r[k] for r in grpo_rows]))
     write_summary(run_dir, "zorro_jax text-to-SQL run", {
         "Results": results,
         "Files": [f"metrics.jsonl ({len(rows)} rows)", *[p.name for p in plots],
-                  "policy/ (Hugging Face folder)", "eval_step*.jsonl (held-out outputs)"],
+                  "policy/ (Hugging Face folder)", "eval_step*.jsonl (held-out outputs, per task)",
+                  "provenance.json (commit, package versions, seeds, machine)",
+                  "summary.json (the results above)"],
         "Config": f"```json\n{json.dumps(dataclasses.asdict(cfg), indent=1, default=str)}\n```",
     })
+    (run_dir / "summary.json").write_text(json.dumps(results, indent=1, default=str))
     reward.close()
     say(f"report: {run_dir / 'summary.md'}")
     return results

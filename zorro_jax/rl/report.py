@@ -1,4 +1,4 @@
-"""Run reporting: metrics.jsonl (one line per step), PNG plots, and summary.md.
+"""Run reporting: metrics.jsonl (one line per step), PNG plots, summary figures and summary.md.
 
 On resume, zorro_jax.rl.loop drops rows logged after the restored step so a restarted run's file
 reads exactly like an uninterrupted one.
@@ -32,60 +32,151 @@ class MetricsLog:
             f.flush()
 
 
-def plot_metrics(rows: list[dict], out_dir: str | Path) -> list[Path]:
-    """reward/accuracy curves and per-phase seconds, as PNGs. Returns the written paths."""
+# Phase timings that are parts of a GRPO step; `time_total` is their sum, and the `_est` figures
+# (a speculative rollout's draft / verify split) are estimates inside `time_rollout`.
+def phase_parts(rows: list[dict]) -> list[str]:
+    """The `time_*` keys of GRPO rows that add up to `time_total`, in a fixed order."""
+    order = ("time_rollout", "time_reward", "time_logprobs", "time_update", "time_distill")
+    present = {k for r in rows for k in r}
+    return [k for k in order if k in present]
+
+
+def moving_average(values, window: int):
+    """(mean, standard error) of the trailing window of each point (shorter at the start)."""
+    import numpy as np
+
+    x = np.asarray(values, np.float64)
+    mean, se = np.empty_like(x), np.empty_like(x)
+    for i in range(len(x)):
+        w = x[max(0, i - window + 1): i + 1]
+        mean[i] = w.mean()
+        se[i] = w.std(ddof=1) / np.sqrt(len(w)) if len(w) > 1 else 0.0
+    return mean, se
+
+
+def accuracy_se(p: float, n: int) -> float:
+    """Standard error of an accuracy p measured on n tasks (binomial)."""
+    return math.sqrt(max(p * (1 - p), 0.0) / n) if n else math.nan
+
+
+def _fig():
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    return plt, *plt.subplots(figsize=(6.4, 3.8))
+
+
+def _save(plt, fig, path: Path) -> Path:
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def phase_figure(grpo: list[dict]):
+    """Seconds per GRPO step as stacked parts: each bar's top is the step's measured total."""
+    plt, fig, ax = _fig()
+    steps = [r["step"] for r in grpo]
+    bottom = [0.0] * len(grpo)
+    for k in phase_parts(grpo):
+        vals = [r.get(k, 0.0) for r in grpo]
+        ax.bar(steps, vals, bottom=bottom, label=k[5:])
+        bottom = [a + b for a, b in zip(bottom, vals)]
+    ax.set_xlabel("GRPO step")
+    ax.set_ylabel("seconds per step")
+    ax.set_title("time per GRPO step, by phase (bar top = measured total)")
+    ax.legend(fontsize=8)
+    return plt, fig, ax
+
+
+def plot_metrics(rows: list[dict], out_dir: str | Path) -> list[Path]:
+    """Reward and accuracy curves (moving averages with a ±1 standard-error band; held-out
+    accuracy with its standard error), seconds per phase, and the SFT loss, as PNGs. Returns the
+    written paths."""
+    import numpy as np
+
     out_dir = Path(out_dir)
     written = []
     grpo = [r for r in rows if r.get("phase") == "grpo"]
+    evals = [r for r in rows if r.get("phase") == "eval"]
     if grpo:
-        steps = [r["step"] for r in grpo]
-        fig, ax = plt.subplots(figsize=(6, 3.5))
-        ax.plot(steps, [r["reward_mean"] for r in grpo], label="reward mean")
-        ax.plot(steps, [r["exec_accuracy"] for r in grpo], label="execution accuracy (rollouts)")
-        evals = [r for r in rows if r.get("phase") == "eval"]
+        steps = np.asarray([r["step"] for r in grpo])
+        window = max(3, len(grpo) // 6)
+        plt, fig, ax = _fig()
+        for key, label, color in (("reward_mean", "rollout reward", "C0"),
+                                  ("exec_accuracy", "rollout execution accuracy", "C1")):
+            vals = [r[key] for r in grpo]
+            mean, se = moving_average(vals, window)
+            ax.plot(steps, vals, color=color, alpha=0.3, lw=1)
+            ax.plot(steps, mean, color=color, label=f"{label} ({window}-step moving average)")
+            ax.fill_between(steps, mean - se, mean + se, color=color, alpha=0.2)
         if evals:
-            ax.scatter([r["step"] for r in evals], [r["exec_accuracy"] for r in evals],
-                       color="k", marker="x", label="held-out accuracy (greedy)")
+            acc = np.asarray([r["exec_accuracy"] for r in evals])
+            err = [accuracy_se(r["exec_accuracy"], r["n"]) for r in evals]
+            ax.errorbar([r["step"] for r in evals], acc, yerr=err, color="k", fmt="o", capsize=3,
+                        label=f"held-out accuracy, greedy ({evals[0]['n']} tasks, ±1 s.e.)")
         ax.set_xlabel("GRPO step")
-        ax.legend()
+        ax.set_ylabel("fraction")
+        ax.set_ylim(-0.02, 1.02)
+        ax.set_title(f"each step: {grpo[0].get('prompts', '?')} prompts × "
+                     f"{grpo[0].get('group_size', '?')} rollouts; band ±1 s.e. of the window",
+                     fontsize=9)
+        ax.legend(fontsize=7)
         ax.grid(alpha=0.3)
-        fig.tight_layout()
-        fig.savefig(out_dir / "reward_accuracy.png", dpi=100)
-        plt.close(fig)
-        written.append(out_dir / "reward_accuracy.png")
-
-        phases = sorted({k for r in grpo for k in r if k.startswith("time_")})
-        if phases:
-            fig, ax = plt.subplots(figsize=(6, 3.5))
-            bottom = [0.0] * len(grpo)
-            for k in phases:
-                vals = [r.get(k, 0.0) for r in grpo]
-                ax.bar(steps, vals, bottom=bottom, label=k[5:])
-                bottom = [a + b for a, b in zip(bottom, vals)]
-            ax.set_xlabel("GRPO step")
-            ax.set_ylabel("seconds")
-            ax.legend()
-            fig.tight_layout()
-            fig.savefig(out_dir / "phase_times.png", dpi=100)
-            plt.close(fig)
-            written.append(out_dir / "phase_times.png")
+        written.append(_save(plt, fig, out_dir / "reward_accuracy.png"))
+        if phase_parts(grpo):
+            plt, fig, _ = phase_figure(grpo)
+            written.append(_save(plt, fig, out_dir / "phase_times.png"))
     sft = [r for r in rows if r.get("phase") == "sft"]
     if sft:
-        fig, ax = plt.subplots(figsize=(6, 3.5))
+        plt, fig, ax = _fig()
         ax.plot([r["step"] for r in sft], [r["loss"] for r in sft])
         ax.set_xlabel("SFT step")
-        ax.set_ylabel("token NLL")
+        ax.set_ylabel("answer-token NLL (nats / token)")
+        ax.set_title(f"SFT loss, {sft[0].get('examples', '?')} examples per step", fontsize=9)
         ax.grid(alpha=0.3)
-        fig.tight_layout()
-        fig.savefig(out_dir / "sft_loss.png", dpi=100)
-        plt.close(fig)
-        written.append(out_dir / "sft_loss.png")
+        written.append(_save(plt, fig, out_dir / "sft_loss.png"))
     return written
+
+
+def run_summary(rows: list[dict], before: list[bool], after: list[bool]) -> dict:
+    """Figures that do not mislead: held-out accuracy before / after GRPO with standard errors
+    and a 95% interval of the paired difference (same tasks), the mean rollout reward of the
+    first and last quarter of GRPO steps (not two single steps), seconds per phase, tokens/s, and
+    the acceptance figures of speculative runs."""
+    import numpy as np
+
+    out = {}
+    n = len(before)
+    if n and len(after) == n:
+        b, a = np.asarray(before, np.float64), np.asarray(after, np.float64)
+        d = a - b
+        se_d = d.std(ddof=1) / math.sqrt(n) if n > 1 else math.nan
+        out["held-out accuracy before GRPO (± s.e.)"] = f"{b.mean():.3f} ± {accuracy_se(b.mean(), n):.3f}"
+        out["held-out accuracy after GRPO (± s.e.)"] = f"{a.mean():.3f} ± {accuracy_se(a.mean(), n):.3f}"
+        out["difference after - before, 95% interval (paired, same tasks)"] = (
+            f"{d.mean():+.3f} [{d.mean() - 1.96 * se_d:+.3f}, {d.mean() + 1.96 * se_d:+.3f}]")
+        out["tasks changed: fixed / broken"] = f"{int((d > 0).sum())} / {int((d < 0).sum())} of {n}"
+    grpo = [r for r in rows if r.get("phase") == "grpo"]
+    if grpo:
+        q = max(1, len(grpo) // 4)
+        for name, part in (("first", grpo[:q]), ("last", grpo[-q:])):
+            rewards = np.asarray([r["reward_mean"] for r in part])
+            se = rewards.std(ddof=1) / math.sqrt(len(part)) if len(part) > 1 else math.nan
+            out[f"rollout reward, {name} quarter of GRPO steps ({len(part)} steps, ± s.e.)"] = (
+                f"{rewards.mean():.3f} ± {se:.3f}")
+        for k in phase_parts(grpo) + ["time_total"]:
+            out[f"seconds per GRPO step, {k[5:]}"] = float(np.mean([r.get(k, 0.0) for r in grpo]))
+        out["generated tokens / s (rollout phase)"] = float(
+            sum(r["generated_tokens"] for r in grpo) / max(sum(r["time_rollout"] for r in grpo), 1e-9))
+        if "spec_acceptance_rate" in grpo[0]:
+            for k in ("spec_acceptance_rate", "spec_tokens_per_forward"):
+                first = np.mean([r[k] for r in grpo[:q]])
+                last = np.mean([r[k] for r in grpo[-q:]])
+                out[f"{k[5:]}, first / last quarter"] = f"{first:.3f} / {last:.3f}"
+    return out
 
 
 def fmt(v) -> str:

@@ -95,7 +95,7 @@ def make_sft_step(graphdef, apply_fn, examples: list[tuple[list[int], list[int]]
             loss, grads = loss + part_loss, add_grads(grads, part_grads)
         params, opt, gnorm, finite = apply_fn(state["params"], state["opt"], grads)
         row = {"loss": float(loss), "grad_norm": float(gnorm), "skipped_updates": int(not bool(finite)),
-               "tokens": int(n_tok)}
+               "tokens": int(n_tok), "examples": len(chosen)}
         return {"params": params, "opt": opt}, row
 
     return step_fn

@@ -1,0 +1,215 @@
+"""Regenerate the README's results tables from one command (`make results`).
+
+Each figure below runs its benchmark (or the quickstart) in a subprocess at the preset the README
+quotes, stores the JSON it writes under results/, and renders a Markdown table from that JSON into
+README.md between the marker comments `<!-- results:NAME -->` and `<!-- /results:NAME -->`, with
+the commit, date and machine beside it. A figure in the README is then always the output of the
+code at that commit.
+
+    python -m experiments.results [--only NAME ...] [--render-only] [--list]
+
+`--render-only` re-renders the tables from the JSON already in results/ without running anything.
+Times depend on the machine (and on what else runs on it); token, pair, FLOP and byte counts,
+held-out accuracies and kernel compile figures do not: a second run on the same machine changes
+only the timings and the ratios of timings.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import datetime
+import json
+import re
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "results"
+README = ROOT / "README.md"
+
+
+@dataclasses.dataclass(frozen=True)
+class Figure:
+    """One README table: the command that measures it and the renderer of its JSON."""
+
+    name: str
+    # argv after `python -m`; "{json}" is replaced by the JSON path, "{run_dir}" by a fresh folder.
+    argv: tuple[str, ...]
+    render: Callable[[dict], list[str]]
+    about: str
+    # For runs that write a folder rather than a JSON file: the file in it that holds the figures.
+    run_json: str = ""
+
+
+def _f(x, digits=2, missing="—"):
+    return missing if x is None else f"{x:.{digits}f}"
+
+
+def render_actor_update(payload: dict) -> list[str]:
+    """The actor-update table: times, memory, and every ratio next to its bound."""
+    lines = [(f"Model d={payload.get('hidden_size', 256)}, 4 layers, fp32, XLA attention; "
+             f"{payload['machine']}."), "",
+             ("| distribution (B × G) | ideal token ratio | attention-pair ratio | model-FLOP ratio | "
+             "packed naive | packed prompt-once | **time ×** packed naive (× ideal, × FLOP ratio) | "
+             "XLA temp-memory × | time × padded naive |"),
+             "|---|---|---|---|---|---|---|---|---|"]
+    for r in payload["rows"]:
+        naive, once = r["packed_naive"], r["packed_prompt_once"]
+        t = r["time_ratio_vs_packed_naive"]
+        micro = f" ({naive['micro_batches']} micro-batches)" if naive["micro_batches"] > 1 else ""
+        mem = r["memory_ratio_vs_packed_naive"]
+        lines.append(
+            f"| `{r['distribution']}` ({r['groups']} × {r['samples']}) | {r['ideal_token_ratio']:.2f} | "
+            f"{r['attention_pair_ratio']:.2f} | {r['flop_ratio']:.2f} | "
+            f"{naive['time_s']:.2f} s, {naive['temp_bytes'] / 2**20:.0f} MiB{micro} | "
+            f"{once['time_s']:.2f} s, {once['temp_bytes'] / 2**20:.0f} MiB | "
+            f"**{t:.2f}×** ({t / r['ideal_token_ratio']:.2f}, {t / r['flop_ratio']:.2f}) | "
+            f"{_f(mem)}{'' if mem is None else '×'} | {_f(r['time_ratio_vs_padded_naive'], missing='out of memory')} |")
+    three = [r for r in payload["rows"] if "three_vs_two_level_ratio" in r]
+    if three:
+        lines += ["", ("| distribution | three-level vs two-level: ideal token ratio | pair ratio | "
+                      "FLOP ratio | time ratio (× ideal, × FLOP ratio) | XLA temp-memory ratio | "
+                      "three-level time, memory |"), "|---|---|---|---|---|---|---|"]
+        for r in three:
+            t, lvl = r["three_vs_two_level_ratio"], r["packed_three_level"]
+            lines.append(
+                f"| `{r['distribution']}` | {r['three_vs_two_level_ideal_token_ratio']:.2f} | "
+                f"{r['three_vs_two_level_attention_pair_ratio']:.2f} | "
+                f"{r['three_vs_two_level_flop_ratio']:.2f} | **{t:.2f}×** "
+                f"({t / r['three_vs_two_level_ideal_token_ratio']:.2f}, "
+                f"{t / r['three_vs_two_level_flop_ratio']:.2f}) | "
+                f"{_f(r['three_vs_two_level_memory_ratio'])} | "
+                f"{lvl['time_s']:.2f} s, {lvl['temp_bytes'] / 2**20:.0f} MiB |")
+    return lines
+
+
+def render_kernels(rows: list) -> list[str]:
+    """The sm_90 compile table of every Pallas kernel case."""
+    lines = ["| case | kernel | warps | stages | smem KB | registers | spill bytes | status |",
+             "|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        status = "ok" if r["compiled"] and not r["problems"] else "; ".join(r["problems"])
+        smem = "—" if r["smem_bytes"] is None else f"{r['smem_bytes'] / 1024:.0f}"
+        lines.append(f"| {r['case']} | `{r['kernel']}` | {r['num_warps']} | {r['num_stages']} | {smem} | "
+                     f"{r['registers'] if r['registers'] is not None else '—'} | "
+                     f"{r['spill_bytes'] if r['spill_bytes'] is not None else '—'} | {status} |")
+    ok = sum(1 for r in rows if r["compiled"] and not r["problems"])
+    return [f"{ok} / {len(rows)} kernels verify and compile for sm_90 with no spill.", "", *lines]
+
+
+def render_quickstart(summary: dict) -> list[str]:
+    """The quickstart's summary figures (accuracies with standard errors, reward quarters, time)."""
+    skip = ("held-out execution accuracy after SFT", "held-out execution accuracy after GRPO")
+    lines = ["| quickstart (`make run`) | |", "|---|---|"]
+    for k, v in summary.items():
+        if k not in skip:
+            lines.append(f"| {k} | {v:.4g} |" if isinstance(v, float) else f"| {k} | {v} |")
+    return lines
+
+
+def render_iteration_schema(payload: dict) -> list[str]:
+    """One GRPO iteration, three-level vs two-level sharing, per phase."""
+    phases = ("time_rollout", "time_reward", "time_logprobs", "time_update", "time_total")
+    two, three = payload["phases"]["two_level"], payload["phases"]["three_level"]
+    lines = [(f"Schema {payload['schema']} + question {payload['P']} tokens, {payload['questions']} "
+             f"questions × G={payload['G']}, R={payload['R']}, d={payload['hidden_size']}; "
+             f"{payload['machine']}."), "",
+             "| | " + " | ".join(p[5:] for p in phases) + " |", "|---" * (len(phases) + 1) + "|"]
+    for name, row in (("two-level (questions_per_database 1), s", two),
+                      ("three-level (questions_per_database 8), s", three)):
+        lines.append(f"| {name} | " + " | ".join(f"{row[p]:.2f}" for p in phases) + " |")
+    lines.append("| **ratio** | " + " | ".join(f"{two[p] / max(three[p], 1e-9):.2f}×" for p in phases) + " |")
+    return lines
+
+
+FIGURES = [
+    Figure("actor_update", ("experiments.bench_actor_update", "--json", "{json}"), render_actor_update,
+           "bench_actor_update, all distributions, d=256 (about 20 minutes)"),
+    Figure("actor_update_wide", ("experiments.bench_actor_update", "--hidden-size", "512", "--repeats", "2",
+                                 "--distributions", "sql", "reasoning", "long-prompt", "uniform",
+                                 "--json", "{json}"), render_actor_update,
+           "bench_actor_update at d=512 (about 20 minutes)"),
+    Figure("iteration_schema", ("experiments.bench_iteration", "--schema", "1536", "--questions", "8",
+                                "--P", "48", "--G", "8", "--R", "96", "--repeats", "2", "--json", "{json}"),
+           render_iteration_schema, "one GRPO iteration, three- vs two-level (a few minutes)"),
+    Figure("kernels", ("experiments.kernel_report", "--json", "{json}"), render_kernels,
+           "sm_90 compile of every Pallas kernel (about a minute)"),
+    Figure("quickstart", ("experiments.quickstart", "--run_dir", "{run_dir}"), render_quickstart,
+           "the quickstart run (about 5 minutes)", run_json="summary.json"),
+]
+BY_NAME = {f.name: f for f in FIGURES}
+
+
+def git_commit() -> str:
+    out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True,
+                         check=False)
+    dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT,
+                           capture_output=True, text=True, check=False).stdout.strip()
+    return (out.stdout.strip() or "unknown") + ("+local changes" if dirty else "")
+
+
+def measure(fig: Figure) -> dict:
+    """Run a figure's command; returns {'commit', 'date', 'seconds', 'data'} (also saved)."""
+    RESULTS.mkdir(exist_ok=True)
+    json_path = RESULTS / f"{fig.name}.raw.json"
+    run_dir = RESULTS / "runs" / fig.name
+    if run_dir.exists():
+        shutil.rmtree(run_dir)  # a fresh run, never a resumed one
+    argv = [a.replace("{json}", str(json_path)).replace("{run_dir}", str(run_dir)) for a in fig.argv]
+    print(f"[{fig.name}] python -m {' '.join(argv)}", flush=True)
+    t0 = time.perf_counter()
+    subprocess.run([sys.executable, "-m", *argv], cwd=ROOT, check=True)
+    source = run_dir / fig.run_json if fig.run_json else json_path
+    record = {"figure": fig.name, "command": "python -m " + " ".join(fig.argv), "commit": git_commit(),
+              "date": datetime.date.today().isoformat(), "seconds": time.perf_counter() - t0,
+              "data": json.loads(source.read_text())}
+    (RESULTS / f"{fig.name}.json").write_text(json.dumps(record, indent=1))
+    json_path.unlink(missing_ok=True)
+    return record
+
+
+def render_into(text: str, record: dict) -> str:
+    """README text with the figure's marked block replaced by its rendered table."""
+    fig = BY_NAME[record["figure"]]
+    begin, end = f"<!-- results:{fig.name} -->", f"<!-- /results:{fig.name} -->"
+    pattern = re.compile(re.escape(begin) + r".*?" + re.escape(end), re.DOTALL)
+    if not pattern.search(text):
+        raise SystemExit(f"README.md has no {begin} ... {end} block")
+    body = [begin, (f"_Generated by `make results` (`{record['command'].replace('{json}', 'PATH').replace('{run_dir}', 'DIR')}`) "
+                   f"at commit {record['commit']} on {record['date']}._"), "",
+            *fig.render(record["data"]), end]
+    return pattern.sub(lambda _: "\n".join(body), text)
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--only", nargs="+", choices=list(BY_NAME), help="regenerate these figures only")
+    ap.add_argument("--render-only", action="store_true", help="re-render README from results/*.json")
+    ap.add_argument("--list", action="store_true", help="list the figures and exit")
+    args = ap.parse_args(argv)
+    if args.list:
+        for f in FIGURES:
+            print(f"{f.name:18s} {f.about}")
+        return
+    figs = [BY_NAME[n] for n in args.only] if args.only else FIGURES
+    text = README.read_text()
+    for fig in figs:
+        path = RESULTS / f"{fig.name}.json"
+        if args.render_only:
+            if not path.is_file():
+                raise SystemExit(f"no {path}: run without --render-only first")
+            record = json.loads(path.read_text())
+        else:
+            record = measure(fig)
+        text = render_into(text, record)
+        README.write_text(text)  # after every figure: a long run that stops keeps what it has
+        print(f"[{fig.name}] README table updated", flush=True)
+
+
+if __name__ == "__main__":
+    main()

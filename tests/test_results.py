@@ -1,0 +1,54 @@
+"""`make results`: README blocks between markers are replaced by tables rendered from JSON, and
+nothing else in the README changes."""
+
+import pytest
+
+from experiments import results
+
+
+def actor_payload():
+    variant = lambda t, mib, mb=1: {"time_s": t, "temp_bytes": mib * 2**20, "micro_batches": mb}
+    row = {"distribution": "sql", "groups": 4, "samples": 8, "packed_naive": variant(12.0, 8000),
+           "packed_prompt_once": variant(3.0, 2000), "ideal_token_ratio": 4.64,
+           "attention_pair_ratio": 3.37, "flop_ratio": 4.18, "time_ratio_vs_packed_naive": 4.0,
+           "memory_ratio_vs_packed_naive": 4.0, "time_ratio_vs_padded_naive": None}
+    three = dict(row, distribution="schema", packed_three_level=variant(1.5, 1000),
+                 three_vs_two_level_ratio=2.0, three_vs_two_level_ideal_token_ratio=2.16,
+                 three_vs_two_level_attention_pair_ratio=1.59, three_vs_two_level_flop_ratio=1.86,
+                 three_vs_two_level_memory_ratio=2.0)
+    return {"machine": "test machine", "hidden_size": 256, "rows": [row, three]}
+
+
+def test_render_into_replaces_only_the_marked_block():
+    record = {"figure": "actor_update", "command": "python -m experiments.bench_actor_update --json {json}",
+              "commit": "abc1234", "date": "2026-12-01", "data": actor_payload()}
+    text = "intro\n<!-- results:actor_update -->\nold table\n<!-- /results:actor_update -->\noutro\n"
+    out = results.render_into(text, record)
+    assert out.startswith("intro\n<!-- results:actor_update -->\n") and out.endswith(
+        "<!-- /results:actor_update -->\noutro\n")
+    assert "old table" not in out and "at commit abc1234 on 2026-12-01" in out
+    assert "**4.00×** (0.86, 0.96)" in out  # time ratio with its fraction of ideal and FLOP bound
+    assert "| `schema` | 2.16 | 1.59 | 1.86 | **2.00×** (0.93, 1.08)" in out
+    assert "out of memory" in out
+    assert results.render_into(out, record) == out  # idempotent
+    with pytest.raises(SystemExit, match="no <!-- results:actor_update -->"):
+        results.render_into("no markers", record)
+
+
+def test_other_renderers():
+    kernels = results.render_kernels([{"case": "c", "kernel": "k", "num_warps": 4, "num_stages": 2,
+                                       "smem_bytes": 2048, "registers": 100, "spill_bytes": 0,
+                                       "compiled": True, "problems": []}])
+    assert kernels[0].startswith("1 / 1 kernels") and "| c | `k` | 4 | 2 | 2 | 100 | 0 | ok |" in kernels
+    quick = results.render_quickstart({"held-out execution accuracy after SFT": 0.3,
+                                       "difference": "+0.01 [-0.02, +0.04]", "wall": 273.123})
+    assert "| difference | +0.01 [-0.02, +0.04] |" in quick and "| wall | 273.1 |" in quick
+    phases = {k: 1.0 for k in ("time_rollout", "time_reward", "time_logprobs", "time_update", "time_total")}
+    it = results.render_iteration_schema({"schema": 1536, "P": 48, "questions": 8, "G": 8, "R": 96,
+                                          "hidden_size": 256, "machine": "m",
+                                          "phases": {"two_level": phases, "three_level": phases}})
+    assert it[-1].startswith("| **ratio** | 1.00×")
+    # Every figure renders into a README block that exists.
+    readme = results.README.read_text()
+    for fig in results.FIGURES:
+        assert f"<!-- results:{fig.name} -->" in readme, fig.name
