@@ -41,3 +41,13 @@ def missing_docstrings() -> list[str]:
 def test_public_api_is_documented():
     missing = missing_docstrings()
     assert not missing, f"{len(missing)} public definitions without a docstring:\n" + "\n".join(missing)
+
+
+def test_every_command_line_option_has_help():
+    """`--help` of the training entry points explains every option: each config field has a
+    comment in its dataclass."""
+    from zorro_jax.cli import _walk
+    from zorro_jax.rl.pipeline import RunConfig
+
+    missing = [path for path, _, _, comment in _walk(RunConfig) if not comment]
+    assert not missing, f"config fields without a comment: {missing}"

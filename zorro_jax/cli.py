@@ -3,12 +3,20 @@
 Every field becomes `--path.to.field VALUE` (e.g. `--grpo.steps 40 --grpo.loss.kl_coef 0.01`);
 tuples take comma-separated values, booleans take true/false, optional fields take "none".
 Validation stays in each dataclass's __post_init__, so a bad value fails with its message.
+`--help` shows each field's comment from the config's source (the `# ...` lines above the field
+or after it on its line) with its default: the configs document themselves in one place, which is
+why this small module is extended rather than a CLI library added that would need the same text
+again as docstrings or annotations.
 """
 
 from __future__ import annotations
 
 import argparse
+import ast
 import dataclasses
+import functools
+import inspect
+import textwrap
 import types
 import typing
 
@@ -39,6 +47,35 @@ def _parser_for(tp, optional):
     return parse
 
 
+@functools.cache
+def field_comments(cls) -> dict[str, str]:
+    """{field name: its comment} from the dataclass's source: the `#` lines directly above the
+    field and a comment at the end of its line; a field right below a commented one (no blank
+    line between) shares that comment. Empty when the source cannot be read."""
+    try:
+        lines = textwrap.dedent(inspect.getsource(cls)).splitlines()
+    except (OSError, TypeError):
+        return {}
+    out, prev_end, prev_text = {}, -2, ""
+    for node in ast.parse("\n".join(lines)).body[0].body:
+        if not (isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name)):
+            prev_end = -2
+            continue
+        above, i = [], node.lineno - 2
+        while i >= 0 and lines[i].strip().startswith("#"):
+            above.insert(0, lines[i].strip().lstrip("#").strip())
+            i -= 1
+        line = lines[node.end_lineno - 1]
+        trailing = line.split("  # ", 1)[1].strip() if "  # " in line else ""
+        text = " ".join(x for x in (*above, trailing) if x)
+        if not text and node.lineno - 1 == prev_end + 1:
+            text = prev_text
+        if text:
+            out[node.target.id] = text
+        prev_end, prev_text = node.end_lineno - 1, text
+    return out
+
+
 def _walk(cls, prefix=""):
     hints = typing.get_type_hints(cls)
     for f in dataclasses.fields(cls):
@@ -47,7 +84,7 @@ def _walk(cls, prefix=""):
         if dataclasses.is_dataclass(leaf):
             yield from _walk(leaf, f"{prefix}{f.name}.")
         else:
-            yield f"{prefix}{f.name}", leaf, optional
+            yield f"{prefix}{f.name}", leaf, optional, field_comments(cls).get(f.name, "")
 
 
 def add_config_args(parser: argparse.ArgumentParser, cls, defaults=None):
@@ -55,12 +92,13 @@ def add_config_args(parser: argparse.ArgumentParser, cls, defaults=None):
     shows the value in `defaults`.
     """
     defaults = defaults or cls()
-    for path, tp, optional in _walk(cls):
+    for path, tp, optional, comment in _walk(cls):
         value = defaults
         for part in path.split("."):
             value = getattr(value, part)
+        help_text = f"{comment} (default: {value!r})" if comment else f"(default: {value!r})"
         parser.add_argument(f"--{path}", dest=path, type=_parser_for(tp, optional), default=None,
-                            help=f"(default: {value!r})")
+                            help=help_text.replace("%", "%%"))
 
 
 def _apply(obj, overrides: dict):
@@ -72,7 +110,7 @@ def _apply(obj, overrides: dict):
 def config_from_args(cls, args: argparse.Namespace, defaults=None):
     """Apply every option given on the command line to `defaults` (validated on the way)."""
     tree: dict = {}
-    for path, _, _ in _walk(cls):
+    for path, *_ in _walk(cls):
         value = getattr(args, path, None)
         if value is None:
             continue

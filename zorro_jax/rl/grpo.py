@@ -29,12 +29,13 @@ from zorro_jax.rl.batches import (
     pack_groups,
     rollout_groups,
     sample_mask,
+    shared_runs,
     tiles_for,
 )
 from zorro_jax.rl.losses import LossConfig, compute_advantages, loss_normaliser
 from zorro_jax.rl.optim import OptimConfig
 from zorro_jax.rl.steps import add_grads, make_grpo_grad_fn, make_logprob_fn
-from zorro_jax.sampling.sampler import SamplerConfig, generate, pack_prompts
+from zorro_jax.sampling.sampler import PromptTree, SamplerConfig, generate, pack_prompts
 
 # rewards, details = reward_fn(completion texts, tasks)
 RewardFn = Callable[[list[str], list[Any]], tuple[np.ndarray, list]]
@@ -48,7 +49,9 @@ class SpeculativeRolloutConfig:
     (`warmup_steps`, its own resumable phase) and then refreshed online on each iteration's
     rollouts so its acceptance follows the moving policy."""
 
+    # Draft-and-verify rollouts instead of the plain shared-prefix sampler.
     enabled: bool = False
+    # Draft tokens proposed per round (each round is one policy forward over gamma + 1 tokens).
     gamma: int = 4
     # Draft size (same family, tokenizer and vocabulary as the policy).
     draft_hidden_size: int = 64
@@ -87,6 +90,7 @@ class SpeculativeRolloutConfig:
 class GRPOConfig:
     """One GRPO run: batch shape, optimisation, loss, sampler and (optional) speculative rollouts."""
 
+    # GRPO iterations (rollouts + one or more updates each).
     steps: int = 20
     # Unique prompts per iteration (B) and completions per prompt (G).
     prompts_per_step: int = 8
@@ -204,16 +208,35 @@ def decode_texts(tokenizer, completions: Sequence[Sequence[int]], stop_ids: Sequ
             for c in completions]
 
 
+def sampler_prompts(items: list[PromptItem], questions_per_key: int = 1):
+    """What the sampler gets for `items`: with questions_per_key > 1, when the items form runs of
+    exactly that many sharing their first shared_len tokens (as `grouped_order` draws them), a
+    `PromptTree` (each shared part prefilled once, each question once on top of it); otherwise
+    the list of whole prompts."""
+    prompts = [it.prompt_ids for it in items]
+    if questions_per_key == 1:
+        return prompts
+    runs = shared_runs(prompts, [it.shared_len for it in items])
+    if any(end - first != questions_per_key for first, end in runs):
+        return prompts
+    return PromptTree(
+        roots=[list(prompts[first][: items[first].shared_len]) for first, _ in runs],
+        questions=[[list(prompts[b][items[b].shared_len:]) for b in range(first, end)]
+                   for first, end in runs])
+
+
 def rollout_and_score(policy: Policy, tokenizer, items: list[PromptItem], group: int,
-                      sampler: SamplerConfig, key, reward_fn: RewardFn, mode: str, draft=None, gamma: int = 4):
+                      sampler: SamplerConfig, key, reward_fn: RewardFn, mode: str, draft=None, gamma: int = 4,
+                      questions_per_key: int = 1):
     """Generate G completions per item and score them.
 
     With `draft` (a draft model) the rollouts are speculative (exact: the policy's distribution).
-    Returns (rollouts, rewards [B, G], reward details, texts, rollout seconds, reward seconds,
-    speculative stats or None).
+    With questions_per_key > 1 (prompt-once mode) a database's schema is prefilled once for its
+    questions (`sampler_prompts`). Returns (rollouts, rewards [B, G], reward details, texts,
+    rollout seconds, reward seconds, speculative stats or None).
     """
     t0 = time.perf_counter()
-    prompts = [it.prompt_ids for it in items]
+    prompts = sampler_prompts(items, questions_per_key if mode == "prompt_once" else 1)
     spec_stats = None
     if draft is not None:
         from zorro_jax.sampling.speculative import generate_speculative
@@ -300,7 +323,8 @@ class GRPOTrainer:
         spec = cfg.speculative
         roll, rewards, details, texts, t_roll, t_reward, spec_stats = rollout_and_score(
             self.policy, self.tok, items, cfg.group_size, cfg.sampler, key, self.reward_fn, cfg.mode,
-            draft=self.draft.model() if self.draft else None, gamma=spec.gamma)
+            draft=self.draft.model() if self.draft else None, gamma=spec.gamma,
+            questions_per_key=self.questions_per_key)
 
         t0 = time.perf_counter()
         adv = np.asarray(compute_advantages(jnp.asarray(rewards), cfg.loss))

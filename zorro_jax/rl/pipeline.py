@@ -83,14 +83,20 @@ class PolicyConfig:
 class RunConfig:
     """A whole run: data, policy, SFT, GRPO, checkpointing and evaluation settings."""
 
+    # Folder of the run: checkpoints, metrics, plots, report, exported model; re-running the
+    # same command with the same folder resumes.
     run_dir: str = "runs/quickstart"
     data: DataConfig = DataConfig()
     policy: PolicyConfig = PolicyConfig()
     sft: SFTConfig = SFTConfig()
     grpo: GRPOConfig = GRPOConfig()
+    # Save a checkpoint every this many steps of each phase (and at its end).
     checkpoint_every: int = 10
+    # Checkpoints kept per phase (older ones are deleted).
     keep_checkpoints: int = 2
+    # Prompts per greedy evaluation batch (padded to this size: one compiled program).
     eval_batch_size: int = 16
+    # No progress bars or messages.
     quiet: bool = False
 
     def __post_init__(self):

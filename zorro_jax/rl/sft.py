@@ -26,6 +26,7 @@ from zorro_jax.rl.steps import add_grads, make_sft_grad_fn
 class SFTConfig:
     """Supervised warm start: steps, examples per step, data seed and optimiser."""
 
+    # Optimiser steps of the warm start (0 = no SFT).
     steps: int = 200
     # Examples per optimiser step.
     batch_size: int = 16
