@@ -46,8 +46,9 @@ def main(argv=None):
     tok = load_tokenizer(args.tokenizer or args.policy)
     policy = load_hf_model(args.policy)
     tasks = load_builtin("train")[: args.num_prompts]
-    parts, _ = prompt_and_answer_texts(tasks, DataConfig(prompt_style="compact"))
-    prompts = [encode_prompt(tok, p, args.max_prompt_tokens)[0] for p in parts]
+    data = DataConfig(prompt_style="compact", max_prompt_tokens=args.max_prompt_tokens)
+    parts, _ = prompt_and_answer_texts(tasks, data, tok)  # schemas trimmed to the budget
+    prompts = [ids for ids, _ in (encode_prompt(tok, p) for p in parts) if len(ids) <= args.max_prompt_tokens]
     if args.init_draft:
         draft = load_hf_model(args.init_draft)
     else:

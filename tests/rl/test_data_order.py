@@ -57,11 +57,22 @@ def test_prompt_parts_share_the_schema_and_tokenise_apart():
     tok = WordTokenizer()
     ids, n = encode_prompt(tok, ("abc\n", "Q: x"))
     assert ids == [1, *map(ord, "abc\nQ: x")] and n == 5
-    # Over budget: the start of the shared part goes first, then of the question.
-    ids, n = encode_prompt(tok, ("abc\n", "Q: x"), max_tokens=6)
-    assert ids == [1, *map(ord, "\nQ: x")] and n == 2
-    ids, n = encode_prompt(tok, ("abc\n", "Q: x"), max_tokens=3)
-    assert ids == [1, *map(ord, " x")] and n == 1
+
+
+def test_prompts_over_budget_lose_schema_not_question():
+    """A budget trims the schema by the builder (never the question or the instructions from
+    the left of the prompt)."""
+    tasks = [t for t in load_builtin("train") if t.db_id == "retail"][:2]
+    tok = WordTokenizer()
+    full, _ = prompt_and_answer_texts(tasks, DataConfig(prompt_style="ddl", max_prompt_tokens=100_000), tok)
+    n_full = len(encode_prompt(tok, full[0])[0])
+    budget = n_full - 200
+    trimmed, _ = prompt_and_answer_texts(tasks, DataConfig(prompt_style="ddl", max_prompt_tokens=budget), tok)
+    ids, n = encode_prompt(tok, trimmed[0])
+    assert len(ids) <= budget
+    assert trimmed[0][1] == full[0][1]  # the question part is untouched
+    assert trimmed[0][0].startswith(full[0][0][:200])  # the system turn and the schema's start stay
+    assert "example values omitted" in trimmed[0][0] or "not shown" in trimmed[0][0]
 
 
 def test_questions_per_database_must_divide_the_batches():

@@ -130,17 +130,33 @@ def load_tasks(data: DataConfig, split: str):
     return tasks
 
 
-def prompt_and_answer_texts(tasks, data: DataConfig):
+def prompt_and_answer_texts(tasks, data: DataConfig, tok=None):
     """Prompts as (shared part, question part) text pairs — the shared part is the database's
     (system text and schema), the question part the task's — and the reference answers (the gold
     SQL in a fenced block) of `tasks`. Every path tokenises the parts apart (`encode_prompt`), so
-    the policy sees one format whether or not a schema is shared."""
+    the policy sees one format whether or not a schema is shared.
+
+    With a tokenizer, a prompt longer than `data.max_prompt_tokens` is shrunk by the
+    token-budgeted builder (example values, then the least relevant tables' columns and tables;
+    the question and the instructions always stay), so its schema part may then differ from the
+    other questions of its database."""
     from zorro_jax.tasks.text2sql.prompts import build_prompt, format_answer
+
+    system_turn = data.prompt_style != "compact"
+    count = None
+    if tok is not None:
+        # BOS and the system turn come on top of what the builder counts.
+        extra = 1 + (len(tok(build_prompt(tasks[0], style=data.prompt_style).system + "\n\n",
+                             add_special_tokens=False)["input_ids"]) if system_turn and tasks else 0)
+        count = lambda text: len(tok(text, add_special_tokens=False)["input_ids"]) + extra
 
     def parts(task):
         prompt = build_prompt(task, style=data.prompt_style)
+        if count is not None and count(prompt.text) > data.max_prompt_tokens:
+            prompt = build_prompt(task, style=data.prompt_style, count_tokens=count,
+                                  budget=data.max_prompt_tokens)
         # The compact style is for small policies trained from scratch: no system turn needed.
-        shared = prompt.shared if data.prompt_style == "compact" else f"{prompt.system}\n\n{prompt.shared}"
+        shared = f"{prompt.system}\n\n{prompt.shared}" if system_turn else prompt.shared
         return shared, prompt.question
 
     return [parts(t) for t in tasks], [format_answer(t.gold_sql) for t in tasks]
@@ -157,9 +173,8 @@ def literal_swapper(tasks, tok, data: DataConfig, eos: int):
         task = tasks[i]
         question, sql = swap_literals(task.question, task.gold_sql, rng, pool)
         [prompt], [answer] = prompt_and_answer_texts(
-            [dataclasses.replace(task, question=question, gold_sql=sql)], data)
-        return (encode_prompt(tok, prompt, data.max_prompt_tokens)[0],
-                tok(answer, add_special_tokens=False)["input_ids"] + [eos])
+            [dataclasses.replace(task, question=question, gold_sql=sql)], data, tok)
+        return encode_prompt(tok, prompt)[0], tok(answer, add_special_tokens=False)["input_ids"] + [eos]
 
     return swap
 
@@ -191,17 +206,12 @@ def new_model_config(cfg: RunConfig, tok) -> ModelConfig:
     )
 
 
-def encode_prompt(tok, parts: tuple[str, str], max_tokens: int | None = None) -> tuple[list[int], int]:
+def encode_prompt(tok, parts: tuple[str, str]) -> tuple[list[int], int]:
     """(token ids, shared length) of a (shared, question) prompt: BOS + the shared part's ids +
-    the question part's ids, each part tokenised on its own. When longer than `max_tokens`, the
-    start of the shared part is cut (the question comes last)."""
+    the question part's ids, each part tokenised on its own. Nothing is cut: prompts are fitted
+    to the budget when they are written (`prompt_and_answer_texts`)."""
     shared, question = (tok(text, add_special_tokens=False)["input_ids"] for text in parts)
     prefix = [tok.bos_token_id] if tok.bos_token_id is not None else []
-    over = len(prefix) + len(shared) + len(question) - (max_tokens or 0)
-    if max_tokens and over > 0:
-        cut = min(over, len(shared))
-        shared = shared[cut:]
-        question = question[over - cut:]
     return prefix + shared + question, len(prefix) + len(shared)
 
 
@@ -305,12 +315,14 @@ def run(cfg: RunConfig) -> dict:
     eval_tasks = load_tasks(cfg.data, cfg.data.eval_split)
     if cfg.data.eval_limit:
         eval_tasks = eval_tasks[: cfg.data.eval_limit]
-    train_prompts, train_answers = prompt_and_answer_texts(train_tasks, cfg.data)
-    eval_prompts, _ = prompt_and_answer_texts(eval_tasks, cfg.data)
     grpo_split = cfg.data.grpo_split or cfg.data.train_split
     grpo_tasks = train_tasks if grpo_split == cfg.data.train_split else load_tasks(cfg.data, grpo_split)
-    grpo_prompts, _ = prompt_and_answer_texts(grpo_tasks, cfg.data)
-    tok = get_tokenizer(cfg, ["".join(p) for p in train_prompts] + train_answers)
+    # The tokenizer learns from whole prompts; then every prompt is written within the budget.
+    untrimmed, train_answers = prompt_and_answer_texts(train_tasks, cfg.data)
+    tok = get_tokenizer(cfg, ["".join(p) for p in untrimmed] + train_answers)
+    train_prompts, _ = prompt_and_answer_texts(train_tasks, cfg.data, tok)
+    eval_prompts, _ = prompt_and_answer_texts(eval_tasks, cfg.data, tok)
+    grpo_prompts, _ = prompt_and_answer_texts(grpo_tasks, cfg.data, tok)
     eos = tok.eos_token_id
     say(f"data: {len(train_tasks)} SFT ({cfg.data.train_split}) / {len(grpo_tasks)} GRPO ({grpo_split}) / "
         f"{len(eval_tasks)} eval ({cfg.data.eval_split}) tasks; tokenizer vocab {len(tok)}")
@@ -323,15 +335,29 @@ def run(cfg: RunConfig) -> dict:
     n_params = sum(x.size for x in jax.tree.leaves(params))
     say(f"policy: {model.config.model_type}, {n_params / 1e6:.2f}M parameters")
 
-    budget = cfg.data.max_prompt_tokens
-    def items(tasks, prompts):
-        return [PromptItem(t, *encode_prompt(tok, p, budget), group_key=t.db_id)
-                for t, p in zip(tasks, prompts)]
+    skipped = {}
 
-    train_items, eval_items, grpo_items = (items(train_tasks, train_prompts), items(eval_tasks, eval_prompts),
-                                           items(grpo_tasks, grpo_prompts))
-    examples = [(it.prompt_ids, tok(a, add_special_tokens=False)["input_ids"] + [eos])
-                for it, a in zip(train_items, train_answers)]
+    def items(split, tasks, prompts, answers=None):
+        """PromptItems (and SFT examples) of the tasks whose prompt fits the budget even after
+        trimming the schema; the others are skipped and counted in the report."""
+        kept, examples = [], []
+        for i, (t, p) in enumerate(zip(tasks, prompts)):
+            item = PromptItem(t, *encode_prompt(tok, p), group_key=t.db_id)
+            if len(item.prompt_ids) > cfg.data.max_prompt_tokens:
+                skipped[split] = skipped.get(split, 0) + 1
+                continue
+            kept.append(item)
+            if answers is not None:
+                examples.append((item.prompt_ids, tok(answers[i], add_special_tokens=False)["input_ids"] + [eos]))
+        if skipped.get(split):
+            say(f"{split}: {skipped[split]} of {len(tasks)} tasks skipped (prompt over "
+                f"{cfg.data.max_prompt_tokens} tokens after trimming the schema)")
+        if not kept:
+            raise ValueError(f"no {split} task fits data.max_prompt_tokens = {cfg.data.max_prompt_tokens}")
+        return (kept, examples) if answers is not None else kept
+
+    train_items, examples = items("train", train_tasks, train_prompts, train_answers)
+    eval_items, grpo_items = items("eval", eval_tasks, eval_prompts), items("grpo", grpo_tasks, grpo_prompts)
 
     from zorro_jax.tasks.text2sql.reward import RewardFn
 
@@ -438,6 +464,8 @@ def run(cfg: RunConfig) -> dict:
         "held-out execution accuracy after SFT": before["exec_accuracy"],
         "held-out execution accuracy after GRPO": after["exec_accuracy"],
         "eval split / tasks": f"{cfg.data.eval_split} / {after['n']}",
+        "tasks skipped (prompt over budget), train / grpo / eval": "{} / {} / {}".format(
+            *(skipped.get(k, 0) for k in ("train", "grpo", "eval"))),
         **run_summary(rows, correct_at(0), correct_at(grpo_cfg.steps)),
         "parameters (M)": n_params / 1e6,
         "wall seconds (this invocation)": time.perf_counter() - t_start,
