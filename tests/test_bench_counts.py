@@ -2,7 +2,13 @@
 
 import numpy as np
 
-from experiments.bench_actor_update import DISTRIBUTIONS, make_groups, model_flops, tree_counts, variant_trees
+from experiments.bench_actor_update import (
+    DISTRIBUTIONS,
+    make_groups,
+    model_flops,
+    tree_counts,
+    variant_trees,
+)
 from experiments.common import bench_model_of_width
 from pallas_kernels.tree_blocks import visible_mask
 from zorro_jax.layouts import pack_groups_balanced

@@ -68,7 +68,7 @@ def test_prompts_over_budget_lose_schema_not_question():
     n_full = len(encode_prompt(tok, full[0])[0])
     budget = n_full - 200
     trimmed, _ = prompt_and_answer_texts(tasks, DataConfig(prompt_style="ddl", max_prompt_tokens=budget), tok)
-    ids, n = encode_prompt(tok, trimmed[0])
+    ids, _ = encode_prompt(tok, trimmed[0])
     assert len(ids) <= budget
     assert trimmed[0][1] == full[0][1]  # the question part is untouched
     assert trimmed[0][0].startswith(full[0][0][:200])  # the system turn and the schema's start stay

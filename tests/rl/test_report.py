@@ -44,7 +44,7 @@ def test_phase_bars_top_out_at_the_measured_total(tmp_path, speculative):
     grpo = [r for r in log.rows() if r["phase"] == "grpo"]
     # Neither the total nor the estimated split of the rollout is stacked on top of the parts.
     assert "time_total" not in phase_parts(grpo) and not any("_est" in k for k in phase_parts(grpo))
-    _, fig, ax = phase_figure(grpo)
+    _, _, ax = phase_figure(grpo)
     tops = {}
     for bar in ax.patches:
         x = round(bar.get_x() + bar.get_width() / 2)

@@ -5,12 +5,13 @@ import pytest
 
 from zorro_jax.tasks.text2sql import spider
 from zorro_jax.tasks.text2sql.executor import Executor
+from zorro_jax.tasks.text2sql.fixtures import write_spider_fixture
 from zorro_jax.tasks.text2sql.prompts import build_prompt
 
 
 @pytest.fixture(scope="module")
 def fixture_root(tmp_path_factory):
-    return spider.write_spider_fixture(str(tmp_path_factory.mktemp("spider")))
+    return write_spider_fixture(str(tmp_path_factory.mktemp("spider")))
 
 
 def test_spider_load_and_agreement(fixture_root):

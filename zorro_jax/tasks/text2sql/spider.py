@@ -1,43 +1,45 @@
-"""Loaders for Spider- and BIRD-format data sets, converted to DuckDB.
+"""Loaders for Spider- and BIRD-format data sets, run on DuckDB copies of their databases.
 
-Input layout (both benchmarks): `tables.json`, an examples file (`question`, `db_id`, and the gold
-SQL under `query` for Spider or `SQL` for BIRD, optional `difficulty`/`hardness` and `evidence`),
-and `database/<db_id>/<db_id>.sqlite`.
+Layouts, as the downloads ship them (`detect_format` tells them apart):
+  Spider  `database/<db>/<db>.sqlite`, `tables.json`, `train_spider.json` + `train_others.json`
+          (split "train"), `dev.json` ("dev"), and in newer releases `test.json` with
+          `test_database/` ("test"). Gold SQL under `query`, difficulty under `hardness`.
+  BIRD    `<split>_databases/<db>/<db>.sqlite`, `<split>_tables.json`, `<split>.json` for split
+          "train" or "dev", either in `root` or in `root/<split>/` (the train archive unpacks
+          to `train/`). Gold SQL under `SQL`, plus `evidence` and `difficulty`.
 
-Each SQLite database is copied into a DuckDB file through Python's `sqlite3` (the DuckDB sqlite
-extension would need a download). Column types follow the values actually stored, since SQLite
-accepts any value in any column. Keys go to a sidecar JSON that prompts.py reads, because Spider
-databases often violate their own declared keys and DuckDB would refuse the rows.
-
-Gold SQL is transpiled from SQLite to DuckDB with sqlglot, plus fix-ups for the semantic
-differences that change results:
-  * `a / b` on integers truncates in SQLite, DuckDB returns a double -> typed integer division;
-    SQLite also yields NULL on division by zero, DuckDB an error or inf -> NULLIF(b, 0).
-  * SQLite LIKE ignores ASCII case, DuckDB LIKE does not -> ILIKE.
-  * SQLite accepts bare columns beside aggregates and takes them from the row of a lone MIN/MAX
-    -> ARG_MIN/ARG_MAX, otherwise ANY_VALUE (DuckDB rejects them outright).
-  * SQLite reads an unknown "double-quoted" identifier as a string -> string literal.
-`load` then runs every gold query on both engines and reports the agreement percentage and the
-queries whose results still differ.
+Each SQLite database is copied into a DuckDB file in a cache directory keyed by its content
+hash (sqlite_copy.py), and each gold query is transpiled SQLite -> DuckDB (transpile.py). The
+agreement check runs every gold on both engines and compares the results with the data set's
+rule ("spider": bags, ORDER BY-aware; "bird": sets), the rule the reward should use too, which
+`AgreementReport.rule` carries (`RewardConfig(rule=report.rule)`). Transpiled SQL and verdicts
+are cached beside the copy, keyed by the gold SQL, the transpiler version and the rule, so a
+restart re-runs nothing that has not changed.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import os
 import sqlite3
+import time
 
-import duckdb
 import sqlglot
-from sqlglot import exp
-from sqlglot.optimizer.annotate_types import annotate_types
-from sqlglot.optimizer.qualify import qualify
 
-from zorro_jax.tasks.text2sql import compare, prompts
+from zorro_jax.tasks.text2sql import compare
 from zorro_jax.tasks.text2sql.executor import Executor
 from zorro_jax.tasks.text2sql.reward import DIFFICULTIES, Task
+from zorro_jax.tasks.text2sql.sqlite_copy import cached_copy, read_column_types, sqlite_schema
+from zorro_jax.tasks.text2sql.sqlite_values import canonical_number
+from zorro_jax.tasks.text2sql.transpile import TRANSPILER_VERSION, transpile_sqlite
 
+FORMATS = ("spider", "bird")
+# The result-comparison rule (compare.py) each data set's own evaluation uses.
+RULE_OF_FORMAT = {"spider": "spider", "bird": "bird"}
+# A gold query slower than this on SQLite is reported, not waited for.
+SQLITE_TIMEOUT_S = 60.0
 _DIFFICULTY_MAP = {
     "simple": "easy",
     "moderate": "medium",
@@ -47,174 +49,24 @@ _DIFFICULTY_MAP = {
     "hard": "hard",
     "extra": "extra",
 }
-
-
-def _duckdb_type(values: list) -> str:
-    present = [v for v in values if v is not None]
-    if any(isinstance(v, (bytes, memoryview)) for v in present):
-        return "BLOB"
-    if present and all(isinstance(v, int) for v in present):
-        return "BIGINT"
-    if present and all(isinstance(v, (int, float)) for v in present):
-        return "DOUBLE"
-    return "VARCHAR"
-
-
-def _coerce(value, dtype: str):
-    if value is None or dtype in ("BIGINT", "DOUBLE", "BLOB"):
-        return value
-    return value if isinstance(value, str) else str(value)
-
-
-def sqlite_schema(sqlite_path: str) -> dict[str, dict[str, str]]:
-    """Table -> column -> declared type, for sqlglot's qualifier and type annotator."""
-    src = sqlite3.connect(f"file:{sqlite_path}?mode=ro", uri=True)
-    try:
-        names = [
-            r[0]
-            for r in src.execute(
-                "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%'"
-            )
-        ]
-        return {
-            t: {c[1]: (c[2] or "TEXT") for c in src.execute(f'PRAGMA table_info("{t}")')}
-            for t in names
-        }
-    finally:
-        src.close()
-
-
-def copy_sqlite_to_duckdb(sqlite_path: str, duckdb_path: str):
-    """Copy every table (types inferred from the stored values) plus a keys sidecar."""
-    src = sqlite3.connect(f"file:{sqlite_path}?mode=ro", uri=True)
-    src.text_factory = lambda b: b.decode("utf-8", errors="replace")
-    tmp = duckdb_path + ".tmp"
-    if os.path.exists(tmp):
-        os.remove(tmp)
-    dst = duckdb.connect(tmp)
-    keys = {"primary_keys": {}, "foreign_keys": {}}
-    try:
-        tables = [
-            r[0]
-            for r in src.execute(
-                "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%'"
-            )
-        ]
-        for table in tables:
-            info = list(src.execute(f'PRAGMA table_info("{table}")'))
-            cols = [c[1] for c in info]
-            rows = list(src.execute(f'SELECT * FROM "{table}"'))
-            types = [_duckdb_type([r[i] for r in rows]) for i in range(len(cols))]
-            defs = ", ".join(f'"{c}" {t}' for c, t in zip(cols, types))
-            dst.execute(f'CREATE TABLE "{table}" ({defs})')
-            if rows:
-                marks = ", ".join("?" * len(cols))
-                dst.executemany(
-                    f'INSERT INTO "{table}" VALUES ({marks})',
-                    [tuple(_coerce(v, t) for v, t in zip(r, types)) for r in rows],
-                )
-            pk = [c[1] for c in sorted(info, key=lambda c: c[5]) if c[5] > 0]
-            if pk:
-                keys["primary_keys"][table] = pk
-            fks = [
-                [f[3], f[2], f[4] or (pk[0] if pk else f[3])]
-                for f in src.execute(f'PRAGMA foreign_key_list("{table}")')
-            ]
-            if fks:
-                keys["foreign_keys"][table] = fks
-        dst.execute("CHECKPOINT")
-    finally:
-        dst.close()
-        src.close()
-    os.replace(tmp, duckdb_path)
-    with open(prompts.keys_sidecar(duckdb_path), "w") as f:
-        json.dump(keys, f)
-
-
-def _fix_double_quoted_strings(tree: exp.Expression, columns: set[str]) -> exp.Expression:
-    def fix(node):
-        if (
-            isinstance(node, exp.Column)
-            and not node.table
-            and node.this.args.get("quoted")
-            and node.name.lower() not in columns
-        ):
-            return exp.Literal.string(node.name)
-        return node
-
-    return tree.transform(fix)
-
-
-def _fix_bare_columns(tree: exp.Expression) -> exp.Expression:
-    for select in list(tree.find_all(exp.Select)):
-        projections = select.expressions
-        aggs = [a for p in projections for a in p.find_all(exp.AggFunc)]
-        group = select.args.get("group")
-        if not aggs and not group:
-            continue
-        keys = {g.sql() for g in group.expressions} if group else set()
-        group_names = (
-            {g.name for g in group.expressions if isinstance(g, exp.Column)} if group else set()
-        )
-        lone = aggs[0] if len(aggs) == 1 and isinstance(aggs[0], (exp.Max, exp.Min)) else None
-        for proj in projections:
-            inner = proj.unalias()
-            if inner.find(exp.AggFunc) or inner.sql() in keys or not inner.find(exp.Column):
-                continue
-            if isinstance(inner, exp.Column) and inner.name in group_names:
-                continue
-            if lone is not None:
-                cls = exp.ArgMax if isinstance(lone, exp.Max) else exp.ArgMin
-                wrapped = cls(this=inner.copy(), expression=lone.this.copy())
-            else:
-                wrapped = exp.AnyValue(this=inner.copy())
-            inner.replace(wrapped)
-    return tree
-
-
-def _fix_division(tree: exp.Expression) -> exp.Expression:
-    for div in list(tree.find_all(exp.Div)):
-        den = div.expression
-        if isinstance(den, exp.Literal) and not den.is_string and float(den.this) != 0:
-            continue
-        div.set("expression", exp.Nullif(this=den.copy(), expression=exp.Literal.number(0)))
-        div.set("safe", False)
-    return tree
-
-
-def transpile_sqlite(sql: str, schema: dict[str, dict[str, str]], fixups: bool = True) -> str:
-    """SQLite-dialect SQL -> DuckDB SQL; `fixups=False` gives sqlglot's plain transpile."""
-    if not fixups:
-        return sqlglot.transpile(sql, read="sqlite", write="duckdb")[0]
-    columns = {c.lower() for cols in schema.values() for c in cols}
-    tree = sqlglot.parse_one(sql, read="sqlite")
-    tree = _fix_double_quoted_strings(tree, columns)
-    try:  # qualification is what lets the type annotator see integer columns
-        tree = qualify(
-            tree, schema=schema, dialect="sqlite", validate_qualify_columns=False, identify=False
-        )
-    except Exception:  # noqa: BLE001, S110 - unqualifiable SQL is still transpiled, untyped
-        pass
-    tree = tree.transform(
-        lambda n: exp.ILike(this=n.this, expression=n.expression) if isinstance(n, exp.Like) else n
-    )
-    tree = _fix_bare_columns(tree)
-    tree = _fix_division(tree)
-    try:
-        tree = annotate_types(tree, schema=schema, dialect="sqlite")
-    except Exception:  # noqa: BLE001, S110 - without types, divisions stay float divisions
-        pass
-    return tree.sql(dialect="duckdb")
+_SPIDER_SPLITS = {
+    "train": (("train_spider.json", "train_others.json"), "database"),
+    "dev": (("dev.json",), "database"),
+    "test": (("test.json",), "test_database"),
+}
 
 
 @dataclasses.dataclass(frozen=True)
 class AgreementReport:
-    """How many transpiled gold queries return on DuckDB what the original returns on SQLite."""
+    """How many transpiled gold queries return on DuckDB what the original returns on SQLite,
+    under `rule`, the comparison rule of the data set (pass it to the reward)."""
 
     n_tasks: int
     n_agree: int
-    # (task_id, why): "duckdb: <error>", "sqlite: <error>" or "results differ".
+    # (task_id, why): "duckdb: <error>", "duckdb: result longer than the row cap",
+    # "sqlite: <error>" or "results differ".
     disagreements: tuple[tuple[str, str], ...]
+    rule: str = "spider"
 
     @property
     def agreement(self) -> float:
@@ -223,44 +75,163 @@ class AgreementReport:
         """
         return self.n_agree / self.n_tasks if self.n_tasks else 1.0
 
+    def __add__(self, other: AgreementReport) -> AgreementReport:
+        if self.rule != other.rule:
+            raise ValueError(f"cannot merge reports under rules {self.rule} and {other.rule}")
+        return AgreementReport(self.n_tasks + other.n_tasks, self.n_agree + other.n_agree,
+                               self.disagreements + other.disagreements, self.rule)
 
-def _sqlite_rows(sqlite_path: str, sql: str):
-    conn = sqlite3.connect(f"file:{sqlite_path}?mode=ro", uri=True)
-    conn.text_factory = lambda b: b.decode("utf-8", errors="replace")
-    try:
-        return conn.execute(sql).fetchall()
-    finally:
-        conn.close()
+
+def detect_format(root: str) -> str:
+    """"spider" or "bird", from the files in `root`; raises naming what is missing."""
+    spider_missing = [name for name, present in (
+        ("database/", os.path.isdir(os.path.join(root, "database"))),
+        ("tables.json", os.path.isfile(os.path.join(root, "tables.json"))),
+    ) if not present]
+    if not spider_missing:
+        return "spider"
+    for split in ("dev", "train"):
+        for base in (root, os.path.join(root, split)):
+            if os.path.isdir(os.path.join(base, f"{split}_databases")):
+                return "bird"
+    present = sorted(os.listdir(root)) if os.path.isdir(root) else []
+    raise FileNotFoundError(
+        f"{root} is not a Spider folder (missing {' and '.join(spider_missing)}) nor a BIRD "
+        f"folder (no dev_databases/ or train_databases/, here or in dev/ or train/); it holds "
+        f"{present[:12]}"
+    )
+
+
+def _bird_base(root: str, split: str) -> str:
+    for base in (root, os.path.join(root, split)):
+        if os.path.isdir(os.path.join(base, f"{split}_databases")):
+            return base
+    raise FileNotFoundError(f"no {split}_databases/ in {root} or {os.path.join(root, split)}")
+
+
+def load_split(
+    root: str,
+    split: str,
+    format: str | None = None,
+    cache_dir: str | None = None,
+    fixups: bool = True,
+) -> tuple[list[Task], AgreementReport]:
+    """Tasks of split "train" or "dev" (Spider also "test") of a Spider or BIRD folder
+    (`format`, detected when None), with the agreement report; DuckDB copies and gold verdicts
+    are cached in `cache_dir` (see sqlite_copy.cache_dir)."""
+    fmt = format or detect_format(root)
+    if fmt not in FORMATS:
+        raise ValueError(f"format must be one of {FORMATS}, got {fmt!r}")
+    if fmt == "spider":
+        if split not in _SPIDER_SPLITS:
+            raise ValueError(f"Spider splits are {tuple(_SPIDER_SPLITS)}, got {split!r}")
+        names, database_dir = _SPIDER_SPLITS[split]
+        base = root
+        names = tuple(n for n in names if n != "train_others.json"
+                      or os.path.isfile(os.path.join(root, n)))
+    else:
+        if split not in ("train", "dev"):
+            raise ValueError(f"BIRD splits are ('train', 'dev'), got {split!r}")
+        base = _bird_base(root, split)
+        names, database_dir = (f"{split}.json",), f"{split}_databases"
+    tasks: list[Task] = []
+    rule = RULE_OF_FORMAT[fmt]
+    report = AgreementReport(0, 0, (), rule)
+    for name in names:
+        part, part_report = load(base, name, out_dir=cache_dir, database_dir=database_dir,
+                                 fixups=fixups, rule=rule)
+        tasks += part
+        report += part_report
+    return tasks, report
+
+
+class _Database:
+    """One database of a load: its SQLite file, DuckDB copy, schema and gold cache (transpiled
+    SQL and agreement verdicts, in a JSON file beside the copy)."""
+
+    def __init__(self, sqlite_path: str, db_path: str, fixups: bool):
+        self.sqlite_path, self.db_path, self.fixups = sqlite_path, db_path, fixups
+        self.cache_path = os.path.splitext(db_path)[0] + ".golds.json"
+        self.golds: dict[str, dict] = {}
+        if os.path.isfile(self.cache_path):
+            with open(self.cache_path) as f:
+                self.golds = json.load(f)
+        self.dirty = False
+        self._types = None
+
+    def gold(self, sqlite_sql: str) -> dict:
+        """The cache entry of a gold query, with its DuckDB SQL under "duckdb"."""
+        key = hashlib.sha256(
+            json.dumps([TRANSPILER_VERSION, self.fixups, sqlite_sql]).encode()
+        ).hexdigest()
+        entry = self.golds.setdefault(key, {})
+        if "duckdb" not in entry:
+            if self._types is None:
+                self._types = sqlite_schema(self.sqlite_path), read_column_types(self.db_path)
+            schema, columns = self._types
+            try:
+                entry["duckdb"] = transpile_sqlite(sqlite_sql, schema, self.fixups, columns)
+            except sqlglot.errors.SqlglotError:  # kept as written; the agreement check says so
+                entry["duckdb"] = sqlite_sql
+            self.dirty = True
+        return entry
+
+    def save(self):
+        """Write the gold cache back when it changed."""
+        if not self.dirty:
+            return
+        tmp = f"{self.cache_path}.{os.getpid()}.tmp"
+        with open(tmp, "w") as f:
+            json.dump(self.golds, f)
+        os.replace(tmp, self.cache_path)
+        self.dirty = False
 
 
 def load(
     root: str,
     examples_file: str = "dev.json",
     out_dir: str | None = None,
-    database_dir: str = "database",
+    database_dir: str | None = None,
     check: bool = True,
     fixups: bool = True,
+    rule: str | None = None,
 ) -> tuple[list[Task], AgreementReport | None]:
-    """Tasks of a Spider/BIRD-format folder with DuckDB copies in `out_dir` (default
-    `<root>/duckdb`), and (with `check`) the SQLite-vs-DuckDB agreement report."""
-    out_dir = out_dir or os.path.join(root, "duckdb")
-    os.makedirs(out_dir, exist_ok=True)
+    """Tasks of one examples file of a Spider/BIRD-format folder, and (with `check`) the
+    SQLite-vs-DuckDB agreement report.
+
+    Databases are read from `root/<database_dir>/<db>/<db>.sqlite`: by default `database/`, or
+    `<stem>_databases/` (BIRD) when there is no `database/`. DuckDB copies go to `out_dir`
+    (default: the cache, sqlite_copy.cache_dir). `rule` defaults to "bird" for examples with
+    BIRD's `SQL` field, else "spider".
+    """
     with open(os.path.join(root, examples_file)) as f:
         examples = json.load(f)
-    schemas: dict[str, dict] = {}
-    tasks, sources = [], []
     stem = os.path.splitext(os.path.basename(examples_file))[0]
+    if database_dir is None:
+        database_dir = "database"
+        if not os.path.isdir(os.path.join(root, database_dir)):
+            database_dir = f"{stem}_databases"
+    if rule is None:
+        bird = bool(examples) and "SQL" in examples[0] and "query" not in examples[0]
+        rule = "bird" if bird else "spider"
+    if rule not in compare.RULES:
+        raise ValueError(f"rule must be one of {compare.RULES}, got {rule!r}")
+    databases: dict[str, _Database] = {}
+    tasks, sources, entries = [], [], []
     for i, ex in enumerate(examples):
         db_id = ex["db_id"]
-        sqlite_path = os.path.join(root, database_dir, db_id, f"{db_id}.sqlite")
-        db_path = os.path.join(out_dir, f"{db_id}.duckdb")
-        if db_id not in schemas:
-            if not os.path.isfile(db_path):
-                copy_sqlite_to_duckdb(sqlite_path, db_path)
-            schemas[db_id] = sqlite_schema(sqlite_path)
+        db = databases.get(db_id)
+        if db is None:
+            sqlite_path = os.path.join(root, database_dir, db_id, f"{db_id}.sqlite")
+            if not os.path.isfile(sqlite_path):
+                raise FileNotFoundError(f"example {i} of {examples_file}: no {sqlite_path}")
+            db = databases[db_id] = _Database(
+                sqlite_path, cached_copy(sqlite_path, db_id, out_dir), fixups
+            )
         gold_sqlite = ex.get("query", ex.get("SQL"))
         if gold_sqlite is None:
             raise KeyError(f"example {i} has neither 'query' (Spider) nor 'SQL' (BIRD)")
+        entry = db.gold(gold_sqlite)
         difficulty = _DIFFICULTY_MAP.get(
             str(ex.get("difficulty", ex.get("hardness", ""))), "unknown"
         )
@@ -269,21 +240,85 @@ def load(
             Task(
                 task_id=f"{stem}/{i}",
                 db_id=db_id,
-                db_path=db_path,
+                db_path=db.db_path,
                 question=ex["question"],
-                gold_sql=transpile_sqlite(gold_sqlite, schemas[db_id], fixups=fixups),
+                gold_sql=entry["duckdb"],
                 difficulty=difficulty,
                 evidence=ex.get("evidence", "") or "",
             )
         )
-        sources.append((sqlite_path, gold_sqlite))
-    if not check:
-        return tasks, None
-    return tasks, agreement_report(tasks, sources)
+        sources.append((db.sqlite_path, gold_sqlite))
+        entries.append((db, entry))
+    report = _cached_report(tasks, sources, entries, rule) if check else None
+    for db in databases.values():
+        db.save()
+    return tasks, report
 
 
-def agreement_report(tasks: list[Task], sources: list[tuple[str, str]]) -> AgreementReport:
-    """Run each task's DuckDB gold and its SQLite original; compare with the spider rule."""
+def _cached_report(tasks, sources, entries, rule: str) -> AgreementReport:
+    """The agreement report, running only the golds without a cached verdict under `rule`."""
+    todo = [i for i, (_, entry) in enumerate(entries) if rule not in entry.get("verdicts", {})]
+    fresh: dict[str, str] = {}
+    if todo:
+        report = agreement_report([tasks[i] for i in todo], [sources[i] for i in todo], rule)
+        fresh = {task_id: why for task_id, why in report.disagreements}
+        for i in todo:
+            why = fresh.get(tasks[i].task_id, "")
+            if "timeout" in why:  # load-dependent: decided again next time
+                continue
+            db, entry = entries[i]
+            entry.setdefault("verdicts", {})[rule] = why
+            db.dirty = True
+    disagreements = []
+    for task, (_, entry) in zip(tasks, entries):
+        why = entry.get("verdicts", {}).get(rule, fresh.get(task.task_id, ""))
+        if why:
+            disagreements.append((task.task_id, why))
+    return AgreementReport(len(tasks), len(tasks) - len(disagreements), tuple(disagreements), rule)
+
+
+def _sqlite_rows(sqlite_path: str, sql: str):
+    conn = sqlite3.connect(f"file:{sqlite_path}?mode=ro", uri=True)
+    conn.text_factory = lambda b: b.decode("utf-8", errors="replace")
+    deadline = time.monotonic() + SQLITE_TIMEOUT_S
+    conn.set_progress_handler(lambda: time.monotonic() > deadline, 100_000)
+    try:
+        return conn.execute(sql).fetchall()
+    except sqlite3.OperationalError as err:
+        if time.monotonic() > deadline:
+            raise sqlite3.OperationalError(f"timeout after {SQLITE_TIMEOUT_S:.0f}s") from err
+        raise
+    finally:
+        conn.close()
+
+
+def _numbers_for_numeric_text(rows) -> list[tuple]:
+    def cell(v):
+        if isinstance(v, str):
+            number = canonical_number(v)
+            return v if number is None else number
+        return v
+
+    return [tuple(cell(v) for v in row) for row in rows]
+
+
+def rows_agree(duck_rows, sqlite_rows, rule: str = "spider", order_matters: bool = False) -> bool:
+    """Whether a DuckDB result equals a SQLite one under `rule`, reading every canonical number
+    text ('150', '31.5') as its number: the copy stores such TEXT columns as numbers, so
+    SQLite's '150' and DuckDB's 150 are the same value."""
+    return compare.results_match(
+        _numbers_for_numeric_text(duck_rows),
+        _numbers_for_numeric_text(sqlite_rows),
+        rule=rule,
+        order_matters=order_matters,
+    )
+
+
+def agreement_report(
+    tasks: list[Task], sources: list[tuple[str, str]], rule: str = "spider"
+) -> AgreementReport:
+    """Run each task's DuckDB gold and its SQLite original (sources: (sqlite path, SQL)) and
+    compare the results with `rule`."""
     disagreements = []
     with Executor() as ex:
         for task, (sqlite_path, sqlite_sql) in zip(tasks, sources):
@@ -291,141 +326,15 @@ def agreement_report(tasks: list[Task], sources: list[tuple[str, str]]) -> Agree
             if not duck.ok:
                 disagreements.append((task.task_id, f"duckdb: {duck.status} {duck.message}"))
                 continue
+            if duck.truncated:
+                disagreements.append((task.task_id, "duckdb: result longer than the row cap"))
+                continue
             try:
                 lite = _sqlite_rows(sqlite_path, sqlite_sql)
             except sqlite3.Error as err:
                 disagreements.append((task.task_id, f"sqlite: {err}"))
                 continue
             ordered = compare.gold_orders_rows(task.gold_sql)
-            if not compare.results_match(duck.rows, lite, rule="spider", order_matters=ordered):
+            if not rows_agree(duck.rows, lite, rule, ordered):
                 disagreements.append((task.task_id, "results differ"))
-    return AgreementReport(len(tasks), len(tasks) - len(disagreements), tuple(disagreements))
-
-
-def write_spider_fixture(root: str) -> str:
-    """Write a tiny Spider/BIRD-format data set into `root` (for tests and examples)."""
-    db_dir = os.path.join(root, "database", "concerts")
-    os.makedirs(db_dir, exist_ok=True)
-    path = os.path.join(db_dir, "concerts.sqlite")
-    if os.path.exists(path):
-        os.remove(path)
-    conn = sqlite3.connect(path)
-    conn.executescript("""
-        CREATE TABLE singer (singer_id INTEGER PRIMARY KEY, name TEXT, country TEXT,
-                             age INTEGER);
-        CREATE TABLE concert (concert_id INTEGER PRIMARY KEY, concert_name TEXT, year TEXT,
-                              capacity INTEGER);
-        CREATE TABLE singer_in_concert (concert_id INTEGER REFERENCES concert(concert_id),
-                                        singer_id INTEGER REFERENCES singer(singer_id));
-        INSERT INTO singer VALUES (1, 'Joan Tell', 'France', 41), (2, 'Rui Sol', 'Portugal', 29),
-            (3, 'Tim Vox', 'France', 30), (4, 'Ana Lua', 'Portugal', 52),
-            (5, 'Ed Ray', 'Chile', 34);
-        INSERT INTO concert VALUES (1, 'Spring Nights', '2014', 5000), (2, 'Summer Air', '2015',
-            7000), (3, 'Autumn Echo', '2015', 3001);
-        INSERT INTO singer_in_concert VALUES (1, 1), (1, 2), (2, 2), (2, 3), (3, 4), (3, 1);
-    """)
-    conn.commit()
-    conn.close()
-    tables = [
-        {
-            "db_id": "concerts",
-            "table_names_original": ["singer", "concert", "singer_in_concert"],
-            "table_names": ["singer", "concert", "singer in concert"],
-            "column_names_original": [
-                [-1, "*"],
-                [0, "singer_id"],
-                [0, "name"],
-                [0, "country"],
-                [0, "age"],
-                [1, "concert_id"],
-                [1, "concert_name"],
-                [1, "year"],
-                [1, "capacity"],
-                [2, "concert_id"],
-                [2, "singer_id"],
-            ],
-            "column_types": [
-                "text",
-                "number",
-                "text",
-                "text",
-                "number",
-                "number",
-                "text",
-                "text",
-                "number",
-                "number",
-                "number",
-            ],
-            "primary_keys": [1, 5],
-            "foreign_keys": [[9, 5], [10, 1]],
-        }
-    ]
-    spider = [
-        {
-            "db_id": "concerts",
-            "question": "How many singers are there?",
-            "query": "SELECT count(*) FROM singer",
-            "hardness": "easy",
-        },
-        {
-            "db_id": "concerts",
-            "question": "Names of singers from France?",
-            "query": 'SELECT name FROM singer WHERE country LIKE "france"',
-            "hardness": "easy",
-        },
-        {
-            "db_id": "concerts",
-            "question": "Average age, as SQLite computes it?",
-            "query": "SELECT sum(age) / count(*) FROM singer",
-            "hardness": "medium",
-        },
-        {
-            "db_id": "concerts",
-            "question": "Name and age of the oldest singer?",
-            "query": "SELECT name, max(age) FROM singer",
-            "hardness": "medium",
-        },
-        {
-            "db_id": "concerts",
-            "question": "Concerts per year, ordered by year?",
-            "query": "SELECT year, count(*) FROM concert GROUP BY year ORDER BY year",
-            "hardness": "medium",
-        },
-        {
-            "db_id": "concerts",
-            "question": "Singers in the concert with the largest capacity?",
-            "query": "SELECT T1.name FROM singer AS T1 JOIN singer_in_concert AS T2 ON "
-            "T1.singer_id = T2.singer_id WHERE T2.concert_id = (SELECT concert_id FROM "
-            "concert ORDER BY capacity DESC LIMIT 1)",
-            "hardness": "hard",
-        },
-        {
-            "db_id": "concerts",
-            "question": "Storage type of the age column?",
-            "query": "SELECT typeof(age) FROM singer LIMIT 1",
-            "hardness": "extra",
-        },
-    ]
-    bird = [
-        {
-            "db_id": "concerts",
-            "question": "How many concerts took place in 2015?",
-            "evidence": "year is stored as text",
-            "SQL": "SELECT COUNT(*) FROM concert WHERE year = '2015'",
-            "difficulty": "simple",
-        },
-        {
-            "db_id": "concerts",
-            "question": "Capacity per singer of the 2015 concerts?",
-            "evidence": "",
-            "SQL": "SELECT SUM(capacity) / COUNT(DISTINCT T2.singer_id) FROM "
-            "concert AS T1 JOIN singer_in_concert AS T2 ON T1.concert_id = T2.concert_id WHERE "
-            "T1.year = '2015'",
-            "difficulty": "moderate",
-        },
-    ]
-    for name, data in (("tables.json", tables), ("dev.json", spider), ("bird_dev.json", bird)):
-        with open(os.path.join(root, name), "w") as f:
-            json.dump(data, f, indent=1)
-    return root
+    return AgreementReport(len(tasks), len(tasks) - len(disagreements), tuple(disagreements), rule)
