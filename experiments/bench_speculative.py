@@ -96,7 +96,7 @@ def builtin_prompts(policy_dir: str, b: int, r: int, temperature: float):
     from zorro_jax.tokenizer import load_tokenizer
 
     tok = load_tokenizer(policy_dir)
-    texts, _ = prompt_and_answer_texts(load_tasks(DataConfig(), "dev")[:b], DataConfig())
+    texts, _ = prompt_and_answer_texts(load_tasks(DataConfig(), "dev")[0][:b], DataConfig())
     sampler = SamplerConfig(max_new_tokens=r, temperature=temperature, eos_token_ids=(tok.eos_token_id,),
                             pad_token_id=tok.pad_token_id)
     return sampler, [encode_prompt(tok, t)[0] for t in texts]

@@ -28,6 +28,7 @@ from zorro_jax.rl.optim import make_optimizer
 from zorro_jax.rl.report import MetricsLog, plot_metrics, run_summary, write_summary
 from zorro_jax.rl.sft import SFTConfig, make_sft_step
 from zorro_jax.rl.steps import make_apply_fn
+from zorro_jax.tasks.text2sql.reward import RewardConfig
 from zorro_jax.tokenizer import load_tokenizer, train_bpe_tokenizer
 
 
@@ -39,6 +40,8 @@ class DataConfig:
 
     # "builtin" (the embedded benchmark) or a Spider/BIRD-format folder.
     source: str = "builtin"
+    # Layout of a folder source: "auto" (recognised from its files), "spider" or "bird".
+    format: str = "auto"
     # SFT examples come from train_split; GRPO prompts from grpo_split (empty = train_split).
     train_split: str = "train"
     grpo_split: str = ""
@@ -54,6 +57,8 @@ class DataConfig:
     questions_per_database: int = 1
 
     def __post_init__(self):
+        if self.format not in ("auto", "spider", "bird"):
+            raise ValueError(f"format must be auto, spider or bird, got {self.format!r}")
         if self.questions_per_database < 1:
             raise ValueError(f"questions_per_database must be >= 1, got {self.questions_per_database}")
 
@@ -90,6 +95,8 @@ class RunConfig:
     policy: PolicyConfig = PolicyConfig()
     sft: SFTConfig = SFTConfig()
     grpo: GRPOConfig = GRPOConfig()
+    # Execution reward: comparison rule (auto = the data set's), reward values, sandbox limits.
+    reward: RewardConfig = RewardConfig(rule="auto")
     # Save a checkpoint every this many steps of each phase (and at its end).
     checkpoint_every: int = 10
     # Checkpoints kept per phase (older ones are deleted).
@@ -108,26 +115,48 @@ class RunConfig:
 
 
 def load_tasks(data: DataConfig, split: str):
-    """Tasks of a split of the configured source; "a+b" concatenates splits (e.g. "train+rl")."""
+    """(tasks, comparison rule) of a split of the configured source; "a+b" concatenates splits
+    (e.g. "train+rl"). For a folder, "train" / "dev" / "test" are the data set's splits as shipped
+    (Spider's train = train_spider.json + train_others.json), any other name an examples file
+    ("x" or "x.json")."""
     if "+" in split:
-        return [t for part in split.split("+") for t in load_tasks(data, part)]
+        parts = [load_tasks(data, part) for part in split.split("+")]
+        return [t for tasks, _ in parts for t in tasks], parts[0][1]
     if data.source == "builtin":
         from zorro_jax.tasks.text2sql.benchmark import load_builtin
 
-        return load_builtin(split)
-    from zorro_jax.tasks.text2sql.spider import load
+        return load_builtin(split), "spider"
+    from zorro_jax.tasks.text2sql import spider
 
     root = Path(data.source)
     if not root.is_dir():
         raise FileNotFoundError(f"data source {root.resolve()} is neither 'builtin' nor a folder")
-    # A split names an examples file of the folder: "dev" -> dev.json, or a file name as given.
-    name = split if split.endswith(".json") else f"{split}.json"
-    if not (root / name).is_file():
-        raise FileNotFoundError(f"no examples file {name} in {root.resolve()}")
-    tasks, report = load(str(root), examples_file=name)
+    fmt = None if data.format == "auto" else data.format
+    if split in ("train", "dev", "test"):
+        tasks, report = spider.load_split(str(root), split, format=fmt)
+    else:
+        name = split if split.endswith(".json") else f"{split}.json"
+        if not (root / name).is_file():
+            raise FileNotFoundError(f"no examples file {name} in {root.resolve()}")
+        rule = spider.RULE_OF_FORMAT[fmt or spider.detect_format(str(root))]
+        tasks, report = spider.load(str(root), examples_file=name, rule=rule)
     if report is not None:
-        print(f"{name}: {report}", flush=True)
-    return tasks
+        print(f"{split}: {report}", flush=True)
+    return tasks, report.rule if report is not None else "spider"
+
+
+def drop_failing_golds(tasks, executor) -> tuple[list[int], dict[str, int]]:
+    """Indices of the tasks whose gold query executes (once, cached by the executor for the
+    reward), and {reason: count} of the others: a failing gold would give its whole group noise."""
+    kept, reasons = [], {}
+    for i, t in enumerate(tasks):
+        gold = executor.execute_gold(t.gold_sql, t.db_path)
+        if gold.ok:
+            kept.append(i)
+        else:
+            why = f"{gold.status}: {gold.message.splitlines()[0][:80] if gold.message else ''}"
+            reasons[why] = reasons.get(why, 0) + 1
+    return kept, reasons
 
 
 def prompt_and_answer_texts(tasks, data: DataConfig, tok=None):
@@ -311,18 +340,39 @@ def run(cfg: RunConfig) -> dict:
     (run_dir / "provenance.json").write_text(json.dumps(provenance(cfg), indent=2))
     say = (lambda *a: None) if cfg.quiet else (lambda *a: print(*a, flush=True))
 
-    train_tasks = load_tasks(cfg.data, cfg.data.train_split)
-    eval_tasks = load_tasks(cfg.data, cfg.data.eval_split)
-    if cfg.data.eval_limit:
-        eval_tasks = eval_tasks[: cfg.data.eval_limit]
+    from zorro_jax.tasks.text2sql.reward import RewardFn
+
+    train_tasks, rule = load_tasks(cfg.data, cfg.data.train_split)
+    eval_tasks, _ = load_tasks(cfg.data, cfg.data.eval_split)
     grpo_split = cfg.data.grpo_split or cfg.data.train_split
-    grpo_tasks = train_tasks if grpo_split == cfg.data.train_split else load_tasks(cfg.data, grpo_split)
+    grpo_tasks = train_tasks if grpo_split == cfg.data.train_split else load_tasks(cfg.data, grpo_split)[0]
+    reward_cfg = cfg.reward if cfg.reward.rule != "auto" else dataclasses.replace(cfg.reward, rule=rule)
     # The tokenizer learns from whole prompts; then every prompt is written within the budget.
     untrimmed, train_answers = prompt_and_answer_texts(train_tasks, cfg.data)
     tok = get_tokenizer(cfg, ["".join(p) for p in untrimmed] + train_answers)
     train_prompts, _ = prompt_and_answer_texts(train_tasks, cfg.data, tok)
     eval_prompts, _ = prompt_and_answer_texts(eval_tasks, cfg.data, tok)
     grpo_prompts, _ = prompt_and_answer_texts(grpo_tasks, cfg.data, tok)
+    # The reward's sandbox opens the databases only now: the prompts have read their schemas
+    # (cached), and DuckDB refuses a second connection with another configuration.
+    reward = RewardFn(reward_cfg)
+    # Tasks whose gold query fails or times out are dropped before anything trains on them.
+    dropped = {}
+
+    def drop(split, tasks, prompts, answers=None):
+        kept, reasons = drop_failing_golds(tasks, reward.executor)
+        if reasons:
+            dropped[split] = reasons
+            say(f"{split}: dropped {len(tasks) - len(kept)} of {len(tasks)} tasks whose gold query "
+                f"fails: {reasons}")
+        pick = lambda xs: None if xs is None else [xs[i] for i in kept]
+        return pick(tasks), pick(prompts), pick(answers)
+
+    train_tasks, train_prompts, train_answers = drop("train", train_tasks, train_prompts, train_answers)
+    grpo_tasks, grpo_prompts, _ = drop("grpo", grpo_tasks, grpo_prompts)
+    eval_tasks, eval_prompts, _ = drop("eval", eval_tasks, eval_prompts)
+    if cfg.data.eval_limit:
+        eval_tasks, eval_prompts = eval_tasks[: cfg.data.eval_limit], eval_prompts[: cfg.data.eval_limit]
     eos = tok.eos_token_id
     say(f"data: {len(train_tasks)} SFT ({cfg.data.train_split}) / {len(grpo_tasks)} GRPO ({grpo_split}) / "
         f"{len(eval_tasks)} eval ({cfg.data.eval_split}) tasks; tokenizer vocab {len(tok)}")
@@ -359,9 +409,6 @@ def run(cfg: RunConfig) -> dict:
     train_items, examples = items("train", train_tasks, train_prompts, train_answers)
     eval_items, grpo_items = items("eval", eval_tasks, eval_prompts), items("grpo", grpo_tasks, grpo_prompts)
 
-    from zorro_jax.tasks.text2sql.reward import RewardFn
-
-    reward = RewardFn()
     reward_fn = reward.score
     sampler = dataclasses.replace(cfg.grpo.sampler, eos_token_ids=(eos,), pad_token_id=tok.pad_token_id)
     grpo_cfg = dataclasses.replace(cfg.grpo, sampler=sampler)
@@ -466,6 +513,11 @@ def run(cfg: RunConfig) -> dict:
         "eval split / tasks": f"{cfg.data.eval_split} / {after['n']}",
         "tasks skipped (prompt over budget), train / grpo / eval": "{} / {} / {}".format(
             *(skipped.get(k, 0) for k in ("train", "grpo", "eval"))),
+        "tasks dropped (gold query fails), train / grpo / eval": "{} / {} / {}".format(
+            *(sum(dropped.get(k, {}).values()) for k in ("train", "grpo", "eval"))),
+        **({"why gold queries failed": "; ".join(f"{k} ({v})" for r in dropped.values()
+                                                for k, v in r.items())} if dropped else {}),
+        "reward comparison rule": reward_cfg.rule,
         **run_summary(rows, correct_at(0), correct_at(grpo_cfg.steps)),
         "parameters (M)": n_params / 1e6,
         "wall seconds (this invocation)": time.perf_counter() - t_start,

@@ -58,18 +58,24 @@ class RewardConfig:
 
     # Worker threads that execute SQL (each has its own DuckDB cursor per database).
     threads: int = 2
-    # Comparison rule, see compare.py: "spider" (bag, ORDER BY-aware) or "bird" (set).
+    # Comparison rule, see compare.py: "spider" (bag, ORDER BY-aware) or "bird" (set); "auto" is
+    # the data set's own rule (bird for BIRD folders, spider otherwise), which the training
+    # pipeline resolves when it loads the data.
     rule: str = "spider"
+    # Reward of a completion whose result matches the gold result.
     match_reward: float = 1.0
+    # Reward of a completion that executes but returns another result.
     executes_reward: float = 0.1
+    # Relative tolerance when comparing numeric values of two results.
     rel_tol: float = 1e-6
+    # Sandbox limits of every query.
     executor: ExecutorConfig = dataclasses.field(default_factory=ExecutorConfig)
 
     def __post_init__(self):
         if self.threads < 1:
             raise ValueError(f"threads must be >= 1, got {self.threads}")
-        if self.rule not in compare.RULES:
-            raise ValueError(f"rule must be one of {compare.RULES}, got {self.rule!r}")
+        if self.rule not in (*compare.RULES, "auto"):
+            raise ValueError(f"rule must be one of {(*compare.RULES, 'auto')}, got {self.rule!r}")
         if not 0.0 <= self.executes_reward <= self.match_reward:
             raise ValueError("need 0 <= executes_reward <= match_reward")
         if not self.rel_tol >= 0:
@@ -112,6 +118,8 @@ class RewardFn:
 
     def __init__(self, config: RewardConfig | None = None, executor: Executor | None = None):
         self.config = config or RewardConfig()
+        if self.config.rule == "auto":
+            raise ValueError("rule 'auto' must be resolved to the data set's rule before scoring")
         self.executor = executor or Executor(self.config.executor)
         self._pool = concurrent.futures.ThreadPoolExecutor(
             max_workers=self.config.threads, thread_name_prefix="t2s-reward"
