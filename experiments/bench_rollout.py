@@ -13,7 +13,17 @@ exactly that, and it bounds the decode-phase gain when attention dominates. The 
 speedup can exceed it: the naive prefill processes G copies of each prompt. Throughput ratios are
 what to read; absolute tokens/s depend on the machine.
 
-    python -m experiments.bench_rollout [--preset ci] [--json PATH]
+`--distributions schema` runs text-to-SQL-shaped prompts instead of the fixed (P, G, R) rows:
+D databases (`--schema-databases`) with a schema of lognormal length (median 1536, σ 0.3) and
+k = 8 questions each (median 48, σ 0.4), G = 8 samples of R = 96 new tokens (the median of the
+completion distribution: every sample generates exactly R, `ignore_eos`). Three variants on the
+same B = D·k rows: naive (root ++ question replicated G times), two-level (the concatenated
+prompts, each stored once) and three-level (a `PromptTree`: each schema once, each question once
+on top of it). The ideal KV ratios count real (unpadded) tokens; the measured ones the buckets
+each cache is allocated in.
+
+    python -m experiments.bench_rollout [--preset ci] [--distributions fixed schema]
+                                        [--schema-databases D] [--json PATH]
 """
 
 from __future__ import annotations
@@ -29,16 +39,26 @@ import numpy as np
 
 from zorro_jax.model.config import ModelConfig
 from zorro_jax.model.transformer import init_model
-from zorro_jax.sampling.sampler import SamplerConfig, generate
+from zorro_jax.sampling.sampler import PromptTree, SamplerConfig, generate
 
 ROWS = ((512, 8, 64), (1024, 16, 128), (2048, 16, 128))
 PRESETS = {"full": ROWS, "ci": ROWS[:1]}
+DISTRIBUTIONS = ("fixed", "schema")
+# Lognormal (median, sigma, lo, hi) lengths of the schema rows (as bench_actor_update's "schema"),
+# k questions per database, G samples and R new tokens per sample.
+SCHEMA_LENGTHS = (1536, 0.3, 256, 6144)
+QUESTION_LENGTHS = (48, 0.4, 8, 256)
+SCHEMA_K, SCHEMA_G, SCHEMA_R = 8, 8, 96
 
 
 @dataclasses.dataclass(frozen=True)
 class BenchConfig:
     # Which (P, G, R) rows to run: "full" (all three) or "ci" (the first, under a minute).
     preset: str = "full"
+    # "fixed": the (P, G, R) rows of the preset; "schema": databases with k questions each.
+    distributions: tuple[str, ...] = ("fixed",)
+    # Databases D of the schema rows (B = D·k rows).
+    schema_databases: int = 1
     # Unique prompts per batch.
     batch: int = 1
     # Key/value heads (4 = multi-head attention; 2 halves both caches).
@@ -51,8 +71,10 @@ class BenchConfig:
     def __post_init__(self):
         if self.preset not in PRESETS:
             raise ValueError(f"preset must be one of {sorted(PRESETS)}, got {self.preset!r}")
-        if self.batch < 1 or self.repeats < 1:
-            raise ValueError("batch and repeats must be >= 1")
+        if self.batch < 1 or self.repeats < 1 or self.schema_databases < 1:
+            raise ValueError("batch, repeats and schema_databases must be >= 1")
+        if not self.distributions or set(self.distributions) - set(DISTRIBUTIONS):
+            raise ValueError(f"distributions must be among {DISTRIBUTIONS}, got {self.distributions!r}")
         if 4 % self.kv_heads:
             raise ValueError(f"kv_heads must divide the 4 query heads, got {self.kv_heads}")
 
@@ -64,11 +86,13 @@ def bench_model_config(kv_heads: int) -> ModelConfig:
 
 
 def time_variant(model, prompts, g, r, mode, cfg: BenchConfig):
+    """Seconds (median), prefill seconds, tokens/s and KV bytes of `generate` on `prompts` (a list
+    or a PromptTree), prefill included."""
+    # The response buffer is exactly R, so the one-token warm-up compiles the timed programs.
     sampler = SamplerConfig(max_new_tokens=r, temperature=1.0, ignore_eos=True,
-                            attention_impl=cfg.attention_impl)
+                            attention_impl=cfg.attention_impl, response_buckets=(r,))
     key = jax.random.key(0)
-    # Same compiled programs (the response buffer stays R), but a one-token generation.
-    warm = dataclasses.replace(sampler, max_new_tokens=1, response_buckets=(r,))
+    warm = dataclasses.replace(sampler, max_new_tokens=1)
     generate(model, prompts, g, warm, key, mode=mode)
     # The one-token run is the prefill (its decode loop exits at once): it splits the total into
     # prefill and decode, which scale differently (naive prefill does G times the work).
@@ -87,7 +111,18 @@ def time_variant(model, prompts, g, r, mode, cfg: BenchConfig):
 
 
 def run(cfg: BenchConfig) -> list[dict]:
+    """Every row of the chosen distributions, printed as it completes."""
     model = init_model(bench_model_config(cfg.kv_heads), seed=0)
+    results = []
+    if "fixed" in cfg.distributions:
+        results += run_fixed(model, cfg)
+    if "schema" in cfg.distributions:
+        results.append(run_schema(model, cfg))
+    return results
+
+
+def run_fixed(model, cfg: BenchConfig) -> list[dict]:
+    """The preset's (P, G, R) rows: B random prompts of P tokens, shared vs naive."""
     rng = np.random.default_rng(0)
     results = []
     for p, g, r in PRESETS[cfg.preset]:
@@ -110,6 +145,68 @@ def run(cfg: BenchConfig) -> list[dict]:
     return results
 
 
+def schema_tree(rng, databases: int, vocab: int) -> PromptTree:
+    """D random schemas with k random questions each, lengths from the lognormal specs."""
+
+    def lengths(spec, size):
+        median, sigma, lo, hi = spec
+        return np.clip(np.round(np.exp(rng.normal(np.log(median), sigma, size))), lo, hi).astype(int)
+
+    ids = lambda n: rng.integers(0, vocab, n).tolist()
+    roots = [ids(n) for n in lengths(SCHEMA_LENGTHS, databases)]
+    questions = lengths(QUESTION_LENGTHS, (databases, SCHEMA_K))
+    return PromptTree(roots, [[ids(n) for n in qs] for qs in questions])
+
+
+def run_schema(model, cfg: BenchConfig) -> dict:
+    """Naive, two-level and three-level sampling of the same schema ++ question rows."""
+    tree = schema_tree(np.random.default_rng(0), cfg.schema_databases, model.config.vocab_size)
+    g, r = SCHEMA_G, SCHEMA_R
+    flat = tree.prompts()
+    runs = {"naive": time_variant(model, flat, g, r, "naive", cfg),
+            "two_level": time_variant(model, flat, g, r, "shared", cfg),
+            "three_level": time_variant(model, tree, g, r, "shared", cfg)}
+    root_len = [len(x) for x in tree.roots]
+    question_len = [len(q) for qs in tree.questions for q in qs]
+    prompt_tokens = sum(map(len, flat))
+    # KV entries at real lengths: replicated per sample, a prompt per row, each part once.
+    ideal = {"naive": g * (prompt_tokens + len(flat) * r),
+             "two_level": prompt_tokens + len(flat) * g * r,
+             "three_level": sum(root_len) + sum(question_len) + len(flat) * g * r}
+    row = {"distribution": "schema", "D": cfg.schema_databases, "k": SCHEMA_K, "G": g, "R": r,
+           "B": len(flat), "root_lengths": root_len, "question_lengths": question_len}
+    for name, out in runs.items():
+        row |= {f"kv_bytes_{name}": out["kv_bytes"], f"tok_s_{name}": float(out["tokens_per_s"]),
+                f"s_{name}": out["seconds"], f"prefill_s_{name}": out["prefill_seconds"]}
+    row |= {
+        "three_vs_two_level_ratio": row["tok_s_three_level"] / row["tok_s_two_level"],
+        "three_vs_naive_ratio": row["tok_s_three_level"] / row["tok_s_naive"],
+        "kv_bytes_ratio": row["kv_bytes_two_level"] / row["kv_bytes_three_level"],
+        "ideal_kv_ratio": ideal["two_level"] / ideal["three_level"],
+        "kv_bytes_ratio_vs_naive": row["kv_bytes_naive"] / row["kv_bytes_three_level"],
+        "ideal_kv_ratio_vs_naive": ideal["naive"] / ideal["three_level"],
+    }
+    print_schema_row(row)
+    return row
+
+
+def print_schema_row(row):
+    print(f"schema rows: D={row['D']} databases (schema lengths {row['root_lengths']}) x k={row['k']} "
+          f"questions (mean {np.mean(row['question_lengths']):.0f} tokens), G={row['G']}, R={row['R']}")
+    print(f"{'variant':>11} | {'KV MiB':>8} {'KV x 3-level':>12} | {'tok/s':>8} {'s':>7} "
+          f"{'prefill s':>9} {'3-level speedup':>15}")
+    mib = 2.0**20
+    for name in ("naive", "two_level", "three_level"):
+        print(f"{name:>11} | {row[f'kv_bytes_{name}'] / mib:>8.1f} "
+              f"{row[f'kv_bytes_{name}'] / row['kv_bytes_three_level']:>12.2f} | "
+              f"{row[f'tok_s_{name}']:>8.1f} {row[f's_{name}']:>7.2f} {row[f'prefill_s_{name}']:>9.3f} "
+              f"{row[f's_{name}'] / row['s_three_level']:>14.2f}x", flush=True)
+    print(f"three_vs_two_level_ratio {row['three_vs_two_level_ratio']:.2f} (tok/s) | kv_bytes_ratio "
+          f"{row['kv_bytes_ratio']:.2f} (ideal {row['ideal_kv_ratio']:.2f}) | vs naive: tok/s "
+          f"{row['three_vs_naive_ratio']:.2f}, KV {row['kv_bytes_ratio_vs_naive']:.2f} "
+          f"(ideal {row['ideal_kv_ratio_vs_naive']:.2f})", flush=True)
+
+
 def print_row(row, header):
     if header:
         print(f"{'P':>5} {'G':>3} {'R':>4} {'B':>2} | {'ideal':>6} {'KV MiB shared':>13} "
@@ -126,13 +223,18 @@ def print_row(row, header):
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--preset", default="full", choices=sorted(PRESETS))
+    ap.add_argument("--distributions", nargs="+", default=list(BenchConfig.distributions),
+                    choices=DISTRIBUTIONS, help="fixed: the preset's (P, G, R) rows; schema: "
+                    "databases with k questions each (naive, two-level, three-level)")
+    ap.add_argument("--schema-databases", type=int, default=BenchConfig.schema_databases,
+                    help="databases D of the schema rows")
     ap.add_argument("--batch", type=int, default=BenchConfig.batch)
     ap.add_argument("--kv-heads", type=int, default=BenchConfig.kv_heads)
     ap.add_argument("--repeats", type=int, default=BenchConfig.repeats)
     ap.add_argument("--attention-impl", default=BenchConfig.attention_impl)
     ap.add_argument("--json", dest="json_path", default=None)
     args = ap.parse_args(argv)
-    cfg = BenchConfig(**vars(args))
+    cfg = BenchConfig(**{**vars(args), "distributions": tuple(args.distributions)})
     print(f"bench_rollout on {jax.default_backend()}: {bench_model_config(cfg.kv_heads)}")
     results = run(cfg)
     if cfg.json_path:

@@ -242,13 +242,22 @@ def tree_attention_cases(plan: Plan) -> list[NumericsCase]:
     return cases
 
 
-def _decode_order(fn):
-    """(q, k_p, v_p, k_s, v_s, prompt_len, q_start) -> (fn in its own argument order,)."""
-    return lambda q, kp, vp, ks, vs, plen, qs: (fn(q, kp, vp, plen, ks, vs, qs),)
+def _decode_order(fn, num_levels):
+    """(q, k_0, v_0, .., k_s, v_s, len_0, .., q_start) -> (fn in its own argument order,): the
+    floats first (cast per dtype), then the integer lengths."""
+
+    def call(q, *rest):
+        floats, ints = rest[: 2 * num_levels + 2], rest[2 * num_levels + 2:]
+        levels = tuple((floats[2 * i], floats[2 * i + 1], ints[i]) for i in range(num_levels))
+        return (fn(q, levels, floats[-2], floats[-1], ints[-1]),)
+
+    return call
 
 
 def shared_prefix_decode_cases(plan: Plan) -> list[NumericsCase]:
-    """T = 1 and 5 per head layout; ragged prompt lengths; q_start 0 (empty suffix) and max."""
+    """T = 1 and 5 per head layout; ragged prompt lengths; q_start 0 (empty suffix) and max. Then
+    per T a cascade of one root of P tokens over the B rows' own prefixes of P // 3 (the root's
+    KV read once for all B·G samples)."""
     from pallas_kernels import shared_prefix_decode as spd
 
     kernel = functools.partial(spd.shared_prefix_decode_attention, impl="pallas",
@@ -257,15 +266,22 @@ def shared_prefix_decode_cases(plan: Plan) -> list[NumericsCase]:
     B, G, P, S, K, D = plan.decode_shape
     cases = []
     for t in (1, 5):
-        for ratio, _ in plan.head_layouts:
-            H, rng = ratio * K, np.random.default_rng(10 * t + ratio)
-            shapes = [(B, G, t, H, D), (B, P, K, D), (B, P, K, D), (B, G, S, K, D),
-                      (B, G, S, K, D)]
+        layouts = [(ratio, ((B, P),), "") for ratio, _ in plan.head_layouts]
+        cascade = ((1, P), (B, P // 3))
+        layouts.append((plan.head_layouts[0][0], cascade, f" cascade 1x{P}/{B}x{P // 3}"))
+        for ratio, levels, label in layouts:
+            H, rng = ratio * K, np.random.default_rng(10 * t + ratio + 100 * (len(levels) - 1))
+            shapes = [(B, G, t, H, D)] + [(n, p, K, D) for n, p in levels for _ in "kv"]
+            shapes += [(B, G, S, K, D)] * 2
+            # A lone root is long but not a whole number of key blocks.
+            ints = tuple(_ragged(rng, 1, p, (n,)) if n > 1 else jnp.full((1,), p - 3, jnp.int32)
+                         for n, p in levels)
             cases.append(NumericsCase(
-                "shared_prefix_decode", f"T={t} H/K={ratio} H={H} P={P} S={S} D={D}",
-                _decode_order(kernel), _decode_order(spd.shared_prefix_decode_reference),
+                "shared_prefix_decode", f"T={t}{label} H/K={ratio} H={H} P={P} S={S} D={D}",
+                _decode_order(kernel, len(levels)),
+                _decode_order(spd.shared_prefix_decode_reference, len(levels)),
                 tuple(_normal(rng, s) for s in shapes),
-                (_ragged(rng, 1, P, (B,)), _ragged(rng, 0, S - t, (B, G))), ("o",)))
+                (*ints, _ragged(rng, 0, S - t, (B, G))), ("o",)))
     return cases
 
 
@@ -499,9 +515,12 @@ def decode_timing(plan: Plan, budget: Budget) -> dict:
     kv_p, kv_s = [(B, P, K, D)] * 2, [(B, G, S, K, D)] * 2
     q1, q5, *kv = _random(1, [(B, G, 1, H, D), (B, G, 5, H, D), *kv_p, *kv_s], plan.timing_dtype)
     prompt_len_B = jnp.full((B,), P, jnp.int32)
-    fns = {("decode", impl): functools.partial(spd.shared_prefix_decode_attention, impl=impl,
-                                               interpret=plan.interpret)
-           for impl in ("pallas", "xla")}
+    def decode(impl):
+        fn = functools.partial(spd.shared_prefix_decode_attention, impl=impl,
+                               interpret=plan.interpret)
+        return lambda q, kp, vp, plen, ks, vs, qs: fn(q, ((kp, vp, plen),), ks, vs, qs)
+
+    fns = {("decode", impl): decode(impl) for impl in ("pallas", "xla")}
     fns["prompt", "pallas"] = functools.partial(spd.shared_prefix_attention,
                                                 interpret=plan.interpret)
     fns["prompt", "xla"] = spd.shared_prefix_attention_xla

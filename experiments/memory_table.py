@@ -168,12 +168,7 @@ def decode_row(cfg, graphdef, state, sizes, shape) -> dict:
     check_batch(mesh, b)
     sh = steps.step_shardings(mesh, state, "sampling")
     params = rules.abstract_params(state, sh.params)
-    dt = jnp.dtype(cfg.compute_dtype)
-    kv_p = (cfg.num_hidden_layers, b, p, cfg.num_key_value_heads, cfg.head_dim)
-    kv_s = (cfg.num_hidden_layers, b, g, s, cfg.num_key_value_heads, cfg.head_dim)
-    cache = SharedPrefixKVCache(jax.ShapeDtypeStruct(kv_p, dt), jax.ShapeDtypeStruct(kv_p, dt),
-                                jax.ShapeDtypeStruct((b,), jnp.int32), jax.ShapeDtypeStruct(kv_s, dt),
-                                jax.ShapeDtypeStruct(kv_s, dt), jax.ShapeDtypeStruct((b, g), jnp.int32))
+    cache = SharedPrefixKVCache.abstract(cfg, [(b, p)], g, s)
     cache = rules.abstract_params(cache, steps.cache_shardings(mesh))
     tok = jax.ShapeDtypeStruct((b, g), jnp.int32, sharding=sh.batch)
     live = jax.ShapeDtypeStruct((b, g), jnp.bool_, sharding=sh.batch)

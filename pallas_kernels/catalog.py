@@ -43,19 +43,25 @@ def _struct(shape, dtype):
     return jax.ShapeDtypeStruct(shape, dtype)
 
 
-def _decode_case(name, family, b, p, g, t, h, k, d, dtype, block_sizes=None):
+def _decode_case(name, family, levels, g, t, h, k, d, dtype, block_sizes=None):
+    """Decode attention over prefix `levels` ((entries, length) each, the last one's entries are
+    the rows B) and G suffixes per row."""
     block_sizes = block_sizes or spd.BlockSizes()
     s = 2 * t + 8
+    b = levels[-1][0]
+    prefix = tuple(
+        (_struct((n, p, k, d), dtype), _struct((n, p, k, d), dtype), _struct((n,), jnp.int32))
+        for n, p in levels
+    )
     args = (
-        _struct((b, g, t, h, d), dtype), _struct((b, p, k, d), dtype),
-        _struct((b, p, k, d), dtype), _struct((b,), jnp.int32),
+        _struct((b, g, t, h, d), dtype), prefix,
         _struct((b, g, s, k, d), dtype), _struct((b, g, s, k, d), dtype),
         _struct((b, g), jnp.int32),
     )
 
-    def fn(q, kp, vp, plen, ks, vs, start):
+    def fn(q, prefix, ks, vs, start):
         return spd.shared_prefix_decode_attention(
-            q, kp, vp, plen, ks, vs, start, impl="pallas", block_sizes=block_sizes
+            q, prefix, ks, vs, start, impl="pallas", block_sizes=block_sizes
         )
 
     return KernelCase(f"shared_prefix_decode {name}", fn, args, str(block_sizes), family)
@@ -95,20 +101,23 @@ def kernel_cases(family: str = "all") -> list[KernelCase]:
         _tree_case("fp32 H4/K2 D64", "small", 2, 512, 4, 2, 64, f32, 16),
         _tree_case("bf16 H4/K4 D64", "small", 2, 512, 4, 4, 64, bf16, 16),
         _tree_case("fp32 H7/K1 D96", "small", 1, 256, 7, 1, 96, f32, 8),
-        _decode_case("T1 fp32 H4/K2 D64", "small", 2, 96, 8, 1, 4, 2, 64, f32),
-        _decode_case("T5 bf16 H4/K4 D64", "small", 2, 96, 8, 5, 4, 4, 64, bf16),
-        _decode_case("T1 fp32 H8/K2 D96", "small", 2, 96, 8, 1, 8, 2, 96, f32),
+        _decode_case("T1 fp32 H4/K2 D64", "small", ((2, 96),), 8, 1, 4, 2, 64, f32),
+        _decode_case("T5 bf16 H4/K4 D64", "small", ((2, 96),), 8, 5, 4, 4, 64, bf16),
+        _decode_case("T1 fp32 H8/K2 D96", "small", ((2, 96),), 8, 1, 8, 2, 96, f32),
+        # A schema of 200 tokens under 4 questions of 48: the schema level stacks 4·G rows.
+        _decode_case("cascade T1 fp32 H4/K2 D64 (1 x 200, 4 x 48)", "small",
+                     ((1, 200), (4, 48)), 8, 1, 4, 2, 64, f32),
     ]
     realistic = [
         # 8 trees of a 4096-token prompt and 16 completions of 1024 tokens, one tree per row.
         _tree_case("bf16 8 rows × 20480 (P4096 G16 R1024) H32/K8 D128", "realistic",
                    8, 20480, 32, 8, 128, bf16, 96),
         _decode_case("T1 bf16 B8 P4096 G16 H32/K8 D128", "realistic",
-                     8, 4096, 16, 1, 32, 8, 128, bf16),
+                     ((8, 4096),), 16, 1, 32, 8, 128, bf16),
         _decode_case("T5 bf16 B8 P4096 G16 H32/K8 D128", "realistic",
-                     8, 4096, 16, 5, 32, 8, 128, bf16),
+                     ((8, 4096),), 16, 5, 32, 8, 128, bf16),
         _decode_case("T5 bf16 B1 P4096 G16 H64/K8 D128", "realistic",
-                     1, 4096, 16, 5, 64, 8, 128, bf16),
+                     ((1, 4096),), 16, 5, 64, 8, 128, bf16),
     ]
     return {"small": small, "realistic": realistic, "all": small + realistic}[family]
 
@@ -128,9 +137,10 @@ def _rel_err(a, b):
 def _check_shared_prefix_decode(interpret: bool = False):
     keys = jax.random.split(jax.random.key(1), 5)
     b, p, g, t, s, h, k, d = 2, 100, 4, 3, 16, 8, 2, 64
-    args = (_rand(keys[0], (b, g, t, h, d), jnp.bfloat16),
-            _rand(keys[1], (b, p, k, d), jnp.bfloat16), _rand(keys[2], (b, p, k, d), jnp.bfloat16),
-            jnp.asarray([100, 37], jnp.int32), _rand(keys[3], (b, g, s, k, d), jnp.bfloat16),
+    prefix = ((_rand(keys[1], (b, p, k, d), jnp.bfloat16), _rand(keys[2], (b, p, k, d), jnp.bfloat16),
+               jnp.asarray([100, 37], jnp.int32)),)
+    args = (_rand(keys[0], (b, g, t, h, d), jnp.bfloat16), prefix,
+            _rand(keys[3], (b, g, s, k, d), jnp.bfloat16),
             _rand(keys[4], (b, g, s, k, d), jnp.bfloat16), jnp.full((b, g), 5, jnp.int32))
     o = [spd.shared_prefix_decode_attention(*args, impl=impl, interpret=interpret)
          for impl in ("pallas", "xla")]

@@ -1,26 +1,30 @@
-"""Shared-prefix decode attention: G samples of a group read the group's prompt KV cache once.
+"""Shared-prefix decode attention over a cascade of prefix levels: each level's KV is read once
+per step for every sample under it.
 
-At a decode (T = 1) or speculative-verify (T = γ+1) step, sample g of group b has T new queries.
-They attend to the group's prompt keys j < prompt_len[b] (stored once, [B, P, K, D]) and to the
-sample's own suffix keys s <= q_start[b, g] + t ([B, G, S, K, D]; the new tokens' K/V are already
-written at q_start .. q_start+T-1). The two parts are computed separately and merged exactly with
-the log-sum-exp helpers of `lse_merge`.
+At a decode (T = 1) or speculative-verify (T = γ+1) step, sample g of row b has T new queries.
+Its keys are, level by level, the entry it hangs under (a database schema, then a question, ...:
+level l holds B_l entries [B_l, P_l, K, D] with real lengths [B_l], row b under entry
+b // (B/B_l)), then its own suffix keys s <= q_start[b, g] + t ([B, G, S, K, D]; the new tokens'
+K/V are already written at q_start .. q_start+T-1). Each part is computed separately and the
+parts are merged exactly with the log-sum-exp helpers of `lse_merge`. Two-level decoding (one
+prompt per row) is the cascade with one prefix level.
 
-The prompt part is the expensive one. For each KV head, the queries of all G samples × T tokens ×
-H//K query heads are stacked into one [G·T·(H//K), D] matrix, so every prompt KV block is loaded
-once per group and step and feeds a matrix product rather than G matrix-vector products.
+The prefix parts are the expensive ones. For level l and each KV head, the queries of all
+(B/B_l)·G samples × T tokens × H//K query heads under an entry are stacked into one matrix, so
+every KV block of the level is loaded once per entry and step and feeds a matrix product rather
+than one matrix-vector product per sample.
 
 Public functions:
-- `shared_prefix_attention` — the Pallas kernel for the prompt part (o, lse).
-- `shared_prefix_attention_xla` — the same prompt part in plain jnp.
-- `suffix_attention` — each sample's causal attention over its own suffix, in jnp.
-- `shared_prefix_decode_attention` — prompt ⊕ suffix, with impl "xla" or "pallas".
-- `shared_prefix_decode_reference` — dense masked attention over prompt ++ suffix; ground truth.
+- `shared_prefix_attention` — the Pallas kernel for one prefix level's part (o, lse).
+- `shared_prefix_attention_xla` — the same part in plain jnp.
+- `suffix_attention` (from `suffix_decode`, beside its Pallas kernel) — each sample's causal
+  attention over its own suffix, in jnp.
+- `shared_prefix_decode_attention` — levels ⊕ suffix, with impl "xla" or "pallas".
+- `shared_prefix_decode_reference` — dense masked attention over all levels ++ suffix; ground truth.
 """
 
 import dataclasses
 import functools
-import math
 
 import jax
 import jax.numpy as jnp
@@ -29,7 +33,9 @@ from jax.experimental import pallas as pl
 from jax.experimental.pallas import tpu as pl_tpu
 from jax.experimental.pallas import triton as pl_triton
 
+from pallas_kernels import suffix_decode
 from pallas_kernels.lse_merge import KERNEL_DOT_PRECISION, NEG_INF, merge_attention
+from pallas_kernels.suffix_decode import default_scale, suffix_attention
 
 
 def _is_power_of_2(n):
@@ -77,10 +83,6 @@ class BlockSizes:
             raise ValueError(f"max_block_m must be a power of two >= 16, got {self.max_block_m}")
         if (self.num_warps is not None and self.num_warps < 1) or self.num_stages < 1:
             raise ValueError("num_warps and num_stages must be >= 1")
-
-
-def _default_scale(sm_scale, head_dim):
-    return 1.0 / math.sqrt(head_dim) if sm_scale is None else float(sm_scale)
 
 
 def _check_shapes(q_BxGxTxHxD, k_prompt_BxPxKxD, v_prompt_BxPxKxD, prompt_len_B):
@@ -276,7 +278,7 @@ def shared_prefix_attention(
     _check_shapes(q_BxGxTxHxD, k_prompt_BxPxKxD, v_prompt_BxPxKxD, prompt_len_B)
     b, g, t, _, d = q_BxGxTxHxD.shape
     _, p, k, _ = k_prompt_BxPxKxD.shape
-    sm_scale = _default_scale(sm_scale, d)
+    sm_scale = default_scale(sm_scale, d)
 
     q_BxKxMxD = _group_queries(q_BxGxTxHxD, k)
     num_rows = q_BxKxMxD.shape[2]
@@ -345,7 +347,7 @@ def shared_prefix_attention_xla(
     _check_shapes(q_BxGxTxHxD, k_prompt_BxPxKxD, v_prompt_BxPxKxD, prompt_len_B)
     _, g, t, _, d = q_BxGxTxHxD.shape
     _, p, k, _ = k_prompt_BxPxKxD.shape
-    sm_scale = _default_scale(sm_scale, d)
+    sm_scale = default_scale(sm_scale, d)
 
     q_BxKxMxD = _group_queries(q_BxGxTxHxD, k)
     s_BxKxMxP = (
@@ -371,60 +373,33 @@ def shared_prefix_attention_xla(
     return o_BxGxTxHxD, _ungroup(lse_BxKxM, g, t)
 
 
-def suffix_attention(
-    q_BxGxTxHxD,
-    k_suffix_BxGxSxKxD,
-    v_suffix_BxGxSxKxD,
-    q_start_BxG,
-    *,
-    sm_scale=None,
-    out_dtype=None,
-):
-    """Each sample's causal attention over its own suffix: query t sees keys s <= q_start + t.
+_SUFFIX_BLOCKS = suffix_decode.BlockSizes()
 
-    Returns (o [B, G, T, H, D] in out_dtype, default q's dtype; lse [B, G, T, H] fp32). The new
-    tokens' keys are in the suffix cache already, so every query sees at least its own key.
+
+def _check_levels(q_BxGxTxHxD, prefix_levels):
+    if not prefix_levels:
+        raise ValueError("decode attention needs at least one prefix level")
+    b = q_BxGxTxHxD.shape[0]
+    for i, (k_NxPxKxD, _v, _len) in enumerate(prefix_levels):
+        if b % k_NxPxKxD.shape[0]:
+            raise ValueError(
+                f"prefix level {i} has {k_NxPxKxD.shape[0]} entries, which do not divide the "
+                f"{b} rows of the queries"
+            )
+
+
+def stack_under_entries(x_BxGx_, num_entries):
+    """[B, G, ...] -> [N, (B/N)·G, ...]: the rows under each of N prefix entries as one group.
+
+    Row b hangs under entry b // (B/N) (levels nest row-major), so this is a free reshape.
     """
-    b, g, t, h, d = q_BxGxTxHxD.shape
-    _, _, s, k, _ = k_suffix_BxGxSxKxD.shape
-    r = h // k
-    sm_scale = _default_scale(sm_scale, d)
-    q_BxGxTxKxRxD = q_BxGxTxHxD.reshape(b, g, t, k, r, d)
-    s_BxGxKxRxTxS = (
-        jnp.einsum(
-            "bgtkrd,bgskd->bgkrts",
-            q_BxGxTxKxRxD,
-            k_suffix_BxGxSxKxD,
-            preferred_element_type=jnp.float32,
-        )
-        * sm_scale
-    )
-    last_BxGxT = q_start_BxG[:, :, None] + jnp.arange(t)[None, None, :]
-    visible_BxGxTxS = jnp.arange(s)[None, None, None, :] <= last_BxGxT[..., None]
-    s_BxGxKxRxTxS = jnp.where(visible_BxGxTxS[:, :, None, None], s_BxGxKxRxTxS, NEG_INF)
-    m_BxGxKxRxT = jnp.max(s_BxGxKxRxTxS, axis=-1)
-    e_BxGxKxRxTxS = jnp.exp(s_BxGxKxRxTxS - m_BxGxKxRxT[..., None])
-    l_BxGxKxRxT = jnp.sum(e_BxGxKxRxTxS, axis=-1)
-    acc_BxGxTxKxRxD = jnp.einsum(
-        "bgkrts,bgskd->bgtkrd",
-        e_BxGxKxRxTxS.astype(v_suffix_BxGxSxKxD.dtype),
-        v_suffix_BxGxSxKxD,
-        preferred_element_type=jnp.float32,
-    )
-    l_BxGxTxKxR = l_BxGxKxRxT.transpose(0, 1, 4, 2, 3)
-    o_BxGxTxKxRxD = acc_BxGxTxKxRxD / l_BxGxTxKxR[..., None]
-    lse_BxGxTxKxR = m_BxGxKxRxT.transpose(0, 1, 4, 2, 3) + jnp.log(l_BxGxTxKxR)
-    return (
-        o_BxGxTxKxRxD.reshape(b, g, t, h, d).astype(out_dtype or q_BxGxTxHxD.dtype),
-        lse_BxGxTxKxR.reshape(b, g, t, h),
-    )
+    b, g = x_BxGx_.shape[:2]
+    return x_BxGx_.reshape(num_entries, (b // num_entries) * g, *x_BxGx_.shape[2:])
 
 
 def shared_prefix_decode_attention(
     q_BxGxTxHxD,
-    k_prompt_BxPxKxD,
-    v_prompt_BxPxKxD,
-    prompt_len_B,
+    prefix_levels,
     k_suffix_BxGxSxKxD,
     v_suffix_BxGxSxKxD,
     q_start_BxG,
@@ -432,31 +407,36 @@ def shared_prefix_decode_attention(
     impl="xla",
     sm_scale=None,
     block_sizes=BlockSizes(),
+    suffix_block_sizes=_SUFFIX_BLOCKS,
     interpret=False,
     prompt_fn=None,
+    suffix_fn=None,
 ):
-    """Decode/verify attention: (shared prompt part) ⊕ (own suffix part).
+    """Decode/verify attention over a cascade: (level 0) ⊕ ... ⊕ (last level) ⊕ (own suffix).
 
-    impl "pallas" runs the prompt part with the Pallas kernel, "xla" with jnp; the suffix part is
-    jnp in both. `prompt_fn`, when given, replaces the prompt part's function (same signature as
-    `shared_prefix_attention`, e.g. the kernel under shard_map). Returns o [B, G, T, H, D] in q's
-    dtype.
+    prefix_levels: a sequence of (k [N, P, K, D], v [N, P, K, D], len [N]) per level, where level
+    l has N = B_l entries, N divides B, and row b of the queries hangs under entry b // (B/N).
+    For each level the queries of all rows under an entry are stacked into one group
+    (`stack_under_entries`), so the level's KV block is read once per step for all of them.
+
+    impl "pallas" runs the prefix parts with the Pallas kernel (tiles `block_sizes`) and the
+    suffix part with `suffix_decode.suffix_attention_pallas` (tiles `suffix_block_sizes`), which
+    visits only each sample's written keys; "xla" runs both in jnp. `prompt_fn` / `suffix_fn`,
+    when given, replace the Pallas prefix / suffix functions (same signatures, e.g. the kernels
+    under shard_map). Returns o [B, G, T, H, D] in q's dtype.
     """
     if impl not in ("xla", "pallas"):
         raise ValueError(f"impl must be 'xla' or 'pallas', got {impl!r}")
-    if prompt_fn is None:
-        prompt_fn = shared_prefix_attention if impl == "pallas" else shared_prefix_attention_xla
-    o_prompt, lse_prompt = prompt_fn(
-        q_BxGxTxHxD,
-        k_prompt_BxPxKxD,
-        v_prompt_BxPxKxD,
-        prompt_len_B,
-        sm_scale=sm_scale,
-        block_sizes=block_sizes,
-        interpret=interpret,
-        out_dtype=jnp.float32,
-    )
-    o_suffix, lse_suffix = suffix_attention(
+    _check_levels(q_BxGxTxHxD, prefix_levels)
+    if impl == "pallas":
+        prompt_fn = prompt_fn or shared_prefix_attention
+        suffix_fn = functools.partial(suffix_fn or suffix_decode.suffix_attention_pallas,
+                                      block_sizes=suffix_block_sizes, interpret=interpret)
+    else:
+        prompt_fn, suffix_fn = shared_prefix_attention_xla, suffix_attention
+    b, g, t, h, d = q_BxGxTxHxD.shape
+    # Every part stays fp32 until after the last merge, so a bf16 output is rounded once.
+    o_BxGxTxHxD, lse_BxGxTxH = suffix_fn(
         q_BxGxTxHxD,
         k_suffix_BxGxSxKxD,
         v_suffix_BxGxSxKxD,
@@ -464,43 +444,61 @@ def shared_prefix_decode_attention(
         sm_scale=sm_scale,
         out_dtype=jnp.float32,
     )
-    # Both parts stay fp32 until after the merge, so a bf16 output is rounded once.
-    o, _ = merge_attention(o_prompt, lse_prompt, o_suffix, lse_suffix)
-    return o.astype(q_BxGxTxHxD.dtype)
+    for k_NxPxKxD, v_NxPxKxD, len_N in prefix_levels:
+        o_level, lse_level = prompt_fn(
+            stack_under_entries(q_BxGxTxHxD, k_NxPxKxD.shape[0]),
+            k_NxPxKxD,
+            v_NxPxKxD,
+            len_N,
+            sm_scale=sm_scale,
+            block_sizes=block_sizes,
+            interpret=interpret,
+            out_dtype=jnp.float32,
+        )
+        o_BxGxTxHxD, lse_BxGxTxH = merge_attention(
+            o_level.reshape(b, g, t, h, d), lse_level.reshape(b, g, t, h), o_BxGxTxHxD, lse_BxGxTxH
+        )
+    return o_BxGxTxHxD.astype(q_BxGxTxHxD.dtype)
 
 
 def shared_prefix_decode_reference(
     q_BxGxTxHxD,
-    k_prompt_BxPxKxD,
-    v_prompt_BxPxKxD,
-    prompt_len_B,
+    prefix_levels,
     k_suffix_BxGxSxKxD,
     v_suffix_BxGxSxKxD,
     q_start_BxG,
     *,
     sm_scale=None,
 ):
-    """Dense ground truth: per sample, keys = prompt ++ own suffix under one mask; fp32 math."""
+    """Dense ground truth: per sample, keys = its ancestor entry of every level ++ own suffix,
+    under one mask; fp32 math."""
+    _check_levels(q_BxGxTxHxD, prefix_levels)
     b, g, t, h, d = q_BxGxTxHxD.shape
-    _, p, k, _ = k_prompt_BxPxKxD.shape
+    k = k_suffix_BxGxSxKxD.shape[3]
     s = k_suffix_BxGxSxKxD.shape[2]
-    sm_scale = _default_scale(sm_scale, d)
+    sm_scale = default_scale(sm_scale, d)
     f32 = jnp.float32
 
-    def per_sample(x_BxPxKxD, x_BxGxSxKxD):
-        x_BxGxPxKxD = jnp.broadcast_to(x_BxPxKxD[:, None], (b, g, p, k, d))
-        x_BxGxNxKxD = jnp.concatenate([x_BxGxPxKxD, x_BxGxSxKxD], axis=2).astype(f32)
-        return jnp.repeat(x_BxGxNxKxD, h // k, axis=3)  # [B, G, P+S, H, D]
-
-    k_BxGxNxHxD = per_sample(k_prompt_BxPxKxD, k_suffix_BxGxSxKxD)
-    v_BxGxNxHxD = per_sample(v_prompt_BxPxKxD, v_suffix_BxGxSxKxD)
-    prompt_mask_BxGxTxP = jnp.broadcast_to(
-        (jnp.arange(p)[None, :] < prompt_len_B[:, None])[:, None, None, :], (b, g, t, p)
-    )
+    keys, values, masks = [], [], []
+    for k_NxPxKxD, v_NxPxKxD, len_N in prefix_levels:
+        n, p = k_NxPxKxD.shape[:2]
+        # Row b's ancestor entry at this level, for every sample of the row.
+        entry_B = jnp.arange(b) // (b // n)
+        for out, x_NxPxKxD in ((keys, k_NxPxKxD), (values, v_NxPxKxD)):
+            out.append(jnp.broadcast_to(x_NxPxKxD[entry_B][:, None], (b, g, p, k, d)))
+        visible_BxP = jnp.arange(p)[None, :] < len_N[entry_B][:, None]
+        masks.append(jnp.broadcast_to(visible_BxP[:, None, None, :], (b, g, t, p)))
+    keys.append(k_suffix_BxGxSxKxD)
+    values.append(v_suffix_BxGxSxKxD)
     last_BxGxT = q_start_BxG[:, :, None] + jnp.arange(t)[None, None, :]
-    suffix_mask_BxGxTxS = jnp.arange(s)[None, None, None, :] <= last_BxGxT[..., None]
-    mask_BxGxTxN = jnp.concatenate([prompt_mask_BxGxTxP, suffix_mask_BxGxTxS], axis=-1)
+    masks.append(jnp.arange(s)[None, None, None, :] <= last_BxGxT[..., None])
 
+    def per_sample(parts):
+        x_BxGxNxKxD = jnp.concatenate(parts, axis=2).astype(f32)
+        return jnp.repeat(x_BxGxNxKxD, h // k, axis=3)  # [B, G, N, H, D]
+
+    k_BxGxNxHxD, v_BxGxNxHxD = per_sample(keys), per_sample(values)
+    mask_BxGxTxN = jnp.concatenate(masks, axis=-1)
     scores_BxGxHxTxN = (
         jnp.einsum("bgthd,bgnhd->bghtn", q_BxGxTxHxD.astype(f32), k_BxGxNxHxD) * sm_scale
     )

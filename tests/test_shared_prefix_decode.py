@@ -1,4 +1,6 @@
-"""Shared-prefix decode attention: Pallas kernel (interpret mode) and jnp path against dense truth.
+"""Shared-prefix decode attention: Pallas kernels (interpret mode) and jnp path against dense truth,
+for one prefix level (a prompt per row) and for cascades of several (schema, question, ...); the
+suffix kernel against the jnp suffix part, and that it never reads unwritten suffix blocks.
 
 Shapes are tiny and chosen so that the prompt length is not a multiple of the key block, some
 prompt splits lie entirely beyond a group's prompt_len, and q_start covers 0 and its maximum.
@@ -12,14 +14,15 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from pallas_kernels import suffix_decode
 from pallas_kernels.shared_prefix_decode import (
     BlockSizes,
     shared_prefix_attention,
     shared_prefix_attention_xla,
     shared_prefix_decode_attention,
     shared_prefix_decode_reference,
-    suffix_attention,
 )
+from pallas_kernels.suffix_decode import suffix_attention, suffix_attention_pallas
 
 B, G, K, D, P, S = 3, 3, 2, 16, 37, 9
 # block_k 16 and 3 splits: P is padded 37 -> 48, a group with prompt_len 1 leaves two splits empty.
@@ -47,20 +50,18 @@ class Case:
     v_suffix: jax.Array
     q_start: jax.Array
 
+    def fields(self):
+        return (self.q, self.k_prompt, self.v_prompt, self.prompt_len, self.k_suffix,
+                self.v_suffix, self.q_start)
+
     def args(self):
-        return (
-            self.q,
-            self.k_prompt,
-            self.v_prompt,
-            self.prompt_len,
-            self.k_suffix,
-            self.v_suffix,
-            self.q_start,
-        )
+        """The decode attention's arguments: one prefix level."""
+        levels = ((self.k_prompt, self.v_prompt, self.prompt_len),)
+        return (self.q, levels, self.k_suffix, self.v_suffix, self.q_start)
 
     def astype(self, dtype):
         cast = lambda x: x.astype(dtype) if jnp.issubdtype(x.dtype, jnp.floating) else x
-        return Case(*(cast(x) for x in self.args()))
+        return Case(*(cast(x) for x in self.fields()))
 
 
 def make_case(t, ratio, seed=0, d=D, p=P, dtype=jnp.float32):
@@ -90,18 +91,22 @@ def assert_rel_close(actual, expected, rel):
     )
 
 
-def causal_attention_numpy(case, sm_scale):
-    """Plain causal attention over prompt[:plen] ++ suffix[:q_start+T], last T queries, float64."""
-    q, kp, vp, plen, ks, vs, qs = (np.asarray(x, np.float64) for x in case.args())
+def causal_attention_numpy(q, levels, k_suffix, v_suffix, q_start, sm_scale):
+    """Plain causal attention over (each level's ancestor entry[:len]) ++ suffix[:q_start+T], last
+    T queries, float64; row b hangs under entry b // (B / entries) of every level."""
+    q, ks, vs, qs = (np.asarray(x, np.float64) for x in (q, k_suffix, v_suffix, q_start))
+    levels = [tuple(np.asarray(x, np.float64) for x in level) for level in levels]
     b_, g_, t_, h_, _ = q.shape
-    ratio = h_ // kp.shape[2]
+    ratio = h_ // ks.shape[3]
     out = np.zeros_like(q)
     for b in range(b_):
+        ancestors = [(kl[e], vl[e], int(ll[e])) for kl, vl, ll in levels
+                     for e in [b // (b_ // kl.shape[0])]]
         for g in range(g_):
-            n_p, n_s = int(plen[b]), int(qs[b, g]) + t_
-            keys = np.concatenate([kp[b, :n_p], ks[b, g, :n_s]])  # [N, K, D]
-            vals = np.concatenate([vp[b, :n_p], vs[b, g, :n_s]])
-            n = n_p + n_s
+            n_s = int(qs[b, g]) + t_
+            keys = np.concatenate([k[:n] for k, _, n in ancestors] + [ks[b, g, :n_s]])  # [N, K, D]
+            vals = np.concatenate([v[:n] for _, v, n in ancestors] + [vs[b, g, :n_s]])
+            n = len(keys)
             for t in range(t_):
                 pos = n - t_ + t  # absolute position of query t in the concatenated sequence
                 for hh in range(h_):
@@ -134,6 +139,57 @@ def test_decode_matches_reference(impl, t, ratio):
     assert_rel_close(run_decode(*case.args(), impl=impl), run_reference(*case.args()), 1e-5)
 
 
+# A cascade over B = 4 rows: one schema (level 0), two questions under it, a prompt tail per row
+# (entries 1 -> 2 -> 4); then G = 2 samples per row with their suffixes. Lengths are ragged,
+# from 1 to the full padded length.
+CASCADE_B, CASCADE_G, CASCADE_S = 4, 2, 7
+CASCADE_LEVELS = ((40, [33]), (21, [21, 1]), (9, [9, 4, 1, 7]))
+
+
+def make_cascade(t, ratio, seed, num_levels=3, dtype=jnp.float32):
+    """(q, levels, k_suffix, v_suffix, q_start) of the first `num_levels` cascade levels."""
+    h = K * ratio
+    ks = iter(jax.random.split(jax.random.key(seed), 3 + 2 * num_levels))
+    normal = lambda shape: jax.random.normal(next(ks), shape, jnp.float32).astype(dtype)
+    levels = tuple(
+        (normal((len(lens), p, K, D)), normal((len(lens), p, K, D)), jnp.asarray(lens, jnp.int32))
+        for p, lens in CASCADE_LEVELS[:num_levels]
+    )
+    b, g, s = CASCADE_B, CASCADE_G, CASCADE_S
+    q_start = jnp.asarray([[0, s - t], [1, 0], [s - t, 2], [3, 1]], jnp.int32)
+    return (normal((b, g, t, h, D)), levels, normal((b, g, s, K, D)), normal((b, g, s, K, D)),
+            q_start)
+
+
+@pytest.mark.parametrize("impl", ["xla", "pallas"])
+@pytest.mark.parametrize("t", [1, 3])
+def test_cascade_matches_reference(impl, t):
+    args = make_cascade(t, ratio=2, seed=20 + t)
+    assert_rel_close(run_decode(*args, impl=impl), run_reference(*args), 1e-5)
+
+
+@pytest.mark.parametrize("num_levels", [2, 3])
+def test_cascade_equals_causal_attention_over_ancestors(num_levels):
+    """The reference and the XLA cascade == float64 attention over each row's ancestor entries
+    (not its siblings') ++ its own suffix."""
+    args = make_cascade(3, ratio=4, seed=30 + num_levels, num_levels=num_levels)
+    sm_scale = 0.3
+    expected = causal_attention_numpy(*args, sm_scale)
+    assert_rel_close(jax.jit(shared_prefix_decode_reference, static_argnames="sm_scale")(
+        *args, sm_scale=sm_scale), expected, 1e-5)
+    assert_rel_close(run_decode(*args, impl="xla", sm_scale=sm_scale), expected, 1e-5)
+
+
+def test_cascade_rejects_levels_that_do_not_nest():
+    q, levels, k_s, v_s, q_start = make_cascade(1, ratio=1, seed=0)
+    k3, v3, _ = levels[2]
+    bad = levels[:2] + ((k3[:3], v3[:3], jnp.ones((3,), jnp.int32)),)
+    with pytest.raises(ValueError, match="do not divide"):
+        shared_prefix_decode_attention(q, bad, k_s, v_s, q_start)
+    with pytest.raises(ValueError, match="at least one prefix level"):
+        shared_prefix_decode_attention(q, (), k_s, v_s, q_start)
+
+
 @pytest.mark.parametrize(
     "block_sizes",
     [
@@ -153,7 +209,7 @@ def test_decode_equals_causal_attention_over_concatenation(impl):
     case = make_case(5, 2, seed=7)
     sm_scale = 0.3
     o = run_decode(*case.args(), impl=impl, sm_scale=sm_scale)
-    assert_rel_close(o, causal_attention_numpy(case, sm_scale), 1e-5)
+    assert_rel_close(o, causal_attention_numpy(*case.args(), sm_scale), 1e-5)
 
 
 @pytest.mark.parametrize("impl", ["xla", "pallas"])
@@ -192,6 +248,45 @@ def test_suffix_attention_sees_only_own_causal_keys():
         assert_rel_close(o[0, 0, t], expected_HxD, 1e-5)
 
 
+SUFFIX_BLOCKS = suffix_decode.BlockSizes(block_k=16)
+
+
+@pytest.mark.parametrize("s", [S, 48])  # 9 keys (padded to one block) and 3 whole blocks
+@pytest.mark.parametrize("t", [1, 5])
+@pytest.mark.parametrize("ratio", [1, 4])
+def test_suffix_kernel_matches_jnp(s, t, ratio):
+    case = make_case(t, ratio, seed=40 + t + ratio)
+    rng = np.random.default_rng(s)
+    k_s, v_s = (jnp.asarray(rng.standard_normal((B, G, s, K, D)), jnp.float32) for _ in "kv")
+    q_start = jnp.asarray(np.minimum(np.asarray(case.q_start) * (s // S), s - t))
+    kernel = functools.partial(suffix_attention_pallas, block_sizes=SUFFIX_BLOCKS, interpret=True)
+    o, lse = jax.jit(kernel)(case.q, k_s, v_s, q_start)
+    o_x, lse_x = jax.jit(suffix_attention)(case.q, k_s, v_s, q_start)
+    assert o.dtype == case.q.dtype and lse.shape == case.q.shape[:4]
+    assert_rel_close(o, o_x, 1e-5)
+    assert_rel_close(lse, lse_x, 1e-5)
+
+
+def test_suffix_kernel_never_reads_unwritten_blocks():
+    """NaN in every key block past q_start + T: a kernel that visited them would return NaN (a
+    zero softmax weight times a NaN value), the jnp path over all S keys does."""
+    case = make_case(3, 2, seed=50)
+    s, block = 64, SUFFIX_BLOCKS.block_k
+    q_start = jnp.asarray([[0, 13, 40], [61, 2, 16], [29, 0, 45]], jnp.int32)
+    rng = np.random.default_rng(0)
+    k_s, v_s = (jnp.asarray(rng.standard_normal((B, G, s, K, D)), jnp.float32) for _ in "kv")
+    first_unread = -(-(q_start + 3) // block) * block
+    unread = jnp.arange(s)[None, None, :, None, None] >= first_unread[:, :, None, None, None]
+    assert bool(jnp.any(unread))
+    k_nan, v_nan = (jnp.where(unread, jnp.nan, x) for x in (k_s, v_s))
+    kernel = functools.partial(suffix_attention_pallas, block_sizes=SUFFIX_BLOCKS, interpret=True)
+    o, lse = jax.jit(kernel)(case.q, k_nan, v_nan, q_start)
+    o_x, lse_x = jax.jit(suffix_attention)(case.q, k_s, v_s, q_start)
+    assert_rel_close(o, o_x, 1e-5)
+    assert_rel_close(lse, lse_x, 1e-5)
+    assert not np.isfinite(np.asarray(jax.jit(suffix_attention)(case.q, k_nan, v_nan, q_start)[0])).all()
+
+
 @pytest.mark.parametrize("impl", ["xla", "pallas"])
 def test_bf16_inputs_close_to_fp32_reference(impl):
     case = make_case(5, 4, seed=13).astype(jnp.bfloat16)
@@ -204,7 +299,7 @@ def test_bf16_inputs_close_to_fp32_reference(impl):
 
 
 def _abstract(case):
-    return [jax.ShapeDtypeStruct(x.shape, x.dtype) for x in case.args()[:4]]
+    return [jax.ShapeDtypeStruct(x.shape, x.dtype) for x in case.fields()[:4]]
 
 
 @pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
@@ -225,7 +320,21 @@ def test_lowers_to_mosaic_for_tpu():
     assert "__gpu$xla.gpu.triton" not in text
 
 
+def test_suffix_kernel_lowers_to_mosaic_for_tpu():
+    b, g, t, h, k, d, s = 2, 4, 5, 8, 2, 128, 256
+    sds = jax.ShapeDtypeStruct
+    args = (sds((b, g, t, h, d), jnp.bfloat16), sds((b, g, s, k, d), jnp.bfloat16),
+            sds((b, g, s, k, d), jnp.bfloat16), sds((b, g), jnp.int32))
+    fn = lambda *a: suffix_attention_pallas(*a, block_sizes=suffix_decode.BlockSizes(block_k=128))
+    text = jax.jit(fn).trace(*args).lower(lowering_platforms=("tpu",)).as_text()
+    assert "tpu_custom_call" in text and "__gpu$xla.gpu.triton" not in text
+
+
 def test_block_sizes_validation():
+    with pytest.raises(ValueError):
+        suffix_decode.BlockSizes(block_k=8)
+    with pytest.raises(ValueError):
+        suffix_decode.BlockSizes(block_k=48)
     with pytest.raises(ValueError):
         BlockSizes(block_k=24)
     with pytest.raises(ValueError):

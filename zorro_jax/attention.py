@@ -190,24 +190,26 @@ def packed_tree_attention(q_NxTxHxD, k_NxTxKxD, v_NxTxKxD, subtree_end_NxT, bloc
 
 
 def shared_prefix_decode_attention(
-    q_BxGxTxHxD, k_prompt, v_prompt, prompt_len_B, k_suffix, v_suffix, q_start_BxG, impl=None, **kw
+    q_BxGxTxHxD, prefix_levels, k_suffix, v_suffix, q_start_BxG, impl=None, **kw
 ):
-    """Decode/verify attention on the `SharedPrefixDecode` layout (prompt KV read once per group)."""
+    """Decode/verify attention on the `SharedPrefixDecode` layout: a cascade of prefix levels
+    ((k [B_l, P_l, K, D], v, len [B_l]) each, every level's KV read once per step for all rows
+    under each entry) ⊕ each sample's own suffix ("pallas": only its written keys)."""
     from pallas_kernels import shared_prefix_decode as spd
 
     impl = resolve_impl(impl, "SharedPrefixDecode")
     if impl == "reference":
         return spd.shared_prefix_decode_reference(
-            q_BxGxTxHxD, k_prompt, v_prompt, prompt_len_B, k_suffix, v_suffix, q_start_BxG
+            q_BxGxTxHxD, prefix_levels, k_suffix, v_suffix, q_start_BxG
         )
     if impl == "pallas":
         kw.setdefault("interpret", interpret_mode())
     mesh = current_kernel_mesh()
     if impl == "pallas" and mesh is not None:
-        from zorro_jax.parallel.kernels import shared_prefix_attention_sharded
+        from zorro_jax.parallel import kernels
 
-        kw["prompt_fn"] = functools.partial(shared_prefix_attention_sharded, mesh)
+        kw["prompt_fn"] = functools.partial(kernels.shared_prefix_attention_sharded, mesh)
+        kw["suffix_fn"] = functools.partial(kernels.suffix_attention_sharded, mesh)
     return spd.shared_prefix_decode_attention(
-        q_BxGxTxHxD, k_prompt, v_prompt, prompt_len_B, k_suffix, v_suffix, q_start_BxG,
-        impl=impl, **kw,
+        q_BxGxTxHxD, prefix_levels, k_suffix, v_suffix, q_start_BxG, impl=impl, **kw
     )

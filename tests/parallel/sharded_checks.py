@@ -23,6 +23,7 @@ import optax
 from flax import nnx
 
 from pallas_kernels import shared_prefix_decode as spd
+from pallas_kernels import suffix_decode as sd
 from pallas_kernels import tree_attention_pallas as tap
 from zorro_jax.model.config import ModelConfig
 from zorro_jax.model.transformer import init_model
@@ -33,7 +34,13 @@ from zorro_jax.rl.losses import LossConfig, loss_normaliser
 from zorro_jax.rl.optim import OptimConfig, make_optimizer
 from zorro_jax.rl.steps import make_apply_fn, make_grpo_grad_fn, make_logprob_fn
 from zorro_jax.sampling.cache import shared_prefix_step
-from zorro_jax.sampling.sampler import SamplerConfig, generate, pack_prompts, shared_prefill
+from zorro_jax.sampling.sampler import (
+    PromptTree,
+    SamplerConfig,
+    generate,
+    pack_levels,
+    shared_prefill,
+)
 
 MESHES = [(8, 1, 1), (2, 2, 2), (1, 4, 2), (1, 1, 8)]
 RTOL = 1e-5
@@ -160,6 +167,9 @@ def check_generate():
                          response_buckets=(16,), attention_impl="xla")
     key = jax.random.key(0)
     want = generate(model, prompts, 3, scfg, key, mode="shared")
+    # Three roots with two questions each: padded to four roots on a (2, 2, 2) mesh.
+    tree = PromptTree(prompts[:3], [[p[:3], p[3:] or [7]] for p in prompts[3:]])
+    want_tree = generate(model, tree, 3, scfg, key, mode="shared")
     for sizes in [(2, 2, 2), (1, 2, 4), (4, 2, 1)]:
         mesh = MeshConfig(*sizes).make()
         sharded = nnx.merge(graphdef, rules.shard_params(state, mesh, "sampling"))
@@ -168,11 +178,16 @@ def check_generate():
         np.testing.assert_array_equal(got.lengths_BxG, want.lengths_BxG)
         assert got.completions == want.completions
         assert_close(f"{sizes} logp", got.logp_BxGxR, want.logp_BxGxR)
+        if sizes == (2, 2, 2):
+            got = steps.generate_sharded(sharded, tree, 3, scfg, key, mesh)
+            np.testing.assert_array_equal(got.tokens_BxGxR, want_tree.tokens_BxGxR)
+            assert got.completions == want_tree.completions
+            assert got.kv_cache_bytes == want_tree.kv_cache_bytes
+            assert_close(f"{sizes} tree logp", got.logp_BxGxR, want_tree.logp_BxGxR)
 
         # One decode step with declared shardings == the sampler's step on one device.
-        tokens, plen = pack_prompts(prompts[:4], scfg)
-        cache, tok0, _ = shared_prefill(graphdef, state, tokens, plen, key, spec=scfg.draw_spec(),
-                                        group_size=3, response_size=16)
+        cache, tok0, _ = shared_prefill(graphdef, state, pack_levels(prompts[:4], scfg), key,
+                                        spec=scfg.draw_spec(), group_size=3, response_size=16)
         live = jnp.ones(tok0.shape, bool)
         h, want_cache = shared_prefix_step(model, cache, tok0[:, :, None], live.astype(jnp.int32), "xla")
         want_logits = model.logits(h[:, :, 0])
@@ -203,6 +218,9 @@ def check_kernels():
     plen = jnp.asarray([16, 5, 9, 1], jnp.int32)
     q_d = f(b, 2, 1, h, d)
     want_d = spd.shared_prefix_attention(q_d, k_p, v_p, plen, interpret=True)
+    q_s, k_s, v_s = f(b, 2, 3, h, d), f(b, 2, 8, k, d), f(b, 2, 8, k, d)
+    q_start = jnp.asarray([[0, 5], [2, 1], [5, 0], [3, 4]], jnp.int32)
+    want_s = sd.suffix_attention_pallas(q_s, k_s, v_s, q_start, interpret=True)
     loss = lambda fn: lambda *a: jnp.sum(fn(*a) ** 2)
     tree_fn = lambda *a: tap.tree_attention(*a, tree.subtree_end_NxT, tree.blocks, interpret=True)
     want_grads = jax.grad(loss(tree_fn), argnums=(0, 1, 2))(q, kk, v)
@@ -216,6 +234,8 @@ def check_kernels():
         assert got.sharding.spec == kernels.prompt_spec(), got.sharding
         got_d = kernels.shared_prefix_attention_sharded(mesh, q_d, k_p, v_p, plen, interpret=True)
         assert_close(f"{sizes} shared_prefix_attention", got_d, want_d)
+        got_s = kernels.suffix_attention_sharded(mesh, q_s, k_s, v_s, q_start, interpret=True)
+        assert_close(f"{sizes} suffix_attention", got_s, want_s)
         # The fused backward (a prompt's dK/dV summed over its samples) runs per device too.
         assert_close(f"{sizes} tree_attention grads",
                      jax.grad(loss(sharded), argnums=(0, 1, 2))(q, kk, v), want_grads)
@@ -249,12 +269,16 @@ def check_pallas_steps():
     scfg = SamplerConfig(max_new_tokens=8, greedy=True, prompt_buckets=(16,), response_buckets=(8,))
     rng = np.random.default_rng(5)
     prompts = [rng.integers(1, cfg.vocab_size, rng.integers(2, 14)).tolist() for _ in range(4)]
-    tokens, plen = pack_prompts(prompts, scfg)
-    cache, tok0, _ = shared_prefill(graphdef, params0, tokens, plen, jax.random.key(0),
-                                    spec=scfg.draw_spec(), group_size=2, response_size=8)
-    live = jnp.ones(tok0.shape, bool)
-    h, want_cache = shared_prefix_step(model, cache, tok0[:, :, None], live.astype(jnp.int32), "xla")
-    want_logits = model.logits(h[:, :, 0])
+    # One level (a prompt per row) and a three-level cascade (4 roots, 2 questions each), whose
+    # levels each split over data × fsdp and run the kernel per device.
+    tree = PromptTree(prompts, [[p[:2], p[2:] or [7]] for p in prompts[::-1]])
+    decode_inputs = []
+    for source in (prompts, tree):
+        cache, tok0, _ = shared_prefill(graphdef, params0, pack_levels(source, scfg), jax.random.key(0),
+                                        spec=scfg.draw_spec(), group_size=2, response_size=8)
+        live = jnp.ones(tok0.shape, bool)
+        h, want_cache = shared_prefix_step(model, cache, tok0[:, :, None], live.astype(jnp.int32), "xla")
+        decode_inputs.append((cache, tok0, live, model.logits(h[:, :, 0]), want_cache))
 
     for sizes in [(2, 2, 2), (1, 2, 4)]:
         mesh = MeshConfig(*sizes).make()
@@ -270,14 +294,19 @@ def check_pallas_steps():
         assert_close(f"{sizes} pallas logprobs", lp, want_lp)
 
         ssh = steps.step_shardings(mesh, params0, "sampling")
-        decode = steps.make_decode_step(graphdef, ssh, impl="pallas")
         sparams = rules.shard_params(params0, mesh, "sampling")
-        placed = jax.device_put(cache, steps.cache_shardings(mesh))
-        assert "shard_map" in str(jax.make_jaxpr(decode)(sparams, placed, tok0, live))
-        placed = jax.device_put(cache, steps.cache_shardings(mesh))
-        _tok, logits, new_cache = decode(sparams, placed, tok0, live)
-        assert_close(f"{sizes} pallas decode logits", logits, want_logits)
-        assert_close(f"{sizes} pallas decode cache", new_cache, want_cache)
+        # The three-level cascade on the first mesh only (each compile costs seconds).
+        for cache, tok0, live, want_logits, want_cache in decode_inputs[: 2 if sizes == (2, 2, 2) else 1]:
+            levels = len(cache.levels)
+            decode = steps.make_decode_step(graphdef, ssh, impl="pallas", num_levels=levels)
+            placed = jax.device_put(cache, steps.cache_shardings(mesh, levels))
+            jaxpr = str(jax.make_jaxpr(decode)(sparams, placed, tok0, live))
+            # Every level's kernel and the suffix kernel run per device in every layer.
+            assert jaxpr.count("shard_map") >= (levels + 1) * cfg.num_hidden_layers, "gathered"
+            placed = jax.device_put(cache, steps.cache_shardings(mesh, levels))
+            _tok, logits, new_cache = decode(sparams, placed, tok0, live)
+            assert_close(f"{sizes} {levels}-level pallas decode logits", logits, want_logits)
+            assert_close(f"{sizes} {levels}-level pallas decode cache", new_cache, want_cache)
         print(f"pallas steps {sizes}: ok")
 
 

@@ -1,4 +1,5 @@
-"""Sampler end to end: shared-prefix == naive == the Dense forward, token for token.
+"""Sampler end to end: shared-prefix == naive == the Dense forward, token for token; a PromptTree
+(roots with questions, three-level cascade) == its concatenated prompts.
 
 Ragged prompts (5, 2, 13 tokens), G = 3. The Dense forward is run on prompt ++ completion and
 must reproduce greedy tokens (argmax) and the recorded policy log-probs.
@@ -16,12 +17,16 @@ from sampling_fixtures import VOCAB, ragged_prompts, tiny_model
 from zorro_jax.layouts import pack_dense
 from zorro_jax.model.forward import dense_logits, dense_logprobs
 from zorro_jax.sampling.processors import top_p_filter
-from zorro_jax.sampling.sampler import SamplerConfig, generate
+from zorro_jax.sampling.sampler import PromptTree, SamplerConfig, generate
 
 G = 3
 MAX_NEW = 10
 PROMPTS = ragged_prompts((5, 2, 13))
 ROW_LEN = 32  # every prompt ++ completion fits; one compiled Dense program
+# Two roots (20, 13 tokens: a 32-token bucket) with three questions each (a 16-token bucket);
+# the concatenated prompts (up to 26 tokens) fall in the 32 bucket as well.
+TREE = PromptTree(ragged_prompts((20, 13), seed=5),
+                  [ragged_prompts((3, 1, 5), seed=6), ragged_prompts((2, 6, 1), seed=7)])
 
 
 @pytest.fixture(scope="module")
@@ -165,6 +170,60 @@ def test_pallas_impl_matches_xla(model, greedy):
                  jax.random.key(0))
     np.testing.assert_array_equal(r.tokens_BxGxR, runs["shared"].tokens_BxGxR[:1, :, :4])
     np.testing.assert_allclose(r.logp_BxGxR, runs["shared"].logp_BxGxR[:1, :, :4], rtol=1e-5)
+
+
+def assert_same_rollouts(a, b):
+    np.testing.assert_array_equal(a.tokens_BxGxR, b.tokens_BxGxR)
+    np.testing.assert_array_equal(a.lengths_BxG, b.lengths_BxG)
+    np.testing.assert_allclose(a.logp_BxGxR, b.logp_BxGxR, rtol=1e-5)
+    np.testing.assert_array_equal(a.prompt_lengths_B, b.prompt_lengths_B)
+    assert a.completions == b.completions
+
+
+def test_prompt_tree_greedy_equals_concatenated_prompts(model, greedy):
+    cfg, _ = greedy
+    key = jax.random.key(0)
+    tree = generate(model, TREE, G, cfg, key)
+    flat = generate(model, TREE.prompts(), G, cfg, key)
+    assert_same_rollouts(tree, flat)
+    assert_same_rollouts(generate(model, TREE, G, cfg, key, mode="naive"), flat)
+    assert tree.tokens_BxGxR.shape[0] == 6
+    np.testing.assert_array_equal(tree.prompt_lengths_B, [23, 21, 25, 15, 19, 14])
+    # KV held: each root once (32-token bucket), each question once (16), 6·G suffixes (16).
+    c = model.config
+    per_token = c.num_hidden_layers * c.num_key_value_heads * c.head_dim * 2 * 4
+    assert tree.kv_cache_bytes == per_token * (2 * 32 + 6 * 16 + 6 * G * 16)
+    assert flat.kv_cache_bytes == per_token * 6 * (32 + G * 16) > tree.kv_cache_bytes
+
+
+def test_prompt_tree_samples_equal_concatenated_prompts(model, nucleus):
+    cfg, _ = nucleus
+    tree = generate(model, TREE, G, cfg, jax.random.key(7))
+    flat = generate(model, TREE.prompts(), G, cfg, jax.random.key(7))
+    assert_same_rollouts(tree, flat)
+    assert len(set(tree.lengths_BxG.ravel().tolist())) > 1, "want ragged completion lengths"
+    assert all(len({tuple(c) for c in group}) == G for group in tree.completions)
+
+
+@pytest.mark.parametrize(
+    "roots, questions, match",
+    [
+        ([], [], "at least one root"),
+        ([[1]], [], "questions for 0"),
+        ([[1], [2]], [[[3]], [[3], [4]]], "same number"),
+        ([[1]], [[]], "same number"),
+        ([[]], [[[3]]], "at least one token"),
+        ([[1]], [[[3], []]], "at least one token"),
+    ],
+)
+def test_prompt_tree_rejects_bad_shapes(roots, questions, match):
+    with pytest.raises(ValueError, match=match):
+        PromptTree(roots, questions)
+
+
+def test_generate_rejects_prompt_tree_ids_out_of_range(model):
+    with pytest.raises(ValueError, match="out of range"):
+        generate(model, PromptTree([[1, 2]], [[[3], [VOCAB]]]), G, SamplerConfig(), jax.random.key(0))
 
 
 @pytest.mark.parametrize(

@@ -25,7 +25,7 @@ from zorro_jax.model.transformer import init_model
 from zorro_jax.rl.batches import PackingConfig, pack_groups
 from zorro_jax.rl.distill import DraftTrainer, distill_loss
 from zorro_jax.sampling.processors import process_logits
-from zorro_jax.sampling.sampler import SamplerConfig, generate
+from zorro_jax.sampling.sampler import PromptTree, SamplerConfig, generate
 from zorro_jax.sampling.speculative import draft_config, generate_speculative
 
 V, R, EOS, N_SAMPLES = 6, 3, 5, 4096
@@ -213,6 +213,25 @@ def test_greedy_equals_plain_greedy(draft_kind):
     if draft_kind == "self":
         # Every draft is accepted only if the draft cache's rewind and catch-up are right.
         assert st["acceptance_rate"] == 1.0, st
+
+
+def test_prompt_tree_greedy_equals_plain_greedy_on_concatenated_prompts():
+    """Both caches as three-level cascades (root, question, suffix): the verify step over γ+1
+    tokens reads root and question once per step, and greedy output is the policy's."""
+    policy = _small_model(0)
+    draft = _perturbed(policy, 1, 0.3)
+    tree = PromptTree(ragged_prompts((9, 4), seed=3),
+                      [ragged_prompts((2, 5), seed=4), ragged_prompts((1, 3), seed=5)])
+    eos = _greedy_token(policy, tree.prompts()[1], 4)
+    cfg = SamplerConfig(max_new_tokens=14, greedy=True, eos_token_ids=(eos,))
+    plain = generate(policy, tree.prompts(), 2, cfg, jax.random.key(0))
+    assert plain.lengths_BxG.min() < 14
+    spec, st = generate_speculative(policy, draft, tree, 2, cfg, jax.random.key(0), gamma=3)
+    np.testing.assert_array_equal(spec.tokens_BxGxR, plain.tokens_BxGxR)
+    np.testing.assert_array_equal(spec.lengths_BxG, plain.lengths_BxG)
+    np.testing.assert_array_equal(spec.prompt_lengths_B, plain.prompt_lengths_B)
+    assert rel_err(spec.logp_BxGxR, plain.logp_BxGxR) < 1e-5
+    assert 0.0 < st["acceptance_rate"] < 1.0, st
 
 
 @pytest.mark.slow

@@ -22,10 +22,12 @@ from jax.sharding import Mesh
 from jax.sharding import PartitionSpec as P
 
 from pallas_kernels import shared_prefix_decode as spd
+from pallas_kernels import suffix_decode as sd
 from pallas_kernels import tree_attention_pallas as tap
 from zorro_jax.parallel.mesh import BATCH_AXES, batch_shards
 
 _DECODE_BLOCKS = spd.BlockSizes()
+_SUFFIX_BLOCKS = sd.BlockSizes()
 
 
 def prompt_spec() -> P:
@@ -34,7 +36,8 @@ def prompt_spec() -> P:
 
 
 def completion_spec() -> P:
-    """[B, G, R, heads, D] blocks (completion queries / keys / values, decode queries)."""
+    """[B, G, R, heads, D] blocks (completion queries / keys / values, decode queries, a decode
+    suffix's K / V)."""
     return P(BATCH_AXES, None, None, "tensor", None)
 
 
@@ -53,10 +56,11 @@ def shared_prefix_attention_sharded(mesh: Mesh, q_BxGxTxHxD, k_prompt_BxPxKxD, v
                                     prompt_len_B, *, sm_scale=None,
                                     block_sizes: spd.BlockSizes = _DECODE_BLOCKS,
                                     interpret: bool = False, out_dtype=None):
-    """`pallas_kernels.shared_prefix_attention` (the decode kernel's prompt part) per device.
+    """`pallas_kernels.shared_prefix_attention` (one prefix level's part of decode attention) per
+    device: B is that level's entries, each with the stacked queries of the rows under it.
 
     Returns (o [B, G, T, H, D], lse [B, G, T, H]), sharded on B and H like the queries; merge
-    with the suffix part (`lse_merge.merge_attention`) is elementwise and needs no collective.
+    with the other parts (`lse_merge.merge_attention`) is elementwise and needs no collective.
     """
     _check(mesh, q_BxGxTxHxD.shape[0], q_BxGxTxHxD.shape[3], k_prompt_BxPxKxD.shape[2])
     kernel = functools.partial(spd.shared_prefix_attention, sm_scale=sm_scale,
@@ -65,6 +69,20 @@ def shared_prefix_attention_sharded(mesh: Mesh, q_BxGxTxHxD, k_prompt_BxPxKxD, v
     fn = jax.shard_map(kernel, mesh=mesh, in_specs=(cp, pp, pp, P(BATCH_AXES)),
                        out_specs=(cp, P(BATCH_AXES, None, None, "tensor")), check_vma=False)
     return fn(q_BxGxTxHxD, k_prompt_BxPxKxD, v_prompt_BxPxKxD, prompt_len_B)
+
+
+def suffix_attention_sharded(mesh: Mesh, q_BxGxTxHxD, k_suffix_BxGxSxKxD, v_suffix_BxGxSxKxD,
+                             q_start_BxG, *, sm_scale=None, block_sizes: sd.BlockSizes = _SUFFIX_BLOCKS,
+                             interpret: bool = False, out_dtype=None):
+    """`pallas_kernels.suffix_decode.suffix_attention_pallas` (decode attention's suffix part)
+    per device: rows on ("data", "fsdp"), heads on "tensor". Returns (o, lse) sharded like q."""
+    _check(mesh, q_BxGxTxHxD.shape[0], q_BxGxTxHxD.shape[3], k_suffix_BxGxSxKxD.shape[3])
+    kernel = functools.partial(sd.suffix_attention_pallas, sm_scale=sm_scale,
+                               block_sizes=block_sizes, interpret=interpret, out_dtype=out_dtype)
+    cp = completion_spec()
+    fn = jax.shard_map(kernel, mesh=mesh, in_specs=(cp, cp, cp, P(BATCH_AXES, None)),
+                       out_specs=(cp, P(BATCH_AXES, None, None, "tensor")), check_vma=False)
+    return fn(q_BxGxTxHxD, k_suffix_BxGxSxKxD, v_suffix_BxGxSxKxD, q_start_BxG)
 
 
 def tree_attention_sharded(mesh: Mesh, q_NxTxHxD, k_NxTxKxD, v_NxTxKxD, subtree_end_NxT, blocks,

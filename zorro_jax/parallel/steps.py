@@ -15,7 +15,6 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 import optax
 from flax import nnx
 from jax.sharding import Mesh, NamedSharding
@@ -34,13 +33,17 @@ from zorro_jax.parallel.rules import (
 )
 from zorro_jax.rl.losses import LossConfig
 from zorro_jax.rl.steps import make_apply_fn, make_grpo_grad_fn
-from zorro_jax.sampling.cache import SharedPrefixKVCache, shared_prefix_step
+from zorro_jax.sampling.cache import PrefixLevel, SharedPrefixKVCache, shared_prefix_step
 from zorro_jax.sampling.sampler import (
+    PromptTree,
     Rollouts,
     SamplerConfig,
-    pack_prompts,
+    check_request,
+    flat_prompts,
+    pack_levels,
     shared_decode,
     shared_prefill,
+    to_rollouts,
 )
 
 
@@ -137,21 +140,25 @@ def make_logprob_step(graphdef, sh: StepShardings, *, impl=None):
     return jax.jit(fn, in_shardings=(sh.params, sh.batch), out_shardings=(sh.batch, sh.batch))
 
 
-def cache_shardings(mesh: Mesh) -> SharedPrefixKVCache:
-    """A shared-prefix cache split over groups (B on data × fsdp) and kv heads (tensor)."""
+def cache_shardings(mesh: Mesh, num_levels: int = 1) -> SharedPrefixKVCache:
+    """A shared-prefix cache of `num_levels` prefix levels split over entries / rows (on
+    data × fsdp) and kv heads (tensor). Every level's entries must divide over data × fsdp, so
+    that the rows under an entry live on the entry's device."""
     kv_p = NamedSharding(mesh, P(None, BATCH_AXES, None, "tensor", None))
     kv_s = NamedSharding(mesh, P(None, BATCH_AXES, None, None, "tensor", None))
     b = batch_sharding(mesh)
-    return SharedPrefixKVCache(kv_p, kv_p, b, kv_s, kv_s, b)
+    levels = tuple(PrefixLevel(kv_p, kv_p, b) for _ in range(num_levels))
+    return SharedPrefixKVCache(levels, kv_s, kv_s, b)
 
 
-def make_decode_step(graphdef, sh: StepShardings, *, impl=None):
+def make_decode_step(graphdef, sh: StepShardings, *, impl=None, num_levels: int = 1):
     """step(params, cache, last_BxG, live_BxG) -> (greedy token [B, G], logits [B, G, V], cache).
 
-    One shared-prefix decode step with declared shardings (the cache is donated): the unit the
-    sampler's loop repeats, exposed for memory accounting and custom loops.
+    One shared-prefix decode step on a cache of `num_levels` prefix levels with declared
+    shardings (the cache is donated): the unit the sampler's loop repeats, exposed for memory
+    accounting and custom loops.
     """
-    cs = cache_shardings(sh.mesh)
+    cs = cache_shardings(sh.mesh, num_levels)
 
     def fn(params, cache, last_BxG, live_BxG):
         model = nnx.merge(graphdef, params)
@@ -166,48 +173,38 @@ def make_decode_step(graphdef, sh: StepShardings, *, impl=None):
                    donate_argnums=(1,))
 
 
-def _pad_prompts(prompts: list[list[int]], multiple: int) -> list[list[int]]:
-    """Repeat the last prompt so B divides the batch shards; the extra rows are dropped after."""
-    extra = (-len(prompts)) % multiple
-    return list(prompts) + [prompts[-1]] * extra
+def _pad_to_shards(prompts: list[list[int]] | PromptTree, multiple: int):
+    """Repeat the last prompt (or the last root with its questions) so every prefix level's
+    entries divide the batch shards; the extra rows are dropped after."""
+    if isinstance(prompts, PromptTree):
+        extra = (-len(prompts.roots)) % multiple
+        return PromptTree(list(prompts.roots) + [prompts.roots[-1]] * extra,
+                          list(prompts.questions) + [prompts.questions[-1]] * extra)
+    return list(prompts) + [prompts[-1]] * ((-len(prompts)) % multiple)
 
 
-def generate_sharded(model, prompts: list[list[int]], group_size: int, cfg: SamplerConfig,
-                     rng: jax.Array, mesh: Mesh) -> Rollouts:
+def generate_sharded(model, prompts: list[list[int]] | PromptTree, group_size: int,
+                     cfg: SamplerConfig, rng: jax.Array, mesh: Mesh) -> Rollouts:
     """`sampling.generate` (shared-prefix mode) with the batch split over the mesh.
 
     The model's params should already be placed (e.g. merged from
-    `reshard(state, mesh, "sampling")`). The prompts are padded to a multiple of data × fsdp and
-    split over those axes; the sampler's jitted prefill and decode then run SPMD with shardings
-    propagated from the placed inputs, so each device prefills and decodes its own groups
-    against its slice of the heads. Same draws as `generate` for the same key.
+    `reshard(state, mesh, "sampling")`). The prompts (a PromptTree's roots) are padded to a
+    multiple of data × fsdp and every prefix level is split over those axes; the sampler's jitted
+    prefill and decode then run SPMD with shardings propagated from the placed inputs, so each
+    device prefills and decodes its own entries and rows against its slice of the heads. Same
+    draws as `generate` for the same key.
     """
-    if not prompts:
-        raise ValueError("generate_sharded needs at least one prompt")
-    vocab = model.config.vocab_size
-    bad = [t for p in prompts for t in p if not 0 <= t < vocab]
-    if bad:
-        raise ValueError(f"prompt token ids out of range [0, {vocab}): {bad[:5]}")
-    if max((cfg.pad_token_id, *cfg.eos_token_ids)) >= vocab:
-        raise ValueError(f"pad/eos token ids must be < vocab size {vocab}")
-    n = len(prompts)
-    padded = _pad_prompts(prompts, batch_shards(mesh))
-    tokens_BxP, prompt_len_B = pack_prompts(padded, cfg)
-    b = batch_sharding(mesh)
+    check_request(prompts, group_size, cfg, model.config.vocab_size)
+    rows = flat_prompts(prompts)
+    padded = _pad_to_shards(prompts, batch_shards(mesh))
+    levels = jax.device_put(pack_levels(padded, cfg), batch_sharding(mesh))
     graphdef, params = nnx.split(model)
     response_size = bucket(cfg.max_new_tokens, cfg.response_buckets)
     spec = cfg.draw_spec()
-    cache, tok0, logp0 = shared_prefill(graphdef, params, jax.device_put(tokens_BxP, b),
-                                        jax.device_put(prompt_len_B, b), rng, spec=spec,
+    cache, tok0, logp0 = shared_prefill(graphdef, params, levels, rng, spec=spec,
                                         group_size=group_size, response_size=response_size)
-    kv_bytes = cache.nbytes() * n // len(padded)
+    kv_bytes = cache.nbytes() * len(rows) // len(flat_prompts(padded))
     tokens, logp, lengths, _ = shared_decode(graphdef, params, cache, tok0, logp0, rng,
                                              jnp.int32(cfg.max_new_tokens), spec=spec,
                                              response_size=response_size)
-    r = cfg.max_new_tokens
-    tokens = np.asarray(tokens)[:n, :, :r]
-    lengths = np.asarray(lengths)[:n]
-    completions = [[tokens[i, g, : lengths[i, g]].tolist() for g in range(group_size)]
-                   for i in range(n)]
-    return Rollouts(tokens, lengths, np.asarray(logp)[:n, :, :r], prompt_len_B[:n], completions,
-                    kv_bytes)
+    return to_rollouts(tokens, logp, lengths, rows, cfg.max_new_tokens, kv_bytes)

@@ -1,43 +1,72 @@
-"""The shared-prefix KV cache (layout `SharedPrefixDecode`): a group's prompt K/V stored once.
+"""The shared-prefix KV cache (layout `SharedPrefixDecode`): a cascade of prefix levels whose
+entries' K/V are stored once each, plus a suffix per sample.
 
-B unique prompts are prefilled once each; their K/V live in [layers, B, P, K, D]. Each of the G
-samples of a group owns a suffix cache [layers, B, G, S, K, D] for the tokens it generates. A
-step appends T tokens to every sample (T = 1 for decoding, γ+1 for speculative verification) and
-attends to (shared prompt keys) ⊕ (own suffix keys) through
-`attention.shared_prefix_decode_attention`, which reads each prompt KV block once per group.
+Level 0 holds B_0 entries (B unique prompts in two-level decoding, or D database schemas); level
+l holds B_l = B_{l-1}·f_l entries ordered row-major (entry i hangs under entry i // f_l of level
+l-1), each with K/V [layers, B_l, P_l, K, D] and real lengths [B_l]. Each of the B = B_last
+entries of the last level has G samples, and each sample owns a suffix cache
+[layers, B, G, S, K, D] for the tokens it generates. A step appends T tokens to every sample
+(T = 1 for decoding, γ+1 for speculative verification) and attends to (every ancestor level) ⊕
+(own suffix keys) through `attention.shared_prefix_decode_attention`, which reads each level's KV
+block once per step for all samples under it.
 
 Like `DenseKVCache`, the cache is an explicit pytree passed into and returned from jitted steps.
 """
 
 from __future__ import annotations
 
+import math
+from collections.abc import Sequence
 from typing import NamedTuple
 
+import jax
 import jax.numpy as jnp
 
 from zorro_jax import attention
+from zorro_jax.model.config import ModelConfig
 from zorro_jax.model.forward import DenseKVCache, dense_step
 from zorro_jax.model.transformer import Transformer
 
 
-class SharedPrefixKVCache(NamedTuple):
-    """Prompt K/V once per group plus per-sample suffix K/V.
+class PromptLevel(NamedTuple):
+    """The tokens of one prefix level: N right-padded entries [N, P] and real lengths [N] (>= 1)."""
 
-    prompt_len_B: real prompt tokens (keys j < prompt_len are visible; the rest is padding).
+    tokens_NxP: jnp.ndarray
+    len_N: jnp.ndarray
+
+
+class PrefixLevel(NamedTuple):
+    """The K/V of one prefix level: N entries of up to P tokens; keys j >= len[n] are padding."""
+
+    k_LxNxPxKxD: jnp.ndarray
+    v_LxNxPxKxD: jnp.ndarray
+    len_N: jnp.ndarray
+
+    def layer(self, i: int):
+        """(k [N, P, K, D], v [N, P, K, D], len [N]) of layer i: one level of the decode kernel."""
+        return self.k_LxNxPxKxD[i], self.v_LxNxPxKxD[i], self.len_N
+
+
+def _nbytes(x) -> int:
+    # Arrays and ShapeDtypeStructs alike, so abstract caches can be measured too.
+    return math.prod(x.shape) * jnp.dtype(x.dtype).itemsize
+
+
+class SharedPrefixKVCache(NamedTuple):
+    """Prefix levels (each entry's K/V once) plus per-sample suffix K/V.
+
     suffix_len_BxG: tokens written into each sample's suffix so far; the next token of sample
-    (b, g) sits at RoPE position prompt_len[b] + suffix_len[b, g].
+    (b, g) sits at RoPE position (sum of its ancestor entries' lengths) + suffix_len[b, g].
     """
 
-    k_prompt_LxBxPxKxD: jnp.ndarray
-    v_prompt_LxBxPxKxD: jnp.ndarray
-    prompt_len_B: jnp.ndarray
+    levels: tuple[PrefixLevel, ...]
     k_suffix_LxBxGxSxKxD: jnp.ndarray
     v_suffix_LxBxGxSxKxD: jnp.ndarray
     suffix_len_BxG: jnp.ndarray
 
     @property
     def group_size(self) -> int:
-        """G, the samples per prompt."""
+        """G, the samples per last-level entry."""
         return self.k_suffix_LxBxGxSxKxD.shape[2]
 
     @property
@@ -45,59 +74,106 @@ class SharedPrefixKVCache(NamedTuple):
         """S, the per-sample suffix capacity in tokens."""
         return self.k_suffix_LxBxGxSxKxD.shape[3]
 
+    def prefix_len_B(self) -> jnp.ndarray:
+        """Total real prefix length of each row [B]: the sum of its ancestor entries' lengths."""
+        b = self.suffix_len_BxG.shape[0]
+        return sum(jnp.repeat(lv.len_N, b // lv.len_N.shape[0], total_repeat_length=b)
+                   for lv in self.levels)
+
     def nbytes(self) -> int:
-        """Bytes of K/V held: prompt P per group + suffix G·S per group (lengths not counted)."""
-        return int(self.k_prompt_LxBxPxKxD.nbytes + self.v_prompt_LxBxPxKxD.nbytes
-                   + self.k_suffix_LxBxGxSxKxD.nbytes + self.v_suffix_LxBxGxSxKxD.nbytes)
+        """Bytes of K/V held: every level's entries once + G·S suffix per row (lengths not counted)."""
+        arrays = [x for lv in self.levels for x in (lv.k_LxNxPxKxD, lv.v_LxNxPxKxD)]
+        return sum(map(_nbytes, [*arrays, self.k_suffix_LxBxGxSxKxD, self.v_suffix_LxBxGxSxKxD]))
 
     @classmethod
-    def from_prompt_cache(cls, prompt: DenseKVCache, group_size: int, suffix_size: int):
-        """Wrap a prefilled per-prompt `DenseKVCache` [L, B, P, K, D] with empty suffixes."""
-        l, b, _, k, d = prompt.k_LxNxSxKxD.shape
+    def with_empty_suffix(cls, levels: Sequence[PrefixLevel], group_size: int, suffix_size: int):
+        """Prefilled levels with zeroed suffixes of `suffix_size` tokens for `group_size` samples."""
+        l, b, _, k, d = levels[-1].k_LxNxPxKxD.shape
         shape = (l, b, group_size, suffix_size, k, d)
-        dtype = prompt.k_LxNxSxKxD.dtype
-        return cls(prompt.k_LxNxSxKxD, prompt.v_LxNxSxKxD, prompt.lengths_N.astype(jnp.int32),
-                   jnp.zeros(shape, dtype), jnp.zeros(shape, dtype),
+        dtype = levels[-1].k_LxNxPxKxD.dtype
+        return cls(tuple(levels), jnp.zeros(shape, dtype), jnp.zeros(shape, dtype),
                    jnp.zeros((b, group_size), jnp.int32))
 
+    @classmethod
+    def abstract(cls, config: ModelConfig, level_shapes: Sequence[tuple[int, int]], group_size: int,
+                 suffix_size: int, dtype=None):
+        """The cache as `jax.ShapeDtypeStruct`s (memory accounting, lowering without data): level
+        l holds level_shapes[l] = (entries, padded length); dtype defaults to the compute dtype."""
+        dtype = jnp.dtype(dtype or config.compute_dtype)
+        lkd = (config.num_hidden_layers, config.num_key_value_heads, config.head_dim)
+        sds = jax.ShapeDtypeStruct
 
-def _dense_impl(impl):
-    # The prompt prefill runs on the Dense layout, which has no Pallas kernel; asking for one
-    # there would only print a fallback warning.
+        def kv(*dims):
+            return sds((lkd[0], *dims, *lkd[1:]), dtype)
+
+        levels = tuple(PrefixLevel(kv(n, p), kv(n, p), sds((n,), jnp.int32)) for n, p in level_shapes)
+        b = level_shapes[-1][0]
+        suffix = kv(b, group_size, suffix_size)
+        return cls(levels, suffix, suffix, sds((b, group_size), jnp.int32))
+
+
+def dense_impl(impl):
+    """The backend for the Dense layout, which has no Pallas kernel (asking for one there would
+    only print a fallback warning)."""
     return "reference" if impl == "reference" else "xla"
 
 
-def shared_prefix_prefill(model: Transformer, tokens_BxP, prompt_len_B, group_size: int,
-                          suffix_size: int, impl=None):
-    """Prefill B unique right-padded prompts once.
+def _prefill_level(model: Transformer, levels: tuple[PrefixLevel, ...], level: PromptLevel, impl):
+    """Prefill one level on top of `levels`: its P tokens are T new tokens of a single sample per
+    entry, so they attend to their ancestor entries and causally to themselves; the sample's
+    suffix K/V become the level's K/V. Returns (hidden [N, P, E], the level)."""
+    n, p = level.tokens_NxP.shape
+    c = model.config
+    shape = (c.num_hidden_layers, n, 1, p, c.num_key_value_heads, c.head_dim)
+    zeros = jnp.zeros(shape, model.compute_dtype)
+    staging = SharedPrefixKVCache(levels, zeros, zeros, jnp.zeros((n, 1), jnp.int32))
+    len_N = level.len_N.astype(jnp.int32)
+    h_Nx1xPxE, staging = shared_prefix_step(model, staging, level.tokens_NxP[:, None], len_N[:, None],
+                                            impl)
+    kv = PrefixLevel(staging.k_suffix_LxBxGxSxKxD[:, :, 0], staging.v_suffix_LxBxGxSxKxD[:, :, 0], len_N)
+    return h_Nx1xPxE[:, 0], kv
 
-    Returns (hidden state at each prompt's last real token [B, E], cache with empty suffixes).
-    Padding positions get K/V too, but decoding never sees them (keys j >= prompt_len are masked).
+
+def shared_prefix_prefill(model: Transformer, prompt_levels: Sequence[PromptLevel], group_size: int,
+                          suffix_size: int, impl=None):
+    """Prefill a cascade of right-padded prompt levels, each entry once.
+
+    Level 0 runs the dense prefill; every further level is prefilled on top of the levels before
+    it (`_prefill_level`). Returns (hidden state at each last-level entry's last real token
+    [B, E], cache with empty suffixes). Padding positions get K/V too, but decoding never sees
+    them (keys j >= len are masked).
     """
-    b, p = tokens_BxP.shape
-    empty = DenseKVCache.empty(model, b, p)
-    h_BxPxE, prompt = dense_step(model, empty, tokens_BxP, prompt_len_B, _dense_impl(impl))
-    last_B11 = (prompt_len_B - 1).astype(jnp.int32)[:, None, None]
-    h_last_BxE = jnp.take_along_axis(h_BxPxE, last_B11, axis=1)[:, 0]
-    return h_last_BxE, SharedPrefixKVCache.from_prompt_cache(prompt, group_size, suffix_size)
+    if not prompt_levels:
+        raise ValueError("shared_prefix_prefill needs at least one prompt level")
+    first, *rest = prompt_levels
+    n, p = first.tokens_NxP.shape
+    h_NxPxE, dense = dense_step(model, DenseKVCache.empty(model, n, p), first.tokens_NxP,
+                                first.len_N, dense_impl(impl))
+    levels = (PrefixLevel(dense.k_LxNxSxKxD, dense.v_LxNxSxKxD, dense.lengths_N),)
+    for level in rest:
+        h_NxPxE, kv = _prefill_level(model, levels, level, impl)
+        levels += (kv,)
+    last_B11 = (levels[-1].len_N - 1)[:, None, None]
+    h_last_BxE = jnp.take_along_axis(h_NxPxE, last_B11, axis=1)[:, 0]
+    return h_last_BxE, SharedPrefixKVCache.with_empty_suffix(levels, group_size, suffix_size)
 
 
 def shared_prefix_step(model: Transformer, cache: SharedPrefixKVCache, tokens_BxGxT, n_new_BxG,
                        impl=None):
     """Append T tokens to every sample, of which the first n_new[b, g] are real.
 
-    Token t of sample (b, g) gets RoPE position prompt_len[b] + suffix_len[b, g] + t and its K/V
-    are written into the suffix cache at suffix_len[b, g] + t; it attends to the prompt and to
-    suffix keys s <= suffix_len[b, g] + t. The caller keeps suffix_len + T <= S (writes past the
-    end would be clamped by XLA onto earlier entries). Only n_new advances suffix_len, so a
-    stopped sample (n_new = 0) keeps overwriting the same free slot, and a verify step can keep
-    the accepted prefix of its γ+1 tokens.
+    Token t of sample (b, g) gets RoPE position prefix_len[b] + suffix_len[b, g] + t and its K/V
+    are written into the suffix cache at suffix_len[b, g] + t; it attends to its ancestor entry of
+    every level and to suffix keys s <= suffix_len[b, g] + t. The caller keeps suffix_len + T <= S
+    (writes past the end would be clamped by XLA onto earlier entries). Only n_new advances
+    suffix_len, so a stopped sample (n_new = 0) keeps overwriting the same free slot, and a verify
+    step can keep the accepted prefix of its γ+1 tokens.
 
     Returns (final-normed hidden states [B, G, T, E], updated cache).
     """
     b, g, t = tokens_BxGxT.shape
     start_BxG = cache.suffix_len_BxG
-    pos_BxGxT = (cache.prompt_len_B[:, None, None] + start_BxG[:, :, None]
+    pos_BxGxT = (cache.prefix_len_B()[:, None, None] + start_BxG[:, :, None]
                  + jnp.arange(t, dtype=jnp.int32)[None, None, :])
     # Scatter indices for the new entries of every (b, g, t); all of rank 3, so they broadcast
     # without rank promotion.
@@ -106,7 +182,7 @@ def shared_prefix_step(model: Transformer, cache: SharedPrefixKVCache, tokens_Bx
     s_idx_BxGxT = start_BxG[:, :, None] + jnp.arange(t, dtype=jnp.int32)[None, None, :]
     # The full [L, ...] suffix arrays are threaded through the layers and updated in place with
     # one scatter per layer, instead of building per-layer copies and restacking them: on a
-    # decode step the suffix cache can be larger than the prompt cache (G·S vs P).
+    # decode step the suffix cache can be larger than the prefix levels (G·S vs P).
     suffix = {"k": cache.k_suffix_LxBxGxSxKxD, "v": cache.v_suffix_LxBxGxSxKxD}
 
     def attend(i, q_BxGxTxHxD, k_BxGxTxKxD, v_BxGxTxKxD):
@@ -114,12 +190,11 @@ def shared_prefix_step(model: Transformer, cache: SharedPrefixKVCache, tokens_Bx
             arr = suffix[name]
             suffix[name] = arr.at[i, b_idx, g_idx, s_idx_BxGxT].set(new.astype(arr.dtype))
         return attention.shared_prefix_decode_attention(
-            q_BxGxTxHxD, cache.k_prompt_LxBxPxKxD[i], cache.v_prompt_LxBxPxKxD[i], cache.prompt_len_B,
-            suffix["k"][i], suffix["v"][i], start_BxG, impl=impl,
+            q_BxGxTxHxD, tuple(lv.layer(i) for lv in cache.levels), suffix["k"][i], suffix["v"][i],
+            start_BxG, impl=impl,
         )
 
     h_BxGxTxE = model.hidden(tokens_BxGxT, pos_BxGxT, attend)
     new = cache._replace(k_suffix_LxBxGxSxKxD=suffix["k"], v_suffix_LxBxGxSxKxD=suffix["v"],
                          suffix_len_BxG=start_BxG + n_new_BxG.astype(jnp.int32))
     return h_BxGxTxE, new
-

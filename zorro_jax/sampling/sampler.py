@@ -1,19 +1,24 @@
-"""Group sampler: B unique prompts, G independent completions each, jitted prefill + decode loop.
+"""Group sampler: B prompts, G independent completions each, jitted prefill + decode loop.
 
-Two modes with the same interface and the same random draws:
-- "shared": each prompt is prefilled once and its KV cache stored once per group
-  (`SharedPrefixKVCache`); every decode step reads the prompt KV once for all G samples.
-- "naive": each prompt is replicated G times into B·G rows of a `DenseKVCache` (the baseline
-  every replicated-prompt RL stack uses), prefilled and decoded with `dense_step`.
+Prompts come as a list (B unique prompts) or as a `PromptTree` (D shared roots, e.g. database
+schemas, with k questions each: B = D·k prompts root ++ question, ordered root-major). Two modes
+with the same interface and the same random draws:
+- "shared": a cascade of shared prefixes (`SharedPrefixKVCache`). A list of prompts is one prefix
+  level (each prompt prefilled once, its KV stored once per group); a PromptTree is two (each
+  root once, each question once on top of it). Every decode step reads each level's KV once for
+  all the samples under it.
+- "naive": each (concatenated) prompt is replicated G times into B·G rows of a `DenseKVCache`
+  (the baseline every replicated-prompt RL stack uses), prefilled and decoded with `dense_step`.
 
 The draw for sample (b, g) at step r depends only on (key, r, b, g): the key of step r is
-`fold_in(key, r)` and one categorical draw is made over logits shaped [B, G, V] in both modes. So
-with the same key the two modes emit the same tokens (up to float noise in the logits), which
-the tests use as a strong end-to-end check.
+`fold_in(key, r)` and one categorical draw is made over logits shaped [B, G, V] in every mode
+and for both prompt forms. So with the same key the modes, and a PromptTree and its concatenated
+prompts, emit the same tokens (up to float noise in the logits), which the tests use as a strong
+end-to-end check.
 
 Jitted entry points are pure functions of (graphdef, state, ...) via `nnx.merge`; the decode
-loop donates the cache it is given. Prompt length P and the response buffer R are rounded up to
-buckets and B, G are static, so a training run compiles a handful of programs.
+loop donates the cache it is given. Each level's length and the response buffer R are rounded up
+to buckets and B, G are static, so a training run compiles a handful of programs.
 """
 
 from __future__ import annotations
@@ -32,7 +37,13 @@ from zorro_jax.attention import IMPLS
 from zorro_jax.layouts import Dense, bucket
 from zorro_jax.model.forward import DenseKVCache, dense_prefill, dense_step
 from zorro_jax.model.transformer import Transformer
-from zorro_jax.sampling.cache import SharedPrefixKVCache, shared_prefix_prefill, shared_prefix_step
+from zorro_jax.sampling.cache import (
+    PromptLevel,
+    SharedPrefixKVCache,
+    dense_impl,
+    shared_prefix_prefill,
+    shared_prefix_step,
+)
 from zorro_jax.sampling.processors import policy_logprob, sample_tokens
 
 MODES = ("shared", "naive")
@@ -107,6 +118,46 @@ class SamplerConfig:
         )
 
 
+@dataclasses.dataclass(frozen=True)
+class PromptTree:
+    """Prompts that share their first part: D roots (e.g. database schemas) with k questions
+    each. The B = D·k prompts are roots[d] ++ questions[d][j], row d·k + j (root-major)."""
+
+    # The D shared parts.
+    roots: list[list[int]]
+    # questions[d]: the k per-question parts under root d (the same k for every root).
+    questions: list[list[list[int]]]
+
+    def __post_init__(self):
+        if not self.roots:
+            raise ValueError("a PromptTree needs at least one root")
+        if len(self.questions) != len(self.roots):
+            raise ValueError(f"{len(self.roots)} roots but questions for {len(self.questions)}")
+        counts = sorted({len(qs) for qs in self.questions})
+        if counts[0] < 1 or len(counts) > 1:
+            raise ValueError(f"every root needs the same number k >= 1 of questions, got {counts}")
+        if min(map(len, self.roots)) < 1 or min(len(q) for qs in self.questions for q in qs) < 1:
+            raise ValueError("every root and every question needs at least one token")
+
+    def levels(self) -> list[list[list[int]]]:
+        """The token lists of each prefix level: [roots, every question root-major]."""
+        return [list(self.roots), [q for qs in self.questions for q in qs]]
+
+    def prompts(self) -> list[list[int]]:
+        """The B concatenated prompts, root-major."""
+        return [list(r) + list(q) for r, qs in zip(self.roots, self.questions) for q in qs]
+
+
+def prompt_levels(prompts: list[list[int]] | PromptTree) -> list[list[list[int]]]:
+    """The token lists of each prefix level: a list of prompts is one level."""
+    return prompts.levels() if isinstance(prompts, PromptTree) else [list(prompts)]
+
+
+def flat_prompts(prompts: list[list[int]] | PromptTree) -> list[list[int]]:
+    """Each row's whole prompt (a PromptTree's roots ++ questions)."""
+    return prompts.prompts() if isinstance(prompts, PromptTree) else list(prompts)
+
+
 class DrawSpec(NamedTuple):
     """Static part of a compiled program; max_new_tokens is not in it (it is a loop bound)."""
 
@@ -129,10 +180,12 @@ class Rollouts:
     lengths_BxG: np.ndarray
     # Policy log-prob of each generated token (0 on padding); see `policy_logprob`.
     logp_BxGxR: np.ndarray
+    # Each row's whole prompt length (a PromptTree's root + question).
     prompt_lengths_B: np.ndarray
     # completions[b][g]: the generated ids of sample g of prompt b, without padding.
     completions: list[list[list[int]]]
-    # K/V bytes of the cache the run used (prompt + suffix in shared mode, replicated in naive).
+    # K/V bytes of the cache the run used (every prefix level once + suffixes in shared mode,
+    # replicated prompts in naive).
     kv_cache_bytes: int
 
     def mask_BxGxR(self) -> np.ndarray:
@@ -141,14 +194,15 @@ class Rollouts:
         return np.arange(r)[None, None, :] < self.lengths_BxG[:, :, None]
 
 
-def _draw(key, step, logits_BxGxV, spec: DrawSpec):
+def draw_tokens(key, step, logits_BxGxV, spec: DrawSpec):
     """Tokens and policy log-probs for one step; the randomness depends on (key, step, b, g) only."""
     tok_BxG = sample_tokens(jax.random.fold_in(key, step), logits_BxGxV, greedy=spec.greedy,
                             temperature=spec.temperature, top_k=spec.top_k, top_p=spec.top_p)
     return tok_BxG, policy_logprob(logits_BxGxV, tok_BxG, temperature=spec.temperature)
 
 
-def _is_stop(tok_BxG, spec: DrawSpec):
+def is_stop(tok_BxG, spec: DrawSpec):
+    """Boolean [B, G]: the token is one of the stop ids."""
     if not spec.stop_ids:
         return jnp.zeros(tok_BxG.shape, bool)
     return jnp.isin(tok_BxG, jnp.asarray(spec.stop_ids, jnp.int32))
@@ -164,7 +218,7 @@ def _decode_loop(step_fn: Callable, cache, tok0_BxG, logp0_BxG, key, max_new, sp
     b, g = tok0_BxG.shape
     tokens_BxGxR = jnp.full((b, g, response_size), spec.pad_id, jnp.int32).at[:, :, 0].set(tok0_BxG)
     logp_BxGxR = jnp.zeros((b, g, response_size), jnp.float32).at[:, :, 0].set(logp0_BxG)
-    done_BxG = _is_stop(tok0_BxG, spec)
+    done_BxG = is_stop(tok0_BxG, spec)
     lengths_BxG = jnp.ones((b, g), jnp.int32)
 
     def cond(carry):
@@ -175,13 +229,13 @@ def _decode_loop(step_fn: Callable, cache, tok0_BxG, logp0_BxG, key, max_new, sp
         i, cache, last_BxG, done_BxG, tokens_BxGxR, logp_BxGxR, lengths_BxG = carry
         live_BxG = ~done_BxG
         logits_BxGxV, cache = step_fn(cache, last_BxG, live_BxG)
-        tok_BxG, lp_BxG = _draw(key, i, logits_BxGxV, spec)
+        tok_BxG, lp_BxG = draw_tokens(key, i, logits_BxGxV, spec)
         tok_BxG = jnp.where(live_BxG, tok_BxG, spec.pad_id)
         lp_BxG = jnp.where(live_BxG, lp_BxG, 0.0)
         tokens_BxGxR = jax.lax.dynamic_update_slice(tokens_BxGxR, tok_BxG[:, :, None], (0, 0, i))
         logp_BxGxR = jax.lax.dynamic_update_slice(logp_BxGxR, lp_BxG[:, :, None], (0, 0, i))
         lengths_BxG = lengths_BxG + live_BxG.astype(jnp.int32)
-        done_BxG = done_BxG | _is_stop(tok_BxG, spec)
+        done_BxG = done_BxG | is_stop(tok_BxG, spec)
         return i + 1, cache, tok_BxG, done_BxG, tokens_BxGxR, logp_BxGxR, lengths_BxG
 
     carry = (jnp.int32(1), cache, tok0_BxG, done_BxG, tokens_BxGxR, logp_BxGxR, lengths_BxG)
@@ -192,19 +246,23 @@ def _decode_loop(step_fn: Callable, cache, tok0_BxG, logp0_BxG, key, max_new, sp
 _STATIC = ("graphdef", "spec", "group_size", "response_size")
 
 
-@functools.partial(jax.jit, static_argnames=_STATIC)
-def shared_prefill(graphdef, state, tokens_BxP, prompt_len_B, key, *, spec, group_size, response_size):
-    """Prefill B prompts once; draw G first tokens from each prompt's last real position.
-
-    Returns (cache, first tokens [B, G], their log-probs [B, G]).
-    """
-    model = nnx.merge(graphdef, state)
-    h_BxE, cache = shared_prefix_prefill(model, tokens_BxP, prompt_len_B, group_size,
-                                         response_size, spec.impl)
+def prefill_and_draw(model: Transformer, prompt_levels, key, spec: DrawSpec, group_size: int,
+                     response_size: int):
+    """Prefill a cascade of prompt levels once each and draw every sample's first token from its
+    row's last real position: (cache, first tokens [B, G], their log-probs [B, G])."""
+    h_BxE, cache = shared_prefix_prefill(model, prompt_levels, group_size, response_size, spec.impl)
     logits_BxV = model.logits(h_BxE)
     b, v = logits_BxV.shape
-    tok_BxG, logp_BxG = _draw(key, 0, jnp.broadcast_to(logits_BxV[:, None], (b, group_size, v)), spec)
+    tok_BxG, logp_BxG = draw_tokens(key, 0, jnp.broadcast_to(logits_BxV[:, None], (b, group_size, v)),
+                                    spec)
     return cache, tok_BxG, logp_BxG
+
+
+@functools.partial(jax.jit, static_argnames=_STATIC)
+def shared_prefill(graphdef, state, prompt_levels, key, *, spec, group_size, response_size):
+    """`prefill_and_draw` of a tuple of `PromptLevel`s: (cache, first tokens [B, G], log-probs [B, G])."""
+    return prefill_and_draw(nnx.merge(graphdef, state), prompt_levels, key, spec, group_size,
+                            response_size)
 
 
 @functools.partial(jax.jit, static_argnames=_STATIC[:2] + _STATIC[3:], donate_argnames=("cache",))
@@ -221,19 +279,14 @@ def shared_decode(graphdef, state, cache: SharedPrefixKVCache, tok0_BxG, logp0_B
     return _decode_loop(step, cache, tok0_BxG, logp0_BxG, key, max_new, spec, response_size)
 
 
-def _dense_impl(impl):
-    # The Dense layout has no Pallas kernel; "pallas" would only print a fallback warning.
-    return "reference" if impl == "reference" else "xla"
-
-
 @functools.partial(jax.jit, static_argnames=_STATIC)
 def naive_prefill(graphdef, state, tokens_BxP, prompt_len_B, key, *, spec, group_size, response_size):
     """Replicate every prompt G times and prefill B·G rows into a cache of P + R per row."""
     model = nnx.merge(graphdef, state)
     b, p = tokens_BxP.shape
     rows = Dense(jnp.repeat(tokens_BxP, group_size, axis=0), jnp.repeat(prompt_len_B, group_size))
-    logits_NxV, cache = dense_prefill(model, rows, p + response_size, _dense_impl(spec.impl))
-    tok_BxG, logp_BxG = _draw(key, 0, logits_NxV.reshape(b, group_size, -1), spec)
+    logits_NxV, cache = dense_prefill(model, rows, p + response_size, dense_impl(spec.impl))
+    tok_BxG, logp_BxG = draw_tokens(key, 0, logits_NxV.reshape(b, group_size, -1), spec)
     return cache, tok_BxG, logp_BxG
 
 
@@ -246,13 +299,28 @@ def naive_decode(graphdef, state, cache: DenseKVCache, tok0_BxG, logp0_BxG, key,
 
     def step(cache, last_BxG, live_BxG):
         h_Nx1xE, cache = dense_step(model, cache, last_BxG.reshape(b * g, 1),
-                                    live_BxG.reshape(b * g).astype(jnp.int32), _dense_impl(spec.impl))
+                                    live_BxG.reshape(b * g).astype(jnp.int32), dense_impl(spec.impl))
         return model.logits(h_Nx1xE[:, 0]).reshape(b, g, -1), cache
 
     return _decode_loop(step, cache, tok0_BxG, logp0_BxG, key, max_new, spec, response_size)
 
 
-_ENTRY = {"shared": (shared_prefill, shared_decode), "naive": (naive_prefill, naive_decode)}
+def check_request(prompts: list[list[int]] | PromptTree, group_size: int, cfg: SamplerConfig,
+                  vocab: int) -> None:
+    """ValueError unless there is a prompt, every prompt has tokens in [0, vocab), G >= 1 and
+    the pad / stop ids are real tokens (the pad id is fed back to the model for stopped samples)."""
+    rows = flat_prompts(prompts)
+    if not rows:
+        raise ValueError("generate needs at least one prompt")
+    if min(map(len, rows)) < 1:
+        raise ValueError("every prompt needs at least one token")
+    bad = [t for p in rows for t in p if not 0 <= t < vocab]
+    if bad:
+        raise ValueError(f"prompt token ids out of range [0, {vocab}): {bad[:5]}")
+    if group_size < 1:
+        raise ValueError(f"group_size must be >= 1, got {group_size}")
+    if max((cfg.pad_token_id, *cfg.eos_token_ids)) >= vocab:
+        raise ValueError(f"pad/eos token ids must be < vocab size {vocab}")
 
 
 def pack_prompts(prompts: list[list[int]], cfg: SamplerConfig) -> tuple[np.ndarray, np.ndarray]:
@@ -269,34 +337,48 @@ def pack_prompts(prompts: list[list[int]], cfg: SamplerConfig) -> tuple[np.ndarr
     return tokens, lengths
 
 
-def generate(model: Transformer, prompts: list[list[int]], group_size: int, cfg: SamplerConfig,
-             rng: jax.Array, mode: str = "shared") -> Rollouts:
-    """Sample `group_size` completions for each prompt (host-side API)."""
+def pack_levels(prompts: list[list[int]] | PromptTree, cfg: SamplerConfig) -> tuple[PromptLevel, ...]:
+    """Every prefix level right-padded to its own length bucket (`pack_prompts` per level)."""
+    return tuple(PromptLevel(*pack_prompts(level, cfg)) for level in prompt_levels(prompts))
+
+
+def generate(model: Transformer, prompts: list[list[int]] | PromptTree, group_size: int,
+             cfg: SamplerConfig, rng: jax.Array, mode: str = "shared") -> Rollouts:
+    """Sample `group_size` completions for each prompt (host-side API).
+
+    With a PromptTree the rows are its D·k concatenated prompts, root-major; mode "shared" then
+    holds each root and each question once (a three-level cascade) and draws the same tokens as
+    `generate` on `prompts.prompts()`.
+    """
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
-    if group_size < 1:
-        raise ValueError(f"group_size must be >= 1, got {group_size}")
-    vocab = model.config.vocab_size
-    bad = [t for p in prompts for t in p if not 0 <= t < vocab]
-    if bad:
-        raise ValueError(f"prompt token ids out of range [0, {vocab}): {bad[:5]}")
-    # The pad id is fed back to the model for stopped samples, so it must be a real token.
-    if max((cfg.pad_token_id, *cfg.eos_token_ids)) >= vocab:
-        raise ValueError(f"pad/eos token ids must be < vocab size {vocab}")
-    tokens_BxP, prompt_len_B = pack_prompts(prompts, cfg)
+    check_request(prompts, group_size, cfg, model.config.vocab_size)
+    rows = flat_prompts(prompts)
     response_size = bucket(cfg.max_new_tokens, cfg.response_buckets)
     graphdef, state = nnx.split(model)
     spec = cfg.draw_spec()
-    prefill, decode = _ENTRY[mode]
-    cache, tok0, logp0 = prefill(graphdef, state, tokens_BxP, prompt_len_B, rng, spec=spec,
-                                 group_size=group_size, response_size=response_size)
+    kw = {"spec": spec, "group_size": group_size, "response_size": response_size}
+    if mode == "shared":
+        cache, tok0, logp0 = shared_prefill(graphdef, state, pack_levels(prompts, cfg), rng, **kw)
+        decode = shared_decode
+    else:
+        cache, tok0, logp0 = naive_prefill(graphdef, state, *pack_prompts(rows, cfg), rng, **kw)
+        decode = naive_decode
     kv_bytes = cache.nbytes()
     tokens, logp, lengths, _ = decode(graphdef, state, cache, tok0, logp0, rng,
                                       jnp.int32(cfg.max_new_tokens), spec=spec,
                                       response_size=response_size)
-    r = cfg.max_new_tokens
-    tokens = np.asarray(tokens)[:, :, :r]
-    lengths = np.asarray(lengths)
-    completions = [[tokens[b, g, : lengths[b, g]].tolist() for g in range(group_size)]
-                   for b in range(len(prompts))]
-    return Rollouts(tokens, lengths, np.asarray(logp)[:, :, :r], prompt_len_B, completions, kv_bytes)
+    return to_rollouts(tokens, logp, lengths, rows, cfg.max_new_tokens, kv_bytes)
+
+
+def to_rollouts(tokens_BxGxR, logp_BxGxR, lengths_BxG, rows: list[list[int]], max_new: int,
+                kv_bytes: int) -> Rollouts:
+    """Host-side `Rollouts` of the first len(rows) rows (a sharded run pads B), cut to max_new."""
+    n = len(rows)
+    tokens = np.asarray(tokens_BxGxR)[:n, :, :max_new]
+    lengths = np.asarray(lengths_BxG)[:n]
+    completions = [[tokens[b, g, : lengths[b, g]].tolist() for g in range(tokens.shape[1])]
+                   for b in range(n)]
+    prompt_lengths_B = np.asarray([len(p) for p in rows], np.int32)
+    return Rollouts(tokens, lengths, np.asarray(logp_BxGxR)[:n, :, :max_new], prompt_lengths_B,
+                    completions, kv_bytes)

@@ -1,7 +1,9 @@
 """Speculative group sampling: a small draft proposes γ tokens, the policy verifies them at once.
 
-Both models keep a shared-prefix cache (`SharedPrefixKVCache`): each prompt is prefilled once per
-model and every sample of a group owns a suffix. One iteration of the jitted loop, per sample:
+Both models keep a shared-prefix cache (`SharedPrefixKVCache`): each prompt (or, for a
+`PromptTree`, each root and each question on top of it) is prefilled once per model, every
+sample owns a suffix, and every step reads each prefix level once for all samples under it. One
+iteration of the jitted loop, per sample:
 
 1. the draft catches up on the tokens it has not seen (the last emitted token, plus the last
    draft when the previous round accepted everything) in one T=2 step, then proposes γ tokens
@@ -33,15 +35,19 @@ from flax import nnx
 from zorro_jax.layouts import bucket
 from zorro_jax.model.config import ModelConfig
 from zorro_jax.model.transformer import Transformer
-from zorro_jax.sampling.cache import shared_prefix_prefill, shared_prefix_step
+from zorro_jax.sampling.cache import SharedPrefixKVCache, shared_prefix_prefill, shared_prefix_step
 from zorro_jax.sampling.processors import policy_logprob, process_logits
 from zorro_jax.sampling.sampler import (
     DrawSpec,
+    PromptTree,
     Rollouts,
     SamplerConfig,
-    _draw,
-    _is_stop,
-    pack_prompts,
+    check_request,
+    flat_prompts,
+    is_stop,
+    pack_levels,
+    prefill_and_draw,
+    to_rollouts,
 )
 
 # Deliberately wrong acceptance rules, used only by the tests to show the exactness test has
@@ -125,7 +131,7 @@ def _spec_loop(policy, draft, pcache, dcache, tok0_BxG, logp0_BxG, key, max_new,
     tokens_BxGxR = jnp.full((b, g, response_size), spec.pad_id, jnp.int32).at[:, :, 0].set(tok0_BxG)
     logp_BxGxR = jnp.zeros((b, g, response_size), jnp.float32).at[:, :, 0].set(logp0_BxG)
     lengths_BxG = jnp.ones((b, g), jnp.int32)
-    done_BxG = _is_stop(tok0_BxG, spec) | (max_new <= 1)
+    done_BxG = is_stop(tok0_BxG, spec) | (max_new <= 1)
     # catch_BxG: the draft has not seen prev_BxG (the last draft of a fully accepted round).
     catch_BxG = jnp.zeros((b, g), bool)
     prev_BxG = jnp.zeros((b, g), jnp.int32)
@@ -177,7 +183,7 @@ def _spec_loop(policy, draft, pcache, dcache, tok0_BxG, logp0_BxG, key, max_new,
         # Emit n_acc + 1 tokens, cut after the first stop token and at the token budget.
         k_BxGxN1 = jnp.arange(n1, dtype=jnp.int32)[None, None, :]
         count_BxG = n_acc_BxG + 1
-        stop_BxGxN1 = _is_stop(e_BxGxN1, spec) & (k_BxGxN1 < count_BxG[..., None])
+        stop_BxGxN1 = is_stop(e_BxGxN1, spec) & (k_BxGxN1 < count_BxG[..., None])
         first_stop_BxG = jnp.argmax(stop_BxGxN1, axis=-1).astype(jnp.int32)
         stopped_BxG = jnp.any(stop_BxGxN1, axis=-1)
         count_BxG = jnp.where(stopped_BxG, first_stop_BxG + 1, count_BxG)
@@ -220,21 +226,18 @@ _STATIC = ("pgraph", "dgraph", "spec", "group_size", "response_size", "gamma", "
 
 
 @functools.partial(jax.jit, static_argnames=_STATIC)
-def speculative_generate_jit(pgraph, pstate, dgraph, dstate, tokens_BxP, prompt_len_B, key, max_new, *,
-                             spec, group_size, response_size, gamma, wrong_rule=None):
-    """Prefill both models once per prompt, draw token 0 from the policy, then the speculative loop.
+def speculative_generate_jit(pgraph, pstate, dgraph, dstate, prompt_levels, key, max_new, *, spec,
+                             group_size, response_size, gamma, wrong_rule=None):
+    """Prefill both models once per prefix entry (a tuple of `PromptLevel`s), draw token 0 from the
+    policy, then the speculative loop.
 
     Returns (tokens [B,G,R], logp [B,G,R], lengths [B,G], stats [rounds, sample-rounds, accepted]).
     """
     policy = nnx.merge(pgraph, pstate)
     draft = nnx.merge(dgraph, dstate)
-    h_BxE, pcache = shared_prefix_prefill(policy, tokens_BxP, prompt_len_B, group_size,
-                                          response_size, spec.impl)
-    _, dcache = shared_prefix_prefill(draft, tokens_BxP, prompt_len_B, group_size, response_size,
-                                      spec.impl)
-    logits_BxV = policy.logits(h_BxE)
-    b, v = logits_BxV.shape
-    tok0, logp0 = _draw(key, 0, jnp.broadcast_to(logits_BxV[:, None], (b, group_size, v)), spec)
+    pcache, tok0, logp0 = prefill_and_draw(policy, prompt_levels, key, spec, group_size,
+                                           response_size)
+    _, dcache = shared_prefix_prefill(draft, prompt_levels, group_size, response_size, spec.impl)
     return _spec_loop(policy, draft, pcache, dcache, tok0, logp0, jax.random.fold_in(key, 1),
                       max_new, spec, gamma, response_size, wrong_rule)
 
@@ -247,11 +250,13 @@ def _response_size(cfg: SamplerConfig, gamma: int) -> int:
     return bucket(need, buckets)
 
 
-def generate_speculative(policy_model: Transformer, draft_model: Transformer, prompts: list[list[int]],
-                         group_size: int, sampler_cfg: SamplerConfig, rng: jax.Array,
+def generate_speculative(policy_model: Transformer, draft_model: Transformer,
+                         prompts: list[list[int]] | PromptTree, group_size: int,
+                         sampler_cfg: SamplerConfig, rng: jax.Array,
                          gamma: int | SpeculativeConfig = 4, *, _wrong_rule: str | None = None) -> tuple[Rollouts, dict]:
     """Sample `group_size` completions per prompt with the policy's distribution, drafting with
-    `draft_model`. Returns (Rollouts, stats) where stats holds:
+    `draft_model`; a PromptTree holds each root and question once in both models' caches (rows
+    root-major, as in `generate`). Returns (Rollouts, stats) where stats holds:
 
     acceptance_rate (drafts accepted by the rule / drafts proposed), tokens_per_policy_forward (mean tokens a
     live sample gains per verify), policy_forwards (verify rounds + 1 prefill), draft_forwards
@@ -261,39 +266,27 @@ def generate_speculative(policy_model: Transformer, draft_model: Transformer, pr
     gamma = (gamma if isinstance(gamma, SpeculativeConfig) else SpeculativeConfig(gamma)).gamma
     if _wrong_rule not in _WRONG_RULES:
         raise ValueError(f"unknown rule {_wrong_rule!r}")
-    if group_size < 1:
-        raise ValueError(f"group_size must be >= 1, got {group_size}")
     cfg = sampler_cfg
     vocab = policy_model.config.vocab_size
     if draft_model.config.vocab_size != vocab:
         raise ValueError(f"draft vocab {draft_model.config.vocab_size} != policy vocab {vocab}")
-    bad = [t for p in prompts for t in p if not 0 <= t < vocab]
-    if bad:
-        raise ValueError(f"prompt token ids out of range [0, {vocab}): {bad[:5]}")
-    if max((cfg.pad_token_id, *cfg.eos_token_ids)) >= vocab:
-        raise ValueError(f"pad/eos token ids must be < vocab size {vocab}")
-    tokens_BxP, prompt_len_B = pack_prompts(prompts, cfg)
+    check_request(prompts, group_size, cfg, vocab)
+    levels = pack_levels(prompts, cfg)
     response_size = _response_size(cfg, gamma)
     pgraph, pstate = nnx.split(policy_model)
     dgraph, dstate = nnx.split(draft_model)
     t0 = time.perf_counter()
     tokens, logp, lengths, stats = speculative_generate_jit(
-        pgraph, pstate, dgraph, dstate, tokens_BxP, prompt_len_B, rng, jnp.int32(cfg.max_new_tokens),
+        pgraph, pstate, dgraph, dstate, levels, rng, jnp.int32(cfg.max_new_tokens),
         spec=cfg.draw_spec(), group_size=group_size, response_size=response_size, gamma=gamma,
         wrong_rule=_wrong_rule)
-    r = cfg.max_new_tokens
-    tokens = np.asarray(tokens)[:, :, :r]
-    lengths = np.asarray(lengths)
-    logp = np.asarray(logp)[:, :, :r]
+    level_shapes = [level.tokens_NxP.shape for level in levels]
+    kv = sum(SharedPrefixKVCache.abstract(m.config, level_shapes, group_size, response_size).nbytes()
+             for m in (policy_model, draft_model))
+    out = to_rollouts(tokens, logp, lengths, flat_prompts(prompts), cfg.max_new_tokens, kv)
     seconds = time.perf_counter() - t0
     rounds, sample_rounds, accepted = (int(x) for x in np.asarray(stats))
-    emitted_in_loop = int(lengths.sum()) - lengths.size
-    completions = [[tokens[b, g, : lengths[b, g]].tolist() for g in range(group_size)]
-                   for b in range(len(prompts))]
-    b, p = tokens_BxP.shape
-    pc, dc = policy_model.config, draft_model.config
-    kv = sum(2 * jnp.dtype(c.compute_dtype).itemsize * c.num_hidden_layers * c.num_key_value_heads * c.head_dim * (b * p + b * group_size * response_size)
-             for c in (pc, dc))
+    emitted_in_loop = int(out.lengths_BxG.sum()) - out.lengths_BxG.size
     stats_out = {
         "gamma": gamma,
         "acceptance_rate": accepted / max(1, sample_rounds * gamma),
@@ -303,15 +296,14 @@ def generate_speculative(policy_model: Transformer, draft_model: Transformer, pr
         "sample_rounds": sample_rounds,
         "seconds": seconds,
     }
-    return Rollouts(tokens, lengths, logp, prompt_len_B, completions, kv), stats_out
+    return out, stats_out
 
 
 @functools.partial(jax.jit, static_argnames=("pgraph", "dgraph", "group_size", "response_size", "impl"))
-def _prefill_both(pgraph, pstate, dgraph, dstate, tokens_BxP, prompt_len_B, *, group_size, response_size,
-                  impl):
+def _prefill_both(pgraph, pstate, dgraph, dstate, prompt_levels, *, group_size, response_size, impl):
     policy, draft = nnx.merge(pgraph, pstate), nnx.merge(dgraph, dstate)
-    _, pcache = shared_prefix_prefill(policy, tokens_BxP, prompt_len_B, group_size, response_size, impl)
-    _, dcache = shared_prefix_prefill(draft, tokens_BxP, prompt_len_B, group_size, response_size, impl)
+    _, pcache = shared_prefix_prefill(policy, prompt_levels, group_size, response_size, impl)
+    _, dcache = shared_prefix_prefill(draft, prompt_levels, group_size, response_size, impl)
     return pcache, dcache
 
 
@@ -339,8 +331,8 @@ def _verify_round(pgraph, pstate, pcache, last_BxG, *, gamma, impl):
     return jnp.argmax(policy.logits(h), axis=-1)
 
 
-def measure_round_costs(policy_model: Transformer, draft_model: Transformer, prompts: list[list[int]],
-                        group_size: int, sampler_cfg: SamplerConfig, gamma: int, repeats: int = 3) -> dict:
+def measure_round_costs(policy_model: Transformer, draft_model: Transformer,
+                        prompts: list[list[int]] | PromptTree, group_size: int, sampler_cfg: SamplerConfig, gamma: int, repeats: int = 3) -> dict:
     """Seconds of the draft's share and of the policy's share of one speculative round.
 
     The speculative loop is one compiled `while_loop`, so its draft and verify parts cannot be
@@ -351,14 +343,14 @@ def measure_round_costs(policy_model: Transformer, draft_model: Transformer, pro
     Returns {"draft_round_s", "verify_round_s", "draft_fraction"}.
     """
     cfg = sampler_cfg
-    tokens_BxP, prompt_len_B = pack_prompts(prompts, cfg)
+    levels = pack_levels(prompts, cfg)
     response_size = _response_size(cfg, gamma)
     pgraph, pstate = nnx.split(policy_model)
     dgraph, dstate = nnx.split(draft_model)
     impl = cfg.draw_spec().impl
-    pcache, dcache = _prefill_both(pgraph, pstate, dgraph, dstate, tokens_BxP, prompt_len_B,
+    pcache, dcache = _prefill_both(pgraph, pstate, dgraph, dstate, levels,
                                    group_size=group_size, response_size=response_size, impl=impl)
-    last = jnp.full((len(prompts), group_size), cfg.pad_token_id, jnp.int32)
+    last = jnp.full((levels[-1].len_N.shape[0], group_size), cfg.pad_token_id, jnp.int32)
 
     def median_seconds(fn):
         jax.block_until_ready(fn())
