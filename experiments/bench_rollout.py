@@ -88,9 +88,12 @@ def bench_model_config(kv_heads: int) -> ModelConfig:
 def time_variant(model, prompts, g, r, mode, cfg: BenchConfig):
     """Seconds (median), prefill seconds, tokens/s and KV bytes of `generate` on `prompts` (a list
     or a PromptTree), prefill included."""
-    # The response buffer is exactly R, so the one-token warm-up compiles the timed programs.
+    # The response buffer is exactly R, so the one-token warm-up compiles the timed programs;
+    # prompt levels are padded to multiples of 64 (the decode kernel's key block) rather than to
+    # powers of two, so the KV bytes compare the layouts, not the bucket policy.
     sampler = SamplerConfig(max_new_tokens=r, temperature=1.0, ignore_eos=True,
-                            attention_impl=cfg.attention_impl, response_buckets=(r,))
+                            attention_impl=cfg.attention_impl, response_buckets=(r,),
+                            prompt_buckets=tuple(range(64, 16385, 64)))
     key = jax.random.key(0)
     warm = dataclasses.replace(sampler, max_new_tokens=1)
     generate(model, prompts, g, warm, key, mode=mode)

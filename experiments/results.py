@@ -127,6 +127,34 @@ def render_iteration_schema(payload: dict) -> list[str]:
     return lines
 
 
+def render_rollout(payload: dict) -> list[str]:
+    """Rollout tokens/s (prefill included) and KV-cache bytes: shared-prefix vs naive on fixed
+    shapes, and three- vs two-level sharing on schema-shaped prompts."""
+    lines = []
+    fixed = [r for r in payload["rows"] if "P" in r]
+    if fixed:
+        lines += [("| (P, G, R) × B | tok/s naive | tok/s shared | **speed-up** (decode alone) | "
+                  "KV bytes naive / shared (ideal) |"), "|---|---|---|---|---|"]
+        for r in fixed:
+            lines.append(f"| ({r['P']}, {r['G']}, {r['R']}) × {r['B']} | {r['tok_s_naive']:.0f} | "
+                         f"{r['tok_s_shared']:.0f} | **{r['speedup']:.2f}×** ({r['decode_speedup']:.2f}×) | "
+                         f"{r['kv_ratio']:.2f}× ({r['ideal_ratio']:.2f}) |")
+    for r in (r for r in payload["rows"] if r.get("distribution") == "schema"):
+        lines += ["", (f"Schema-shaped prompts: {r['D']} database(s) (schema {r['root_lengths']} tokens) × "
+                      f"k={r['k']} questions (mean {sum(r['question_lengths']) / len(r['question_lengths']):.0f} "
+                      f"tokens) × G={r['G']}, R={r['R']}:"), "",
+                  "| variant | tok/s (prefill included) | seconds (prefill) | KV MiB |", "|---|---|---|---|"]
+        for v in ("naive", "two_level", "three_level"):
+            lines.append(f"| {v.replace('_', '-')} | {r[f'tok_s_{v}']:.0f} | {r[f's_{v}']:.2f} "
+                         f"({r[f'prefill_s_{v}']:.2f}) | {r[f'kv_bytes_{v}'] / 2**20:.0f} |")
+        lines += ["", (f"Three-level vs two-level: **{r['three_vs_two_level_ratio']:.2f}×** tokens/s, KV bytes "
+                      f"{r['kv_bytes_ratio']:.2f}× (ideal {r['ideal_kv_ratio']:.2f}, "
+                      f"{r['kv_bytes_ratio'] / r['ideal_kv_ratio']:.2f} of it); vs naive "
+                      f"{r['three_vs_naive_ratio']:.1f}× tokens/s, KV {r['kv_bytes_ratio_vs_naive']:.1f}× "
+                      f"(ideal {r['ideal_kv_ratio_vs_naive']:.1f}).")]
+    return lines
+
+
 FIGURES = [
     Figure("actor_update", ("experiments.bench_actor_update", "--json", "{json}"), render_actor_update,
            "bench_actor_update, all distributions, d=256 (about 20 minutes)"),
@@ -137,6 +165,8 @@ FIGURES = [
     Figure("iteration_schema", ("experiments.bench_iteration", "--schema", "1536", "--questions", "8",
                                 "--P", "48", "--G", "8", "--R", "96", "--repeats", "2", "--json", "{json}"),
            render_iteration_schema, "one GRPO iteration, three- vs two-level (a few minutes)"),
+    Figure("rollout", ("experiments.bench_rollout", "--distributions", "fixed", "schema", "--json", "{json}"),
+           render_rollout, "rollout tokens/s and KV bytes, fixed shapes and schema prompts (about 10 minutes)"),
     Figure("kernels", ("experiments.kernel_report", "--json", "{json}"), render_kernels,
            "sm_90 compile of every Pallas kernel (about a minute)"),
     Figure("quickstart", ("experiments.quickstart", "--run_dir", "{run_dir}"), render_quickstart,
