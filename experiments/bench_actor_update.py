@@ -14,7 +14,8 @@ distribution with a fixed seed):
 - packed three-level (`schema` only: prompts are a database schema ++ a question): depth 3, the
   schema once for all k questions of its database, each question once for its G completions.
 (The padded prompt-once layout these replaced was measured beside them before its removal; see
-the README.) A variant that does not fit in memory is reported as out of memory.
+the README.) A variant whose step needs more than 60% of the machine's RAM in XLA temp buffers (or that XLA
+refuses) runs as one-row micro-batches (packed) or is reported as out of memory (padded).
 Columns: median time per update, XLA temp bytes (`memory_analysis`, the largest micro-batch),
 tokens each variant computes (rows × row length), the ideal token ratio = packed-naive real
 tokens / packed prompt-once real tokens, the same ratio of visible attention pairs (lower:
@@ -29,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
 import time
 
 import jax
@@ -191,6 +193,16 @@ def _targets(groups, seed=1):
     return np.full((b, g, r), -7.0, np.float32), rng.normal(size=(b, g)).astype(np.float32)
 
 
+class TooLarge(Exception):
+    """A compiled step whose XLA temp buffers exceed the share of RAM a variant may use."""
+
+
+def memory_limit_bytes(fraction: float = 0.6) -> int:
+    """The temp-buffer bytes one step may need: a fraction of this machine's RAM (the host
+    backend's memory is the RAM; a larger step would be killed by the OS, not refused by XLA)."""
+    return int(fraction * os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
+
+
 def _measure(step, params, parts, old, adv, repeats):
     """Compile once per micro-batch shape, then time the whole update (all micro-batches)."""
     calls = []
@@ -198,7 +210,11 @@ def _measure(step, params, parts, old, adv, repeats):
         # Group order inside a micro-batch is the packer's: map the host arrays through it.
         o, a = mb.take_groups(old), mb.take_groups(adv)
         args = (params, batch, jnp.asarray(o), jnp.asarray(a))
-        calls.append((step.lower(*args).compile(), args))
+        compiled = step.lower(*args).compile()
+        need = int(compiled.memory_analysis().temp_size_in_bytes)
+        if need > memory_limit_bytes():
+            raise TooLarge(f"{need / 2**30:.1f} GiB of temp buffers")
+        calls.append((compiled, args))
     jax.block_until_ready([fn(*args) for fn, args in calls])
     times = []
     for _ in range(repeats):
@@ -220,8 +236,8 @@ def run_distribution(params, steps, name: str, cfg, repeats: int, seed: int = 0)
         real, pairs = tree_counts(trees)
         try:
             row[variant] = _measure(steps[kind], params, parts, old, adv, repeats)
-        except jax.errors.JaxRuntimeError as e:
-            if "RESOURCE_EXHAUSTED" not in str(e):
+        except (jax.errors.JaxRuntimeError, TooLarge) as e:
+            if isinstance(e, jax.errors.JaxRuntimeError) and "RESOURCE_EXHAUSTED" not in str(e):
                 raise
             if kind != "packed":
                 row[variant] = {"out_of_memory": True, "real_tokens": real}
