@@ -14,7 +14,7 @@ distribution with a fixed seed):
 - packed three-level (`schema` only: prompts are a database schema ++ a question): depth 3, the
   schema once for all k questions of its database, each question once for its G completions.
 (The padded prompt-once layout these replaced was measured beside them before its removal; see
-the README.) A variant whose step needs more than 60% of the machine's RAM in XLA temp buffers (or that XLA
+the README.) A variant whose step needs more than 75% of the machine's RAM in XLA temp buffers (or that XLA
 refuses) runs as one-row micro-batches (packed) or is reported as out of memory (padded).
 Columns: median time per update, XLA temp bytes (`memory_analysis`, the largest micro-batch),
 tokens each variant computes (rows × row length), the ideal token ratio = packed-naive real
@@ -197,7 +197,7 @@ class TooLarge(Exception):
     """A compiled step whose XLA temp buffers exceed the share of RAM a variant may use."""
 
 
-def memory_limit_bytes(fraction: float = 0.6) -> int:
+def memory_limit_bytes(fraction: float = 0.75) -> int:
     """The temp-buffer bytes one step may need: a fraction of this machine's RAM (the host
     backend's memory is the RAM; a larger step would be killed by the OS, not refused by XLA)."""
     return int(fraction * os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
