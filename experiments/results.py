@@ -182,7 +182,9 @@ BY_NAME = {f.name: f for f in FIGURES}
 def git_commit() -> str:
     out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True,
                          check=False)
-    dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT,
+    # The README and results/ are what this command rewrites: changes there are not code changes.
+    dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", ".",
+                            ":!README.md", ":!results"], cwd=ROOT,
                            capture_output=True, text=True, check=False).stdout.strip()
     return (out.stdout.strip() or "unknown") + ("+local changes" if dirty else "")
 

@@ -319,7 +319,10 @@ def provenance(cfg: RunConfig) -> dict:
 
     return {
         "git_commit": git("rev-parse", "HEAD"),
-        "git_dirty": bool(git("status", "--porcelain", "--untracked-files=no")),
+        # Local changes to tracked files other than the README and results/ (which `make
+        # results` rewrites while it runs).
+        "git_dirty": bool(git("status", "--porcelain", "--untracked-files=no", "--", ".",
+                              ":!README.md", ":!results")),
         "packages": {name: version(name) for name in PACKAGES},
         "python": platform.python_version(),
         "machine": f"{platform.machine()} {platform.system()}, {os.cpu_count()} cores, "
