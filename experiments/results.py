@@ -112,6 +112,24 @@ def render_quickstart(summary: dict) -> list[str]:
     return lines
 
 
+def render_iteration(payload: dict) -> list[str]:
+    """One GRPO iteration, prompt-once vs naive, per phase, with the perceived FLOP/s."""
+    phases = ("time_rollout", "time_reward", "time_logprobs", "time_update", "time_total")
+    naive, once = payload["phases"]["naive"], payload["phases"]["prompt_once"]
+    lines = [(f"P={payload['P']} G={payload['G']} R={payload['R']} B={payload['B']}, "
+              f"d={payload['hidden_size']} L={payload['layers']}, synthetic reward; {payload['machine']}."), "",
+             "| | " + " | ".join(p[5:] for p in phases) + " |", "|---" * (len(phases) + 1) + "|"]
+    for name, row in (("naive (replicated prompts), s", naive), ("prompt-once, s", once)):
+        lines.append(f"| {name} | " + " | ".join(f"{row[p]:.2f}" for p in phases) + " |")
+    lines.append("| **ratio** | " + " | ".join(f"{naive[p] / max(once[p], 1e-9):.2f}×" for p in phases) + " |")
+    lines += ["", (f"Perceived throughput (the naive computation's FLOPs / prompt-once time): "
+                   f"{payload['perceived_flops_per_s'] / 1e9:.0f} GFLOP/s against a measured fp32 matmul "
+                   f"peak of {payload['matmul_peak_flops_per_s'] / 1e9:.0f} GFLOP/s "
+                   f"({payload['perceived_flops_per_s'] / payload['matmul_peak_flops_per_s']:.2f}× peak); "
+                   f"the naive run itself reaches {payload['naive_achieved_flops_per_s'] / 1e9:.0f} GFLOP/s.")]
+    return lines
+
+
 def render_iteration_schema(payload: dict) -> list[str]:
     """One GRPO iteration, three-level vs two-level sharing, per phase."""
     phases = ("time_rollout", "time_reward", "time_logprobs", "time_update", "time_total")
@@ -162,6 +180,8 @@ FIGURES = [
                                  "--distributions", "sql", "reasoning", "uniform",
                                  "--json", "{json}"), render_actor_update,
            "bench_actor_update at d=512, the three distributions that fit one step (about 12 minutes)"),
+    Figure("iteration", ("experiments.bench_iteration", "--json", "{json}"), render_iteration,
+           "one GRPO iteration, prompt-once vs naive, P=1024 G=8 R=128 (about 5 minutes)"),
     Figure("iteration_schema", ("experiments.bench_iteration", "--schema", "1536", "--questions", "8",
                                 "--P", "48", "--G", "8", "--R", "96", "--repeats", "2", "--json", "{json}"),
            render_iteration_schema, "one GRPO iteration, three- vs two-level (a few minutes)"),
