@@ -43,11 +43,12 @@ def _struct(shape, dtype):
     return jax.ShapeDtypeStruct(shape, dtype)
 
 
-def _decode_case(name, family, levels, g, t, h, k, d, dtype, block_sizes=None):
+def _decode_case(name, family, levels, g, t, h, k, d, dtype, block_sizes=None, suffix=None):
     """Decode attention over prefix `levels` ((entries, length) each, the last one's entries are
-    the rows B) and G suffixes per row."""
+    the rows B) and G suffixes per row of `suffix` slots (default 2T + 8); the program holds the
+    prefix kernel once per level and the suffix kernel."""
     block_sizes = block_sizes or spd.BlockSizes()
-    s = 2 * t + 8
+    s = suffix or 2 * t + 8
     b = levels[-1][0]
     prefix = tuple(
         (_struct((n, p, k, d), dtype), _struct((n, p, k, d), dtype), _struct((n,), jnp.int32))
@@ -112,12 +113,13 @@ def kernel_cases(family: str = "all") -> list[KernelCase]:
         # 8 trees of a 4096-token prompt and 16 completions of 1024 tokens, one tree per row.
         _tree_case("bf16 8 rows × 20480 (P4096 G16 R1024) H32/K8 D128", "realistic",
                    8, 20480, 32, 8, 128, bf16, 96),
-        _decode_case("T1 bf16 B8 P4096 G16 H32/K8 D128", "realistic",
-                     ((8, 4096),), 16, 1, 32, 8, 128, bf16),
-        _decode_case("T5 bf16 B8 P4096 G16 H32/K8 D128", "realistic",
-                     ((8, 4096),), 16, 5, 32, 8, 128, bf16),
-        _decode_case("T5 bf16 B1 P4096 G16 H64/K8 D128", "realistic",
-                     ((1, 4096),), 16, 5, 64, 8, 128, bf16),
+        # Suffix caches of R = 1024 slots: the suffix kernel at the length it skips over.
+        _decode_case("T1 bf16 B8 P4096 G16 S1024 H32/K8 D128", "realistic",
+                     ((8, 4096),), 16, 1, 32, 8, 128, bf16, suffix=1024),
+        _decode_case("T5 bf16 B8 P4096 G16 S1024 H32/K8 D128", "realistic",
+                     ((8, 4096),), 16, 5, 32, 8, 128, bf16, suffix=1024),
+        _decode_case("T5 bf16 B1 P4096 G16 S1024 H64/K8 D128", "realistic",
+                     ((1, 4096),), 16, 5, 64, 8, 128, bf16, suffix=1024),
     ]
     return {"small": small, "realistic": realistic, "all": small + realistic}[family]
 

@@ -19,6 +19,20 @@ def test_triton_ir_verifies(case):
         assert "tt.func" in text and kernel.name in text
 
 
+def test_decode_cases_verify_prefix_and_suffix_kernels():
+    """Every decode case lowers the prefix kernel once per prefix level and the suffix kernel
+    (`suffix_decode.py`), and both modules parse and verify."""
+    decode = [c for c in CASES if c.name.startswith("shared_prefix_decode")]
+    assert any("cascade" in c.name for c in decode)
+    for case in decode:
+        kernels = gpu_check.triton_kernels(case.lower("cuda"))
+        names = [k.name for k in kernels]
+        levels = len(case.args[1])
+        assert names.count("shared_prefix_attention") == levels and "suffix_attention" in names, names
+        for kernel in kernels:
+            assert kernel.name in gpu_check.verify(kernel)
+
+
 def test_verify_rejects_a_loop_with_mismatched_bound_types():
     """The bug class behind the split-attention dK/dV failure: jnp.where of two Python ints is
     lowered with the predicate's i1 type, so an scf.for mixes i1 and i32 bounds."""
