@@ -200,13 +200,11 @@ BY_NAME = {f.name: f for f in FIGURES}
 
 
 def git_commit() -> str:
-    out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True,
-                         check=False)
-    # The README and results/ are what this command rewrites: changes there are not code changes.
-    dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", ".",
-                            ":!README.md", ":!results"], cwd=ROOT,
-                           capture_output=True, text=True, check=False).stdout.strip()
-    return (out.stdout.strip() or "unknown") + ("+local changes" if dirty else "")
+    """Short HEAD commit, marked when code (not the README or results/) has local changes."""
+    from zorro_jax.rl.pipeline import git_state
+
+    commit, dirty = git_state()
+    return (commit[:7] if commit else "unknown") + ("+local changes" if dirty else "")
 
 
 def measure(fig: Figure) -> dict:

@@ -126,6 +126,22 @@ def count_reward(texts, tasks):
     return np.asarray(r, np.float32), [None] * len(texts)
 
 
+def _iterations_by_mode(items, base, **trainer_kw):
+    """{mode: (params, metrics row, extra)} of one GRPO iteration from the same weights and key,
+    in prompt-once and in naive mode."""
+    results = {}
+    for mode in ("prompt_once", "naive"):
+        cfg = dataclasses.replace(base, mode=mode)
+        graphdef, params = nnx.split(tiny_model(seed=3))
+        policy = Policy(graphdef, params)
+        opt = make_optimizer(cfg.optim)
+        trainer = GRPOTrainer(policy, opt, make_apply_fn(opt), CharTokenizer(), items, count_reward,
+                              cfg, **trainer_kw)
+        row, _, extra = trainer.iteration(0, opt.init(params))
+        results[mode] = (policy.params, row, extra)
+    return results
+
+
 def test_prompt_once_iteration_equals_naive_iteration():
     rng = np.random.default_rng(1)
     items = [PromptItem(task=int(rng.integers(3, VOCAB)), prompt_ids=list(rng.integers(3, VOCAB, n)))
@@ -134,15 +150,7 @@ def test_prompt_once_iteration_equals_naive_iteration():
     base = GRPOConfig(steps=1, prompts_per_step=4, group_size=4, sampler=sampler,
                       packing=PackingConfig(token_budget=40),
                       optim=OptimConfig(lr=1e-3), attention_impl="xla", loss=LossConfig())
-    results = {}
-    for mode in ("prompt_once", "naive"):
-        cfg = dataclasses.replace(base, mode=mode)
-        graphdef, params = nnx.split(tiny_model(seed=3))
-        policy = Policy(graphdef, params)
-        opt = make_optimizer(cfg.optim)
-        trainer = GRPOTrainer(policy, opt, make_apply_fn(opt), CharTokenizer(), items, count_reward, cfg)
-        row, _, extra = trainer.iteration(0, opt.init(params))
-        results[mode] = (policy.params, row, extra)
+    results = _iterations_by_mode(items, base)
     (p1, r1, e1), (p2, r2, e2) = results["prompt_once"], results["naive"]
     assert e1["texts"] == e2["texts"]  # identical rollouts with the same key
     assert np.asarray(e1["rewards"]).std() > 0  # advantages are non-zero: the update is non-trivial
@@ -178,16 +186,7 @@ def test_questions_per_database_iteration_equals_naive_iteration():
     sampler = SamplerConfig(max_new_tokens=8, temperature=1.0, eos_token_ids=(2,), attention_impl="xla")
     base = GRPOConfig(steps=1, prompts_per_step=4, group_size=4, sampler=sampler,
                       optim=OptimConfig(lr=1e-3), attention_impl="xla", loss=LossConfig())
-    results = {}
-    for mode in ("prompt_once", "naive"):
-        cfg = dataclasses.replace(base, mode=mode)
-        graphdef, params = nnx.split(tiny_model(seed=3))
-        policy = Policy(graphdef, params)
-        opt = make_optimizer(cfg.optim)
-        trainer = GRPOTrainer(policy, opt, make_apply_fn(opt), CharTokenizer(), items, count_reward,
-                              cfg, questions_per_key=2)
-        row, _, extra = trainer.iteration(0, opt.init(params))
-        results[mode] = (policy.params, row, extra)
+    results = _iterations_by_mode(items, base, questions_per_key=2)
     (p1, r1, e1), (p2, r2, e2) = results["prompt_once"], results["naive"]
     keys = [it.group_key for it in e1["items"]]
     assert keys[0] == keys[1] and keys[2] == keys[3]  # two questions of each drawn database
@@ -195,6 +194,7 @@ def test_questions_per_database_iteration_equals_naive_iteration():
     np.testing.assert_allclose(r1["loss"], r2["loss"], rtol=1e-5)
     for a, b in zip(jax.tree.leaves(p1), jax.tree.leaves(p2)):
         assert max_rel(a, b) <= 1e-5
+    policy, opt = Policy(*nnx.split(tiny_model(seed=3))), make_optimizer(base.optim)
     with pytest.raises(ValueError, match="multiple"):
         GRPOTrainer(policy, opt, make_apply_fn(opt), CharTokenizer(), items, count_reward,
                     dataclasses.replace(base, prompts_per_step=3), questions_per_key=2)

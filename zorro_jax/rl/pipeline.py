@@ -295,11 +295,9 @@ PACKAGES = ("jax", "jaxlib", "flax", "optax", "orbax-checkpoint", "numpy", "tran
             "duckdb", "sqlglot")
 
 
-def provenance(cfg: RunConfig) -> dict:
-    """What a run's figures depend on: the code's git commit (and whether the tree had local
-    changes), package versions, Python and machine, and every seed of the config."""
-    import importlib.metadata
-    import platform
+def git_state() -> tuple[str | None, bool]:
+    """(HEAD commit or None outside a git checkout, whether tracked files other than the README
+    and results/ — which `make results` rewrites while it runs — have local changes)."""
     import subprocess
 
     root = Path(__file__).resolve().parents[2]
@@ -311,18 +309,26 @@ def provenance(cfg: RunConfig) -> dict:
         except (OSError, subprocess.SubprocessError):
             return None
 
+    status = git("status", "--porcelain", "--untracked-files=no", "--", ".", ":!README.md", ":!results")
+    return git("rev-parse", "HEAD"), bool(status)
+
+
+def provenance(cfg: RunConfig) -> dict:
+    """What a run's figures depend on: the code's git commit (and whether the tree had local
+    changes), package versions, Python and machine, and every seed of the config."""
+    import importlib.metadata
+    import platform
+
     def version(name):
         try:
             return importlib.metadata.version(name)
         except importlib.metadata.PackageNotFoundError:
             return None
 
+    commit, dirty = git_state()
     return {
-        "git_commit": git("rev-parse", "HEAD"),
-        # Local changes to tracked files other than the README and results/ (which `make
-        # results` rewrites while it runs).
-        "git_dirty": bool(git("status", "--porcelain", "--untracked-files=no", "--", ".",
-                              ":!README.md", ":!results")),
+        "git_commit": commit,
+        "git_dirty": dirty,
         "packages": {name: version(name) for name in PACKAGES},
         "python": platform.python_version(),
         "machine": f"{platform.machine()} {platform.system()}, {os.cpu_count()} cores, "

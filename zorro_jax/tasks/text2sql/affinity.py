@@ -341,29 +341,26 @@ class _Rewriter:
         return None
 
     def _numeric_args(self, node):
-        keys = [k for k in ("this", "expression") if self.kind(node.args.get(k)).duck == "VARCHAR"]
-        if not keys:
-            return None
-        kinds = {k: self.kind(node.args[k]) for k in keys}
-
-        def apply():
-            for k in keys:
-                _set(node, k, lambda c, k=k: as_real(c, kinds[k]))
-
-        return apply
+        return self._cast_args(node, [k for k in ("this", "expression")
+                                      if self.kind(node.args.get(k)).duck == "VARCHAR"], as_real)
 
     def _string_args(self, node):
         keys = [k for k in ("this", "expression")
                 if self.kind(node.args.get(k)).duck in NUMBER_TYPES]
         if isinstance(node, exp.GroupConcat):
             keys = [k for k in keys if k == "this"]
+        return self._cast_args(node, keys, as_text)
+
+    def _cast_args(self, node, keys, cast):
+        """A rewrite applying `cast` (as_real / as_text) to the arguments `keys` of node, or None
+        when there are none; the kinds are read before any rewrite."""
         if not keys:
             return None
         kinds = {k: self.kind(node.args[k]) for k in keys}
 
         def apply():
             for k in keys:
-                _set(node, k, lambda c, k=k: as_text(c, kinds[k]))
+                _set(node, k, lambda c, k=k: cast(c, kinds[k]))
 
         return apply
 
