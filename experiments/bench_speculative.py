@@ -92,14 +92,15 @@ def models(cfg: BenchConfig, preset: dict, sampler: SamplerConfig, prompts):
 
 def builtin_prompts(policy_dir: str, b: int, r: int, temperature: float):
     """The first `b` dev questions of the built-in benchmark, tokenised with the policy's tokenizer."""
-    from zorro_jax.rl.pipeline import DataConfig, encode_prompt, load_tasks, prompt_and_answer_texts
+    from zorro_jax.rl.pipeline import encode_prompt
+    from zorro_jax.tasks.text2sql.task import Text2SQLConfig, Text2SQLTask
     from zorro_jax.tokenizer import load_tokenizer
 
     tok = load_tokenizer(policy_dir)
-    texts, _ = prompt_and_answer_texts(load_tasks(DataConfig(), "dev")[0][:b], DataConfig())
+    examples = Text2SQLTask(Text2SQLConfig()).examples("dev")[:b]
     sampler = SamplerConfig(max_new_tokens=r, temperature=temperature, eos_token_ids=(tok.eos_token_id,),
                             pad_token_id=tok.pad_token_id)
-    return sampler, [encode_prompt(tok, t)[0] for t in texts]
+    return sampler, [encode_prompt(tok, (e.shared, e.question))[0] for e in examples]
 
 
 def run(cfg: BenchConfig) -> dict:

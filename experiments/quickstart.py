@@ -4,26 +4,30 @@ Trains a byte-level BPE tokenizer and a ~1M-parameter policy on the built-in ben
 start with literal swapping, then GRPO with prompt-once training and shared-prefix rollouts),
 evaluates held-out execution accuracy before and after GRPO, and writes a report to
 runs/quickstart/ (metrics.jsonl, plots, summary.md, the policy as a Hugging Face folder).
-Re-running resumes from checkpoints.
+Re-running resumes from checkpoints. `--task arithmetic` runs the arithmetic word-problem
+task's quickstart instead (runs/quickstart_arithmetic/, exact-match reward).
 
-    python -m experiments.quickstart [--run_dir DIR] [--any.config.field VALUE ...]
+    python -m experiments.quickstart [--task arithmetic] [--run_dir DIR] [--any.config.field VALUE ...]
 """
 
 from __future__ import annotations
 
 import argparse
 
-from zorro_jax.cli import add_config_args, config_from_args
+import zorro_jax.tasks  # noqa: F401  (registers the built-in tasks)
 from zorro_jax.rl.grpo import GRPOConfig
 from zorro_jax.rl.losses import LossConfig
 from zorro_jax.rl.optim import OptimConfig
-from zorro_jax.rl.pipeline import DataConfig, RunConfig, run
+from zorro_jax.rl.pipeline import DataConfig, PolicyConfig, RunConfig, parse_command_line, run
 from zorro_jax.rl.sft import SFTConfig
 from zorro_jax.sampling.sampler import SamplerConfig
+from zorro_jax.tasks.arithmetic.task import ArithmeticConfig
+from zorro_jax.tasks.text2sql.task import Text2SQLConfig
 
 QUICKSTART = RunConfig(
     run_dir="runs/quickstart",
-    data=DataConfig(source="builtin", eval_split="dev", prompt_style="compact"),
+    task="text2sql",
+    data=DataConfig(eval_split="dev"),
     sft=SFTConfig(steps=600, batch_size=16, optim=OptimConfig(lr=2e-3, warmup_steps=20, decay_steps=580),
                   literal_swap=0.5),
     grpo=GRPOConfig(
@@ -39,11 +43,31 @@ QUICKSTART = RunConfig(
 )
 
 
+# The second built-in task: short step-by-step answers, so more GRPO steps fit the same minutes.
+QUICKSTART_ARITHMETIC = RunConfig(
+    run_dir="runs/quickstart_arithmetic",
+    task="arithmetic",
+    data=DataConfig(eval_split="dev", max_prompt_tokens=96),
+    policy=PolicyConfig(vocab_size=512),
+    sft=SFTConfig(steps=300, batch_size=16, optim=OptimConfig(lr=2e-3, warmup_steps=20, decay_steps=280)),
+    grpo=GRPOConfig(
+        steps=40, prompts_per_step=16, group_size=8,
+        loss=LossConfig(aggregation="token_mean", clip_low=0.2, clip_high=0.28),
+        optim=OptimConfig(lr=2e-4, warmup_steps=5, decay_steps=35, final_lr_fraction=0.3),
+        sampler=SamplerConfig(max_new_tokens=32, temperature=1.0, top_p=1.0, response_buckets=(32,)),
+    ),
+    checkpoint_every=10,
+)
+PRESETS = {"text2sql": (QUICKSTART, Text2SQLConfig(source="builtin", prompt_style="compact")),
+           "arithmetic": (QUICKSTART_ARITHMETIC, ArithmeticConfig())}
+
+
 def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_config_args(ap, RunConfig, QUICKSTART)
-    cfg = config_from_args(RunConfig, ap.parse_args(argv), QUICKSTART)
-    results = run(cfg)
+    pre = argparse.ArgumentParser(add_help=False)
+    pre.add_argument("--task", default="text2sql", choices=sorted(PRESETS))
+    defaults, task_defaults = PRESETS[pre.parse_known_args(argv)[0].task]
+    cfg, task_cfg = parse_command_line(argv, defaults, {defaults.task: task_defaults}, description=__doc__)
+    results = run(cfg, task_cfg)
     print("\n".join(f"  {k}: {v:.4g}" if isinstance(v, float) else f"  {k}: {v}" for k, v in results.items()))
     return results
 

@@ -18,7 +18,7 @@ import json
 import shutil
 from pathlib import Path
 
-from experiments.quickstart import QUICKSTART
+from experiments.quickstart import PRESETS, QUICKSTART
 from zorro_jax.rl.grpo import SpeculativeRolloutConfig
 from zorro_jax.rl.pipeline import run
 
@@ -61,9 +61,10 @@ def main(argv=None):
         ap.error("--steps and --refresh-every must be >= 1")
     out = Path(args.out)
     online, frozen = out / "online", out / "frozen"
-    run(config(online, args.steps, args.refresh_every, args.gamma, args.lr))
+    task_cfg = PRESETS["text2sql"][1]
+    run(config(online, args.steps, args.refresh_every, args.gamma, args.lr), task_cfg)
     seed_from(online, frozen)
-    run(config(frozen, args.steps, 0, args.gamma, args.lr))
+    run(config(frozen, args.steps, 0, args.gamma, args.lr), task_cfg)
 
     series = {}
     for name, folder in (("online", online), ("frozen", frozen)):

@@ -46,8 +46,11 @@ def test_public_api_is_documented():
 def test_every_command_line_option_has_help():
     """`--help` of the training entry points explains every option: each config field has a
     comment in its dataclass."""
+    import zorro_jax.tasks  # noqa: F401  (registers the built-in tasks)
     from zorro_jax.cli import _walk
     from zorro_jax.rl.pipeline import RunConfig
+    from zorro_jax.rl.task import TASKS
 
-    missing = [path for path, _, _, comment in _walk(RunConfig) if not comment]
+    missing = [path for cls in (RunConfig, *(c for c, _ in TASKS.values()))
+               for path, _, _, comment in _walk(cls) if not comment]
     assert not missing, f"config fields without a comment: {missing}"

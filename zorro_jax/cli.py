@@ -87,14 +87,14 @@ def _walk(cls, prefix=""):
             yield f"{prefix}{f.name}", leaf, optional, field_comments(cls).get(f.name, "")
 
 
-def add_config_args(parser: argparse.ArgumentParser, cls, defaults=None):
-    """Add one `--a.b.c` option per leaf field of the (nested, frozen) dataclass `cls`; the help
-    shows the value in `defaults`.
+def add_config_args(parser: argparse.ArgumentParser, cls, defaults=None, prefix: str = ""):
+    """Add one `--<prefix>a.b.c` option per leaf field of the (nested, frozen) dataclass `cls`;
+    the help shows the value in `defaults`.
     """
     defaults = defaults or cls()
-    for path, tp, optional, comment in _walk(cls):
+    for path, tp, optional, comment in _walk(cls, prefix):
         value = defaults
-        for part in path.split("."):
+        for part in path[len(prefix):].split("."):
             value = getattr(value, part)
         help_text = f"{comment} (default: {value!r})" if comment else f"(default: {value!r})"
         parser.add_argument(f"--{path}", dest=path, type=_parser_for(tp, optional), default=None,
@@ -107,15 +107,16 @@ def _apply(obj, overrides: dict):
     return dataclasses.replace(obj, **changes)
 
 
-def config_from_args(cls, args: argparse.Namespace, defaults=None):
-    """Apply every option given on the command line to `defaults` (validated on the way)."""
+def config_from_args(cls, args: argparse.Namespace, defaults=None, prefix: str = ""):
+    """Apply every option given on the command line (under `prefix`) to `defaults` (validated on
+    the way)."""
     tree: dict = {}
-    for path, *_ in _walk(cls):
+    for path, *_ in _walk(cls, prefix):
         value = getattr(args, path, None)
         if value is None:
             continue
         node = tree
-        *parents, leaf = path.split(".")
+        *parents, leaf = path[len(prefix):].split(".")
         for part in parents:
             node = node.setdefault(part, {})
         node[leaf] = value

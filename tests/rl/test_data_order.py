@@ -6,9 +6,10 @@ import collections
 import pytest
 
 from zorro_jax.rl.grpo import data_order, grouped_order
-from zorro_jax.rl.pipeline import DataConfig, RunConfig, encode_prompt, prompt_and_answer_texts
+from zorro_jax.rl.pipeline import DataConfig, RunConfig, encode_prompt, prompt_fit
 from zorro_jax.rl.sft import SFTConfig
 from zorro_jax.tasks.text2sql.benchmark import load_builtin
+from zorro_jax.tasks.text2sql.task import Text2SQLConfig, Text2SQLTask
 
 KEYS = ["a"] * 7 + ["b"] * 3 + ["c"] * 12 + ["a"] * 2
 
@@ -51,9 +52,10 @@ class WordTokenizer:
 def test_prompt_parts_share_the_schema_and_tokenise_apart():
     tasks = [t for t in load_builtin("train") if t.db_id == "retail"][:3]
     for style in ("compact", "ddl"):
-        parts, _ = prompt_and_answer_texts(tasks, DataConfig(prompt_style=style))
-        assert len({shared for shared, _ in parts}) == 1  # one schema text for the database
-        assert all(shared.endswith("\n") and t.question in q for (shared, q), t in zip(parts, tasks))
+        exs = [Text2SQLTask(Text2SQLConfig(prompt_style=style)).example(t) for t in tasks]
+        assert len({e.shared for e in exs}) == 1  # one schema text for the database
+        assert all(e.shared.endswith("\n") and t.question in e.question and e.group_key == "retail"
+                   for e, t in zip(exs, tasks))
     tok = WordTokenizer()
     ids, n = encode_prompt(tok, ("abc\n", "Q: x"))
     assert ids == [1, *map(ord, "abc\nQ: x")] and n == 5
@@ -64,15 +66,16 @@ def test_prompts_over_budget_lose_schema_not_question():
     the left of the prompt)."""
     tasks = [t for t in load_builtin("train") if t.db_id == "retail"][:2]
     tok = WordTokenizer()
-    full, _ = prompt_and_answer_texts(tasks, DataConfig(prompt_style="ddl", max_prompt_tokens=100_000), tok)
-    n_full = len(encode_prompt(tok, full[0])[0])
+    task = Text2SQLTask(Text2SQLConfig(prompt_style="ddl"))
+    full = task.example(tasks[0], prompt_fit(tok, 100_000))
+    n_full = len(encode_prompt(tok, (full.shared, full.question))[0])
     budget = n_full - 200
-    trimmed, _ = prompt_and_answer_texts(tasks, DataConfig(prompt_style="ddl", max_prompt_tokens=budget), tok)
-    ids, _ = encode_prompt(tok, trimmed[0])
+    trimmed = task.example(tasks[0], prompt_fit(tok, budget))
+    ids, _ = encode_prompt(tok, (trimmed.shared, trimmed.question))
     assert len(ids) <= budget
-    assert trimmed[0][1] == full[0][1]  # the question part is untouched
-    assert trimmed[0][0].startswith(full[0][0][:200])  # the system turn and the schema's start stay
-    assert "example values omitted" in trimmed[0][0] or "not shown" in trimmed[0][0]
+    assert trimmed.question == full.question  # the question part is untouched
+    assert trimmed.shared.startswith(full.shared[:200])  # the system turn and the schema's start stay
+    assert "example values omitted" in trimmed.shared or "not shown" in trimmed.shared
 
 
 def test_questions_per_database_must_divide_the_batches():

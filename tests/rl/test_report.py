@@ -21,18 +21,18 @@ from zorro_jax.rl.report import (
 def synthetic_rows(steps=12, speculative=False):
     rng = np.random.default_rng(0)
     rows = [{"phase": "sft", "step": s, "loss": 3.0 / s, "examples": 16} for s in range(1, 6)]
-    rows.append({"phase": "eval", "step": 0, "exec_accuracy": 0.3, "n": 100})
+    rows.append({"phase": "eval", "step": 0, "accuracy": 0.3, "n": 100})
     for s in range(1, steps + 1):
         parts = {k: float(rng.uniform(0.1, 2.0)) for k in
                  ("time_rollout", "time_reward", "time_logprobs", "time_update")}
         row = {"phase": "grpo", "step": s, "prompts": 8, "group_size": 16,
-               "reward_mean": float(rng.uniform(0.2, 0.6)), "exec_accuracy": float(rng.uniform(0.1, 0.5)),
+               "reward_mean": float(rng.uniform(0.2, 0.6)), "accuracy": float(rng.uniform(0.1, 0.5)),
                "generated_tokens": 1000, **parts, "time_total": sum(parts.values())}
         if speculative:
             row.update(time_draft_est=0.3 * parts["time_rollout"], time_verify_est=0.6 * parts["time_rollout"],
                        spec_acceptance_rate=0.5, spec_tokens_per_forward=2.5)
         rows.append(row)
-    rows.append({"phase": "eval", "step": steps, "exec_accuracy": 0.35, "n": 100})
+    rows.append({"phase": "eval", "step": steps, "accuracy": 0.35, "n": 100})
     return rows
 
 

@@ -5,25 +5,29 @@ import random
 
 import pytest
 
-from zorro_jax.rl.pipeline import DataConfig, literal_swapper, prompt_and_answer_texts
+from zorro_jax.rl.grpo import PromptItem
+from zorro_jax.rl.pipeline import encode_prompt, prompt_fit, sft_augmenter
 from zorro_jax.rl.sft import SFTConfig, make_sft_step
+from zorro_jax.tasks.arithmetic.task import ArithmeticConfig, ArithmeticTask
 from zorro_jax.tasks.text2sql.augment import shared_values
-from zorro_jax.tasks.text2sql.benchmark import load_builtin
+from zorro_jax.tasks.text2sql.task import Text2SQLConfig, Text2SQLTask
 from zorro_jax.tokenizer import train_bpe_tokenizer
 
 
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
-    data = DataConfig()
-    tasks = load_builtin("train")[:80]
-    prompts, answers = prompt_and_answer_texts(tasks, data)
-    tok = train_bpe_tokenizer(["".join(p) for p in prompts] + answers, 400, tmp_path_factory.mktemp("tok"))
-    return data, tasks, tok
+    task = Text2SQLTask(Text2SQLConfig())
+    examples = task.examples("train")[:80]
+    tok = train_bpe_tokenizer([e.shared + e.question for e in examples] + [e.answer for e in examples], 400,
+                              tmp_path_factory.mktemp("tok"))
+    items = [PromptItem(e, *encode_prompt(tok, (e.shared, e.question))) for e in examples]
+    return task, items, tok
 
 
 def test_swapped_example_is_a_consistent_translation(setup):
-    data, tasks, tok = setup
-    swap = literal_swapper(tasks, tok, data, tok.eos_token_id)
+    task, items, tok = setup
+    tasks = [it.task.payload for it in items]
+    swap = sft_augmenter(task, items, tok, prompt_fit(tok, 10_000))
     i = next(k for k, t in enumerate(tasks) if shared_values(t.question, t.gold_sql)[0])
     strings, _ = shared_values(tasks[i].question, tasks[i].gold_sql)
     prompt_ids, answer_ids = swap(i, random.Random(0))
@@ -36,6 +40,13 @@ def test_swapped_example_is_a_consistent_translation(setup):
     # Drawn from the pool: another value of the training tasks.
     pool = {v for t in tasks for v in shared_values(t.question, t.gold_sql)[0]}
     assert new_strings[0] in pool
+
+
+def test_swapping_needs_a_task_that_augments(setup):
+    _, items, tok = setup
+    with pytest.raises(ValueError, match="no SFT augmentation"):
+        sft_augmenter(ArithmeticTask(ArithmeticConfig(train_size=10, eval_size=2)), items, tok,
+                      prompt_fit(tok, 100))
 
 
 def test_sft_step_requires_a_swap_function():

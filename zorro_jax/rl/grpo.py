@@ -107,7 +107,7 @@ class GRPOConfig:
     loss: LossConfig = LossConfig()
     optim: OptimConfig = OptimConfig(lr=2e-4, warmup_steps=2, decay_steps=50)
     sampler: SamplerConfig = SamplerConfig(max_new_tokens=64, temperature=1.0)
-    # Reward at or above which a rollout counts as correct (execution accuracy).
+    # Reward at or above which a rollout counts as correct (the accuracy metrics).
     correct_threshold: float = 1.0
     # Held-out evaluation every this many GRPO steps (besides before and after GRPO); 0 = about
     # five times per run (steps // 5).
@@ -257,7 +257,7 @@ def rollout_and_score(policy: Policy, tokenizer, items: list[PromptItem], group:
 
 def evaluate(policy: Policy, tokenizer, items: list[PromptItem], reward_fn: RewardFn,
              sampler: SamplerConfig, batch_size: int = 16, threshold: float = 1.0) -> dict:
-    """Greedy held-out execution accuracy. Batches are padded to a fixed size (one compile)."""
+    """Greedy held-out accuracy (share of completions scoring >= threshold). Batches are padded to a fixed size (one compile)."""
     greedy = dataclasses.replace(sampler, greedy=True)
     rewards, texts = [], []
     for start in range(0, len(items), batch_size):
@@ -270,7 +270,7 @@ def evaluate(policy: Policy, tokenizer, items: list[PromptItem], reward_fn: Rewa
         rewards.extend(np.asarray(r).tolist())
         texts.extend(t)
     rewards = np.asarray(rewards)
-    return {"exec_accuracy": float(np.mean(rewards >= threshold)) if len(rewards) else math.nan,
+    return {"accuracy": float(np.mean(rewards >= threshold)) if len(rewards) else math.nan,
             "reward_mean": float(rewards.mean()) if len(rewards) else math.nan,
             "n": len(items), "texts": texts, "correct": (rewards >= threshold).tolist()}
 
@@ -367,7 +367,7 @@ class GRPOTrainer:
         row = {
             "prompts": len(items), "group_size": cfg.group_size,
             "reward_mean": float(rewards.mean()),
-            "exec_accuracy": float((rewards >= cfg.correct_threshold).mean()),
+            "accuracy": float((rewards >= cfg.correct_threshold).mean()),
             "loss": float(np.sum([float(x) for x in losses]) / cfg.epochs),
             "clip_fraction": mean_metric("clip_fraction"),
             "kl": mean_metric("kl"),

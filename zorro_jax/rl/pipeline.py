@@ -1,6 +1,7 @@
-"""The end-to-end text-to-SQL RL run behind `experiments/quickstart.py` and `experiments/train.py`.
+"""The end-to-end RL run of a registered task, behind `experiments/quickstart.py` and
+`experiments/train.py`.
 
-data → tokenizer → policy (new tiny model or a Hugging Face checkpoint) → SFT warm start →
+task examples → tokenizer → policy (new tiny model or a Hugging Face checkpoint) → SFT warm start →
 held-out eval → GRPO → held-out eval → report (metrics.jsonl, PNG plots, summary.md) and the
 trained policy exported as a Hugging Face folder. Each phase checkpoints, so re-running the same
 command after a crash resumes where it stopped.
@@ -28,39 +29,35 @@ from zorro_jax.rl.optim import make_optimizer
 from zorro_jax.rl.report import MetricsLog, plot_metrics, run_summary, write_summary
 from zorro_jax.rl.sft import SFTConfig, make_sft_step
 from zorro_jax.rl.steps import make_apply_fn
-from zorro_jax.tasks.text2sql.reward import RewardConfig
+from zorro_jax.rl.task import PromptFit, make_task
 from zorro_jax.tokenizer import load_tokenizer, train_bpe_tokenizer
 
 
 @dataclasses.dataclass(frozen=True)
 class DataConfig:
-    """Where the tasks come from (built-in benchmark or a Spider/BIRD folder), which splits serve
-    SFT, GRPO and evaluation, and how prompts are written.
-    """
+    """Which splits of the task serve SFT, GRPO and evaluation, the prompt budget, and how
+    questions are drawn."""
 
-    # "builtin" (the embedded benchmark) or a Spider/BIRD-format folder.
-    source: str = "builtin"
-    # Layout of a folder source: "auto" (recognised from its files), "spider" or "bird".
-    format: str = "auto"
     # SFT examples come from train_split; GRPO prompts from grpo_split (empty = train_split).
     train_split: str = "train"
     grpo_split: str = ""
     eval_split: str = "dev"
-    # Cap on evaluated tasks (0 = all).
+    # Cap on evaluated examples (0 = all).
     eval_limit: int = 0
-    # Prompt style of zorro_jax.tasks.text2sql.prompts ("compact" suits small models).
-    prompt_style: str = "compact"
+    # Prompt budget in tokens (BOS included): the task shortens longer prompts where it can
+    # (text-to-SQL trims the schema); an example that still does not fit is skipped and counted.
     max_prompt_tokens: int = 384
-    # Questions drawn from each chosen database per step (SFT and GRPO). Above 1, the database's
-    # schema is processed once for all of them in training (three-level prefix trees: schema →
-    # questions → completions) and in generation. 1 = one question per draw, databases mixed.
+    # Questions drawn from each chosen group (a database) per step (SFT and GRPO). Above 1, the
+    # group's shared prompt part is processed once for all of them in training (three-level prefix
+    # trees: schema → questions → completions) and in generation. 1 = one question per draw,
+    # groups mixed.
     questions_per_database: int = 1
 
     def __post_init__(self):
-        if self.format not in ("auto", "spider", "bird"):
-            raise ValueError(f"format must be auto, spider or bird, got {self.format!r}")
         if self.questions_per_database < 1:
             raise ValueError(f"questions_per_database must be >= 1, got {self.questions_per_database}")
+        if self.max_prompt_tokens < 1:
+            raise ValueError(f"max_prompt_tokens must be >= 1, got {self.max_prompt_tokens}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -86,17 +83,17 @@ class PolicyConfig:
 
 @dataclasses.dataclass(frozen=True)
 class RunConfig:
-    """A whole run: data, policy, SFT, GRPO, checkpointing and evaluation settings."""
+    """A whole run: task, data, policy, SFT, GRPO, checkpointing and evaluation settings."""
 
     # Folder of the run: checkpoints, metrics, plots, report, exported model; re-running the
     # same command with the same folder resumes.
     run_dir: str = "runs/quickstart"
+    # The registered task trained on (zorro_jax.rl.task); its own options are --<task>.*.
+    task: str = "text2sql"
     data: DataConfig = DataConfig()
     policy: PolicyConfig = PolicyConfig()
     sft: SFTConfig = SFTConfig()
     grpo: GRPOConfig = GRPOConfig()
-    # Execution reward: comparison rule (auto = the data set's), reward values, sandbox limits.
-    reward: RewardConfig = RewardConfig(rule="auto")
     # Save a checkpoint every this many steps of each phase (and at its end).
     checkpoint_every: int = 10
     # Checkpoints kept per phase (older ones are deleted).
@@ -114,98 +111,33 @@ class RunConfig:
                 raise ValueError(f"{name} ({n}) must be a multiple of data.questions_per_database ({k})")
 
 
-def load_tasks(data: DataConfig, split: str):
-    """(tasks, comparison rule) of a split of the configured source; "a+b" concatenates splits
-    (e.g. "train+rl"). For a folder, "train" / "dev" / "test" are the data set's splits as shipped
-    (Spider's train = train_spider.json + train_others.json), any other name an examples file
-    ("x" or "x.json")."""
-    if "+" in split:
-        parts = [load_tasks(data, part) for part in split.split("+")]
-        return [t for tasks, _ in parts for t in tasks], parts[0][1]
-    if data.source == "builtin":
-        from zorro_jax.tasks.text2sql.benchmark import load_builtin
+def parse_command_line(argv, defaults: RunConfig = RunConfig(), task_defaults: dict | None = None,
+                       description: str = ""):
+    """(RunConfig, the chosen task's config) from command-line options: every RunConfig field
+    (`--grpo.steps 40`), `--task NAME`, and each registered task's own fields under its name
+    (`--text2sql.source DIR`). `task_defaults` maps task names to their default configs."""
+    import argparse
 
-        return load_builtin(split), "spider"
-    from zorro_jax.tasks.text2sql import spider
+    from zorro_jax.cli import add_config_args, config_from_args
+    from zorro_jax.rl.task import TASKS, task_config_class
 
-    root = Path(data.source)
-    if not root.is_dir():
-        raise FileNotFoundError(f"data source {root.resolve()} is neither 'builtin' nor a folder")
-    fmt = None if data.format == "auto" else data.format
-    if split in ("train", "dev", "test"):
-        tasks, report = spider.load_split(str(root), split, format=fmt)
-    else:
-        name = split if split.endswith(".json") else f"{split}.json"
-        if not (root / name).is_file():
-            raise FileNotFoundError(f"no examples file {name} in {root.resolve()}")
-        rule = spider.RULE_OF_FORMAT[fmt or spider.detect_format(str(root))]
-        tasks, report = spider.load(str(root), examples_file=name, rule=rule)
-    if report is not None:
-        print(f"{split}: {report}", flush=True)
-    return tasks, report.rule if report is not None else "spider"
+    task_defaults = task_defaults or {}
+    ap = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_config_args(ap, RunConfig, defaults)
+    for name in sorted(TASKS):
+        cls = task_config_class(name)
+        add_config_args(ap, cls, task_defaults.get(name), prefix=f"{name}.")
+    args = ap.parse_args(argv)
+    cfg = config_from_args(RunConfig, args, defaults)
+    cls = task_config_class(cfg.task)
+    return cfg, config_from_args(cls, args, task_defaults.get(cfg.task), prefix=f"{cfg.task}.")
 
 
-def drop_failing_golds(tasks, executor) -> tuple[list[int], dict[str, int]]:
-    """Indices of the tasks whose gold query executes (once, cached by the executor for the
-    reward), and {reason: count} of the others: a failing gold would give its whole group noise."""
-    kept, reasons = [], {}
-    for i, t in enumerate(tasks):
-        gold = executor.execute_gold(t.gold_sql, t.db_path)
-        if gold.ok:
-            kept.append(i)
-        else:
-            why = f"{gold.status}: {gold.message.splitlines()[0][:80] if gold.message else ''}"
-            reasons[why] = reasons.get(why, 0) + 1
-    return kept, reasons
-
-
-def prompt_and_answer_texts(tasks, data: DataConfig, tok=None):
-    """Prompts as (shared part, question part) text pairs — the shared part is the database's
-    (system text and schema), the question part the task's — and the reference answers (the gold
-    SQL in a fenced block) of `tasks`. Every path tokenises the parts apart (`encode_prompt`), so
-    the policy sees one format whether or not a schema is shared.
-
-    With a tokenizer, a prompt longer than `data.max_prompt_tokens` is shrunk by the
-    token-budgeted builder (example values, then the least relevant tables' columns and tables;
-    the question and the instructions always stay), so its schema part may then differ from the
-    other questions of its database."""
-    from zorro_jax.tasks.text2sql.prompts import build_prompt, format_answer
-
-    system_turn = data.prompt_style != "compact"
-    count = None
-    if tok is not None:
-        # BOS and the system turn come on top of what the builder counts.
-        extra = 1 + (len(tok(build_prompt(tasks[0], style=data.prompt_style).system + "\n\n",
-                             add_special_tokens=False)["input_ids"]) if system_turn and tasks else 0)
-        count = lambda text: len(tok(text, add_special_tokens=False)["input_ids"]) + extra
-
-    def parts(task):
-        prompt = build_prompt(task, style=data.prompt_style)
-        if count is not None and count(prompt.text) > data.max_prompt_tokens:
-            prompt = build_prompt(task, style=data.prompt_style, count_tokens=count,
-                                  budget=data.max_prompt_tokens)
-        # The compact style is for small policies trained from scratch: no system turn needed.
-        shared = f"{prompt.system}\n\n{prompt.shared}" if system_turn else prompt.shared
-        return shared, prompt.question
-
-    return [parts(t) for t in tasks], [format_answer(t.gold_sql) for t in tasks]
-
-
-def literal_swapper(tasks, tok, data: DataConfig, eos: int):
-    """swap(i, rng) -> (prompt ids, answer ids) of tasks[i] with the values its question and gold
-    SQL share replaced by other values of the same shape from `tasks` (`SFTConfig.literal_swap`)."""
-    from zorro_jax.tasks.text2sql.augment import ValuePool, swap_literals
-
-    pool = ValuePool.from_pairs((t.question, t.gold_sql) for t in tasks)
-
-    def swap(i: int, rng):
-        task = tasks[i]
-        question, sql = swap_literals(task.question, task.gold_sql, rng, pool)
-        [prompt], [answer] = prompt_and_answer_texts(
-            [dataclasses.replace(task, question=question, gold_sql=sql)], data, tok)
-        return encode_prompt(tok, prompt)[0], tok(answer, add_special_tokens=False)["input_ids"] + [eos]
-
-    return swap
+def prompt_fit(tok, budget: int) -> PromptFit:
+    """The budget of `encode_prompt`'s output: the text's tokens plus BOS."""
+    bos = int(tok.bos_token_id is not None)
+    return PromptFit(count=lambda text: len(tok(text, add_special_tokens=False)["input_ids"]) + bos,
+                     budget=budget)
 
 
 def get_tokenizer(cfg: RunConfig, train_texts: list[str]):
@@ -242,6 +174,25 @@ def encode_prompt(tok, parts: tuple[str, str]) -> tuple[list[int], int]:
     shared, question = (tok(text, add_special_tokens=False)["input_ids"] for text in parts)
     prefix = [tok.bos_token_id] if tok.bos_token_id is not None else []
     return prefix + shared + question, len(prefix) + len(shared)
+
+
+def answer_ids(tok, answer: str) -> list[int]:
+    """Token ids of a reference answer as SFT targets it: its tokens, then EOS."""
+    return tok(answer, add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
+
+
+def sft_augmenter(task, items: list[PromptItem], tok, fit: PromptFit):
+    """swap(i, rng) -> (prompt ids, answer ids) of a task-made variant of items[i]'s example
+    (`SFTConfig.literal_swap`)."""
+    variant = task.augmenter([it.task for it in items], fit)
+    if variant is None:
+        raise ValueError(f"task {task.name!r} has no SFT augmentation: set sft.literal_swap to 0")
+
+    def swap(i: int, rng):
+        ex = variant(i, rng)
+        return encode_prompt(tok, (ex.shared, ex.question))[0], answer_ids(tok, ex.answer)
+
+    return swap
 
 
 def warm_up_draft(cfg: RunConfig, grpo_cfg: GRPOConfig, policy: Policy, examples: list[tuple[list[int], list[int]]],
@@ -338,53 +289,61 @@ def provenance(cfg: RunConfig) -> dict:
     }
 
 
-def run(cfg: RunConfig) -> dict:
-    """Run (or resume) the whole pipeline of `cfg`; returns the summary figures also written to
+def run(cfg: RunConfig, task_config=None) -> dict:
+    """Run (or resume) the whole pipeline of `cfg` on the registered task `cfg.task` built from
+    `task_config` (its defaults when None); returns the summary figures also written to
     summary.md.
     """
     t_start = time.perf_counter()
+    task = make_task(cfg.task, task_config)
     run_dir = Path(cfg.run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "config.json").write_text(json.dumps(dataclasses.asdict(cfg), indent=2, default=str))
+    (run_dir / "config.json").write_text(json.dumps(
+        {**dataclasses.asdict(cfg), cfg.task: dataclasses.asdict(task.config)}, indent=2, default=str))
     (run_dir / "provenance.json").write_text(json.dumps(provenance(cfg), indent=2))
     say = (lambda *a: None) if cfg.quiet else (lambda *a: print(*a, flush=True))
+    try:
+        return _run(cfg, task, run_dir, say, t_start)
+    finally:
+        task.close()
 
-    from zorro_jax.tasks.text2sql.reward import RewardFn
 
-    train_tasks, rule = load_tasks(cfg.data, cfg.data.train_split)
-    eval_tasks, _ = load_tasks(cfg.data, cfg.data.eval_split)
-    grpo_split = cfg.data.grpo_split or cfg.data.train_split
-    grpo_tasks = train_tasks if grpo_split == cfg.data.train_split else load_tasks(cfg.data, grpo_split)[0]
-    reward_cfg = cfg.reward if cfg.reward.rule != "auto" else dataclasses.replace(cfg.reward, rule=rule)
+def _run(cfg: RunConfig, task, run_dir: Path, say, t_start: float) -> dict:
+    data = cfg.data
+    grpo_split = data.grpo_split or data.train_split
     # The tokenizer learns from whole prompts; then every prompt is written within the budget.
-    untrimmed, train_answers = prompt_and_answer_texts(train_tasks, cfg.data)
-    tok = get_tokenizer(cfg, ["".join(p) for p in untrimmed] + train_answers)
-    train_prompts, _ = prompt_and_answer_texts(train_tasks, cfg.data, tok)
-    eval_prompts, _ = prompt_and_answer_texts(eval_tasks, cfg.data, tok)
-    grpo_prompts, _ = prompt_and_answer_texts(grpo_tasks, cfg.data, tok)
-    # The reward's sandbox opens the databases only now: the prompts have read their schemas
-    # (cached), and DuckDB refuses a second connection with another configuration.
-    reward = RewardFn(reward_cfg)
-    # Tasks whose gold query fails or times out are dropped before anything trains on them.
-    dropped = {}
-
-    def drop(split, tasks, prompts, answers=None):
-        kept, reasons = drop_failing_golds(tasks, reward.executor)
+    untrimmed = task.examples(data.train_split)
+    tok = get_tokenizer(cfg, [e.shared + e.question for e in untrimmed] + [e.answer for e in untrimmed])
+    fit = prompt_fit(tok, data.max_prompt_tokens)
+    split_examples = {"train": task.examples(data.train_split, fit), "eval": task.examples(data.eval_split, fit)}
+    split_examples["grpo"] = (split_examples["train"] if grpo_split == data.train_split
+                              else task.examples(grpo_split, fit))
+    # Examples the task cannot score (a failing gold query) are dropped before anything trains on
+    # them; prompts over the budget even after shortening are skipped. Both are counted.
+    dropped, skipped = {}, {}
+    eos = tok.eos_token_id
+    items = {}
+    for split, exs in split_examples.items():
+        kept, reasons = task.check(exs)
         if reasons:
             dropped[split] = reasons
-            say(f"{split}: dropped {len(tasks) - len(kept)} of {len(tasks)} tasks whose gold query "
-                f"fails: {reasons}")
-        pick = lambda xs: None if xs is None else [xs[i] for i in kept]
-        return pick(tasks), pick(prompts), pick(answers)
-
-    train_tasks, train_prompts, train_answers = drop("train", train_tasks, train_prompts, train_answers)
-    grpo_tasks, grpo_prompts, _ = drop("grpo", grpo_tasks, grpo_prompts)
-    eval_tasks, eval_prompts, _ = drop("eval", eval_tasks, eval_prompts)
-    if cfg.data.eval_limit:
-        eval_tasks, eval_prompts = eval_tasks[: cfg.data.eval_limit], eval_prompts[: cfg.data.eval_limit]
-    eos = tok.eos_token_id
-    say(f"data: {len(train_tasks)} SFT ({cfg.data.train_split}) / {len(grpo_tasks)} GRPO ({grpo_split}) / "
-        f"{len(eval_tasks)} eval ({cfg.data.eval_split}) tasks; tokenizer vocab {len(tok)}")
+            say(f"{split}: dropped {len(exs) - len(kept)} of {len(exs)} examples the task cannot score: "
+                f"{reasons}")
+        its = [PromptItem(exs[i], *encode_prompt(tok, (exs[i].shared, exs[i].question)), group_key=exs[i].group_key)
+               for i in kept]
+        fits = [it for it in its if len(it.prompt_ids) <= data.max_prompt_tokens]
+        if len(fits) < len(its):
+            skipped[split] = len(its) - len(fits)
+            say(f"{split}: {skipped[split]} of {len(exs)} examples skipped (prompt over "
+                f"{data.max_prompt_tokens} tokens after shortening)")
+        if not fits:
+            raise ValueError(f"no {split} example fits data.max_prompt_tokens = {data.max_prompt_tokens}")
+        items[split] = fits
+    train_items, grpo_items = items["train"], items["grpo"]
+    eval_items = items["eval"][: data.eval_limit] if data.eval_limit else items["eval"]
+    examples = [(it.prompt_ids, answer_ids(tok, it.task.answer)) for it in train_items]
+    say(f"data ({task.name}): {len(train_items)} SFT ({data.train_split}) / {len(grpo_items)} GRPO "
+        f"({grpo_split}) / {len(eval_items)} eval ({data.eval_split}) examples; tokenizer vocab {len(tok)}")
 
     if cfg.policy.checkpoint:
         model = load_hf_model(cfg.policy.checkpoint)
@@ -394,31 +353,7 @@ def run(cfg: RunConfig) -> dict:
     n_params = sum(x.size for x in jax.tree.leaves(params))
     say(f"policy: {model.config.model_type}, {n_params / 1e6:.2f}M parameters")
 
-    skipped = {}
-
-    def items(split, tasks, prompts, answers=None):
-        """PromptItems (and SFT examples) of the tasks whose prompt fits the budget even after
-        trimming the schema; the others are skipped and counted in the report."""
-        kept, examples = [], []
-        for i, (t, p) in enumerate(zip(tasks, prompts)):
-            item = PromptItem(t, *encode_prompt(tok, p), group_key=t.db_id)
-            if len(item.prompt_ids) > cfg.data.max_prompt_tokens:
-                skipped[split] = skipped.get(split, 0) + 1
-                continue
-            kept.append(item)
-            if answers is not None:
-                examples.append((item.prompt_ids, tok(answers[i], add_special_tokens=False)["input_ids"] + [eos]))
-        if skipped.get(split):
-            say(f"{split}: {skipped[split]} of {len(tasks)} tasks skipped (prompt over "
-                f"{cfg.data.max_prompt_tokens} tokens after trimming the schema)")
-        if not kept:
-            raise ValueError(f"no {split} task fits data.max_prompt_tokens = {cfg.data.max_prompt_tokens}")
-        return (kept, examples) if answers is not None else kept
-
-    train_items, examples = items("train", train_tasks, train_prompts, train_answers)
-    eval_items, grpo_items = items("eval", eval_tasks, eval_prompts), items("grpo", grpo_tasks, grpo_prompts)
-
-    reward_fn = reward.score
+    reward_fn = task.score
     sampler = dataclasses.replace(cfg.grpo.sampler, eos_token_ids=(eos,), pad_token_id=tok.pad_token_id)
     grpo_cfg = dataclasses.replace(cfg.grpo, sampler=sampler)
     log = MetricsLog(run_dir)
@@ -435,7 +370,7 @@ def run(cfg: RunConfig) -> dict:
                                 keys=[it.group_key for it in train_items],
                                 shared_lens=[it.shared_len for it in train_items],
                                 per_key=cfg.data.questions_per_database,
-                                swap=literal_swapper(train_tasks, tok, cfg.data, eos) if cfg.sft.literal_swap else None)
+                                swap=sft_augmenter(task, train_items, tok, fit) if cfg.sft.literal_swap else None)
         state = run_phase("sft", cfg.sft.steps, step_fn, state, run_dir, log,
                           checkpoint_every=cfg.checkpoint_every, keep=cfg.keep_checkpoints,
                           later_phases=("eval", "distill", "grpo"), quiet=cfg.quiet,
@@ -449,10 +384,10 @@ def run(cfg: RunConfig) -> dict:
             return rows[-1]
         t0 = time.perf_counter()
         res = evaluate(policy, tok, eval_items, reward_fn, sampler, cfg.eval_batch_size, grpo_cfg.correct_threshold)
-        row = {"phase": "eval", "step": step, "exec_accuracy": res["exec_accuracy"],
+        row = {"phase": "eval", "step": step, "accuracy": res["accuracy"],
                "reward_mean": res["reward_mean"], "n": res["n"], "seconds": time.perf_counter() - t0}
         (run_dir / f"eval_step{step}.jsonl").write_text("".join(
-            json.dumps({"task_id": it.task.task_id, "question": it.task.question, "gold": it.task.gold_sql,
+            json.dumps({"task_id": it.task.id, "question": it.task.question, "reference": it.task.answer,
                         "output": txt, "correct": ok}) + "\n"
             for it, txt, ok in zip(eval_items, res["texts"], res["correct"])))
         log.append(row)  # after the outputs: a logged eval always has its per-task file
@@ -463,7 +398,7 @@ def run(cfg: RunConfig) -> dict:
         return [bool(json.loads(x)["correct"]) for x in lines if x.strip()]
 
     before = held_out(0)
-    say(f"held-out execution accuracy after SFT: {before['exec_accuracy']:.3f} (n={before['n']})")
+    say(f"held-out {task.metric} after SFT: {before['accuracy']:.3f} (n={before['n']})")
 
     # Speculative rollouts: a draft distilled from the SFT policy before GRPO, refreshed during it.
     draft = None
@@ -485,7 +420,7 @@ def run(cfg: RunConfig) -> dict:
             draft.params, draft.opt_state = st["draft"], st["draft_opt"]
         row, opt, _ = trainer.iteration(step - 1, st["opt"])
         if step % trainer.eval_every == 0 and step < grpo_cfg.steps:  # the last one comes below
-            row["heldout_accuracy"] = held_out(step)["exec_accuracy"]
+            row["heldout_accuracy"] = held_out(step)["accuracy"]
         out = {"params": policy.params, "opt": opt}
         return ({**out, "draft": draft.params, "draft_opt": draft.opt_state} if draft else out), row
 
@@ -495,7 +430,7 @@ def run(cfg: RunConfig) -> dict:
             draft.params, draft.opt_state = s["draft"], s["draft_opt"]
 
     def show(r):
-        out = {"reward": f"{r['reward_mean']:.3f}", "acc": f"{r['exec_accuracy']:.2f}"}
+        out = {"reward": f"{r['reward_mean']:.3f}", "acc": f"{r['accuracy']:.2f}"}
         if "spec_acceptance_rate" in r:
             out["accept"] = f"{r['spec_acceptance_rate']:.2f}"
         return out
@@ -508,7 +443,7 @@ def run(cfg: RunConfig) -> dict:
     restore(st)
     phases["grpo_seconds"] = time.perf_counter() - t0
     after = held_out(grpo_cfg.steps)
-    say(f"held-out execution accuracy after GRPO: {after['exec_accuracy']:.3f} (n={after['n']})")
+    say(f"held-out {task.metric} after GRPO: {after['accuracy']:.3f} (n={after['n']})")
 
     export_hf_model(policy.model(), run_dir / "policy", tokenizer=tok)
     if draft:
@@ -517,16 +452,17 @@ def run(cfg: RunConfig) -> dict:
     plots = plot_metrics(rows, run_dir)
     grpo_rows = [r for r in rows if r.get("phase") == "grpo"]
     results = {
-        "held-out execution accuracy after SFT": before["exec_accuracy"],
-        "held-out execution accuracy after GRPO": after["exec_accuracy"],
+        "task": task.name,
+        f"held-out {task.metric} after SFT": before["accuracy"],
+        f"held-out {task.metric} after GRPO": after["accuracy"],
         "eval split / tasks": f"{cfg.data.eval_split} / {after['n']}",
         "tasks skipped (prompt over budget), train / grpo / eval": "{} / {} / {}".format(
             *(skipped.get(k, 0) for k in ("train", "grpo", "eval"))),
-        "tasks dropped (gold query fails), train / grpo / eval": "{} / {} / {}".format(
+        "tasks dropped (the task cannot score them), train / grpo / eval": "{} / {} / {}".format(
             *(sum(dropped.get(k, {}).values()) for k in ("train", "grpo", "eval"))),
-        **({"why gold queries failed": "; ".join(f"{k} ({v})" for r in dropped.values()
+        **({"why they cannot be scored": "; ".join(f"{k} ({v})" for r in dropped.values()
                                                 for k, v in r.items())} if dropped else {}),
-        "reward comparison rule": reward_cfg.rule,
+        **task.summary(),
         **run_summary(rows, correct_at(0), correct_at(grpo_cfg.steps)),
         "parameters (M)": n_params / 1e6,
         "wall seconds (this invocation)": time.perf_counter() - t_start,
@@ -536,15 +472,14 @@ def run(cfg: RunConfig) -> dict:
         for k in ("time_draft_est", "time_verify_est"):
             results[f"seconds per GRPO step, {k[5:]} (estimated split of rollout)"] = float(
                 np.mean([r[k] for r in grpo_rows]))
-    write_summary(run_dir, "zorro_jax text-to-SQL run", {
+    write_summary(run_dir, f"zorro_jax {task.name} run", {
         "Results": results,
         "Files": [f"metrics.jsonl ({len(rows)} rows)", *[p.name for p in plots],
                   "policy/ (Hugging Face folder)", "eval_step*.jsonl (held-out outputs, per task)",
                   "provenance.json (commit, package versions, seeds, machine)",
                   "summary.json (the results above)"],
-        "Config": f"```json\n{json.dumps(dataclasses.asdict(cfg), indent=1, default=str)}\n```",
+        "Config": f"```json\n{(run_dir / 'config.json').read_text()}\n```",
     })
     (run_dir / "summary.json").write_text(json.dumps(results, indent=1, default=str))
-    reward.close()
     say(f"report: {run_dir / 'summary.md'}")
     return results

@@ -106,15 +106,15 @@ def plot_metrics(rows: list[dict], out_dir: str | Path) -> list[Path]:
         window = max(3, len(grpo) // 6)
         plt, fig, ax = _fig()
         for key, label, color in (("reward_mean", "rollout reward", "C0"),
-                                  ("exec_accuracy", "rollout execution accuracy", "C1")):
+                                  ("accuracy", "rollout accuracy (reward at the correct threshold)", "C1")):
             vals = [r[key] for r in grpo]
             mean, se = moving_average(vals, window)
             ax.plot(steps, vals, color=color, alpha=0.3, lw=1)
             ax.plot(steps, mean, color=color, label=f"{label} ({window}-step moving average)")
             ax.fill_between(steps, mean - se, mean + se, color=color, alpha=0.2)
         if evals:
-            acc = np.asarray([r["exec_accuracy"] for r in evals])
-            err = [accuracy_se(r["exec_accuracy"], r["n"]) for r in evals]
+            acc = np.asarray([r["accuracy"] for r in evals])
+            err = [accuracy_se(r["accuracy"], r["n"]) for r in evals]
             ax.errorbar([r["step"] for r in evals], acc, yerr=err, color="k", fmt="o", capsize=3,
                         label=f"held-out accuracy, greedy ({evals[0]['n']} tasks, ±1 s.e.)")
         ax.set_xlabel("GRPO step")

@@ -1,0 +1,1 @@
+"""Synthetic arithmetic word problems with an exact-match reward (a second built-in task)."""
