@@ -30,7 +30,13 @@ from zorro_jax.rl.report import MetricsLog, plot_metrics, run_summary, write_sum
 from zorro_jax.rl.sft import SFTConfig, make_sft_step
 from zorro_jax.rl.steps import make_apply_fn
 from zorro_jax.rl.task import PromptFit, make_task
-from zorro_jax.tokenizer import load_tokenizer, train_bpe_tokenizer
+from zorro_jax.tokenizer import (
+    PromptEncoder,
+    ensure_pad_token,
+    load_tokenizer,
+    stop_token_ids,
+    train_bpe_tokenizer,
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -44,9 +50,13 @@ class DataConfig:
     eval_split: str = "dev"
     # Cap on evaluated examples (0 = all).
     eval_limit: int = 0
-    # Prompt budget in tokens (BOS included): the task shortens longer prompts where it can
-    # (text-to-SQL trims the schema); an example that still does not fit is skipped and counted.
+    # Prompt budget in tokens (special tokens and chat frame included): the task shortens longer
+    # prompts where it can (text-to-SQL trims the schema); an example that still does not fit is
+    # skipped and counted.
     max_prompt_tokens: int = 384
+    # "auto": prompts through the tokenizer's chat template when it has one (SFT, rollouts,
+    # training and evaluation alike); "none": plain text after BOS.
+    chat_template: str = "auto"
     # Questions drawn from each chosen group (a database) per step (SFT and GRPO). Above 1, the
     # group's shared prompt part is processed once for all of them in training (three-level prefix
     # trees: schema → questions → completions) and in generation. 1 = one question per draw,
@@ -58,6 +68,8 @@ class DataConfig:
             raise ValueError(f"questions_per_database must be >= 1, got {self.questions_per_database}")
         if self.max_prompt_tokens < 1:
             raise ValueError(f"max_prompt_tokens must be >= 1, got {self.max_prompt_tokens}")
+        if self.chat_template not in ("auto", "none"):
+            raise ValueError(f"chat_template must be auto or none, got {self.chat_template!r}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -133,11 +145,14 @@ def parse_command_line(argv, defaults: RunConfig = RunConfig(), task_defaults: d
     return cfg, config_from_args(cls, args, task_defaults.get(cfg.task), prefix=f"{cfg.task}.")
 
 
-def prompt_fit(tok, budget: int) -> PromptFit:
-    """The budget of `encode_prompt`'s output: the text's tokens plus BOS."""
-    bos = int(tok.bos_token_id is not None)
-    return PromptFit(count=lambda text: len(tok(text, add_special_tokens=False)["input_ids"]) + bos,
-                     budget=budget)
+def prompt_fit(encoder: PromptEncoder, budget: int) -> PromptFit:
+    """The budget of `encoder`'s output, for tasks to write prompts within."""
+    return PromptFit(count=encoder.count, budget=budget)
+
+
+def encode_example(encoder: PromptEncoder, ex) -> tuple[list[int], int]:
+    """(ids, shared length) of an `Example`'s prompt."""
+    return encoder.encode(ex.shared, ex.question, ex.system)
 
 
 def get_tokenizer(cfg: RunConfig, train_texts: list[str]):
@@ -167,21 +182,12 @@ def new_model_config(cfg: RunConfig, tok) -> ModelConfig:
     )
 
 
-def encode_prompt(tok, parts: tuple[str, str]) -> tuple[list[int], int]:
-    """(token ids, shared length) of a (shared, question) prompt: BOS + the shared part's ids +
-    the question part's ids, each part tokenised on its own. Nothing is cut: prompts are fitted
-    to the budget when they are written (`prompt_and_answer_texts`)."""
-    shared, question = (tok(text, add_special_tokens=False)["input_ids"] for text in parts)
-    prefix = [tok.bos_token_id] if tok.bos_token_id is not None else []
-    return prefix + shared + question, len(prefix) + len(shared)
-
-
 def answer_ids(tok, answer: str) -> list[int]:
     """Token ids of a reference answer as SFT targets it: its tokens, then EOS."""
     return tok(answer, add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
 
 
-def sft_augmenter(task, items: list[PromptItem], tok, fit: PromptFit):
+def sft_augmenter(task, items: list[PromptItem], encoder: PromptEncoder, fit: PromptFit):
     """swap(i, rng) -> (prompt ids, answer ids) of a task-made variant of items[i]'s example
     (`SFTConfig.literal_swap`)."""
     variant = task.augmenter([it.task for it in items], fit)
@@ -190,7 +196,7 @@ def sft_augmenter(task, items: list[PromptItem], tok, fit: PromptFit):
 
     def swap(i: int, rng):
         ex = variant(i, rng)
-        return encode_prompt(tok, (ex.shared, ex.question))[0], answer_ids(tok, ex.answer)
+        return encode_example(encoder, ex)[0], answer_ids(encoder.tok, ex.answer)
 
     return swap
 
@@ -313,15 +319,17 @@ def _run(cfg: RunConfig, task, run_dir: Path, say, t_start: float) -> dict:
     grpo_split = data.grpo_split or data.train_split
     # The tokenizer learns from whole prompts; then every prompt is written within the budget.
     untrimmed = task.examples(data.train_split)
-    tok = get_tokenizer(cfg, [e.shared + e.question for e in untrimmed] + [e.answer for e in untrimmed])
-    fit = prompt_fit(tok, data.max_prompt_tokens)
+    tok = ensure_pad_token(get_tokenizer(
+        cfg, [e.system + e.shared + e.question for e in untrimmed] + [e.answer for e in untrimmed]))
+    stop_ids = stop_token_ids(tok, cfg.policy.checkpoint or None)
+    encoder = PromptEncoder(tok, data.chat_template)
+    fit = prompt_fit(encoder, data.max_prompt_tokens)
     split_examples = {"train": task.examples(data.train_split, fit), "eval": task.examples(data.eval_split, fit)}
     split_examples["grpo"] = (split_examples["train"] if grpo_split == data.train_split
                               else task.examples(grpo_split, fit))
     # Examples the task cannot score (a failing gold query) are dropped before anything trains on
     # them; prompts over the budget even after shortening are skipped. Both are counted.
     dropped, skipped = {}, {}
-    eos = tok.eos_token_id
     items = {}
     for split, exs in split_examples.items():
         kept, reasons = task.check(exs)
@@ -329,8 +337,7 @@ def _run(cfg: RunConfig, task, run_dir: Path, say, t_start: float) -> dict:
             dropped[split] = reasons
             say(f"{split}: dropped {len(exs) - len(kept)} of {len(exs)} examples the task cannot score: "
                 f"{reasons}")
-        its = [PromptItem(exs[i], *encode_prompt(tok, (exs[i].shared, exs[i].question)), group_key=exs[i].group_key)
-               for i in kept]
+        its = [PromptItem(exs[i], *encode_example(encoder, exs[i]), group_key=exs[i].group_key) for i in kept]
         fits = [it for it in its if len(it.prompt_ids) <= data.max_prompt_tokens]
         if len(fits) < len(its):
             skipped[split] = len(its) - len(fits)
@@ -343,7 +350,8 @@ def _run(cfg: RunConfig, task, run_dir: Path, say, t_start: float) -> dict:
     eval_items = items["eval"][: data.eval_limit] if data.eval_limit else items["eval"]
     examples = [(it.prompt_ids, answer_ids(tok, it.task.answer)) for it in train_items]
     say(f"data ({task.name}): {len(train_items)} SFT ({data.train_split}) / {len(grpo_items)} GRPO "
-        f"({grpo_split}) / {len(eval_items)} eval ({data.eval_split}) examples; tokenizer vocab {len(tok)}")
+        f"({grpo_split}) / {len(eval_items)} eval ({data.eval_split}) examples; tokenizer vocab {len(tok)}"
+        f"{', chat template' if encoder.chat else ''}; stop ids {list(stop_ids)}")
 
     if cfg.policy.checkpoint:
         model = load_hf_model(cfg.policy.checkpoint)
@@ -354,7 +362,7 @@ def _run(cfg: RunConfig, task, run_dir: Path, say, t_start: float) -> dict:
     say(f"policy: {model.config.model_type}, {n_params / 1e6:.2f}M parameters")
 
     reward_fn = task.score
-    sampler = dataclasses.replace(cfg.grpo.sampler, eos_token_ids=(eos,), pad_token_id=tok.pad_token_id)
+    sampler = dataclasses.replace(cfg.grpo.sampler, eos_token_ids=stop_ids, pad_token_id=tok.pad_token_id)
     grpo_cfg = dataclasses.replace(cfg.grpo, sampler=sampler)
     log = MetricsLog(run_dir)
     phases = {}
@@ -370,7 +378,7 @@ def _run(cfg: RunConfig, task, run_dir: Path, say, t_start: float) -> dict:
                                 keys=[it.group_key for it in train_items],
                                 shared_lens=[it.shared_len for it in train_items],
                                 per_key=cfg.data.questions_per_database,
-                                swap=sft_augmenter(task, train_items, tok, fit) if cfg.sft.literal_swap else None)
+                                swap=sft_augmenter(task, train_items, encoder, fit) if cfg.sft.literal_swap else None)
         state = run_phase("sft", cfg.sft.steps, step_fn, state, run_dir, log,
                           checkpoint_every=cfg.checkpoint_every, keep=cfg.keep_checkpoints,
                           later_phases=("eval", "distill", "grpo"), quiet=cfg.quiet,
