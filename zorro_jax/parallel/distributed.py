@@ -81,6 +81,8 @@ def maybe_initialize_distributed(env: Mapping[str, str] | None = None, *, initia
     cfg = DistributedConfig.from_env(env)
     if cfg is None:
         return False
+    # CPU collectives across processes need gloo (the default has none); accelerators ignore it.
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")
     init = jax.distributed.initialize if initialize is None else initialize
     init(coordinator_address=cfg.coordinator_address, num_processes=cfg.num_processes,
          process_id=cfg.process_id, local_device_ids=cfg.local_device_ids)

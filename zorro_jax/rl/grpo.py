@@ -342,6 +342,8 @@ class GRPOTrainer:
                                  "baseline runs on one device")
         self.steps, self.optimizer = steps, optimizer
         policy.params = steps.place_params(policy.params)
+        if ref_params is not None and steps.donates:  # the policy's arrays will be donated
+            ref_params = jax.tree.map(jnp.copy, ref_params)
         self.ref_params = None if ref_params is None else steps.place_params(ref_params)
         self.tiles = tiles_for(policy.model().config, cfg.attention_impl)
 
