@@ -22,6 +22,9 @@ from flax import nnx
 from zorro_jax.checkpoints.hf import export_hf_model, load_hf_model
 from zorro_jax.model.config import ModelConfig
 from zorro_jax.model.transformer import init_model
+from zorro_jax.parallel.distributed import is_leader, maybe_initialize_distributed, to_host
+from zorro_jax.parallel.mesh import MeshConfig
+from zorro_jax.parallel.steps import training_steps
 from zorro_jax.rl.batches import tiles_for
 from zorro_jax.rl.grpo import GRPOConfig, GRPOTrainer, Policy, PromptItem, evaluate
 from zorro_jax.rl.loop import run_phase
@@ -112,6 +115,10 @@ class RunConfig:
     keep_checkpoints: int = 2
     # Prompts per greedy evaluation batch (padded to this size: one compiled program).
     eval_batch_size: int = 16
+    # Device mesh (data × fsdp × tensor; one axis may be -1: the rest of the devices). 1 × 1 × 1
+    # = one device. Packed rows per micro-batch (sft/grpo .packing.rows_per_micro_batch) must
+    # divide over data × fsdp.
+    mesh: MeshConfig = MeshConfig(data=1, fsdp=1, tensor=1)
     # No progress bars or messages.
     quiet: bool = False
 
@@ -302,25 +309,35 @@ def run(cfg: RunConfig, task_config=None) -> dict:
     """
     t_start = time.perf_counter()
     task = make_task(cfg.task, task_config)
-    run_dir = Path(cfg.run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "config.json").write_text(json.dumps(
-        {**dataclasses.asdict(cfg), cfg.task: dataclasses.asdict(task.config)}, indent=2, default=str))
-    (run_dir / "provenance.json").write_text(json.dumps(provenance(cfg), indent=2))
-    say = (lambda *a: None) if cfg.quiet else (lambda *a: print(*a, flush=True))
     try:
-        return _run(cfg, task, run_dir, say, t_start)
+        return _run(cfg, task, t_start)
     finally:
         task.close()
 
 
-def _run(cfg: RunConfig, task, run_dir: Path, say, t_start: float) -> dict:
+def _run(cfg: RunConfig, task, t_start: float) -> dict:
+    # One process per host (ZORRO_* variables): every process runs this same function.
+    maybe_initialize_distributed()
+    leader = is_leader()
+    run_dir = Path(cfg.run_dir)
+    # Process 0 writes the run's files; the others keep their own metrics log (the same rows:
+    # every process runs the same steps, so each decides alike what a resume skips).
+    own_dir = run_dir if leader else run_dir / f"process{jax.process_index()}"
+    own_dir.mkdir(parents=True, exist_ok=True)
+    if leader:
+        (run_dir / "config.json").write_text(json.dumps(
+            {**dataclasses.asdict(cfg), cfg.task: dataclasses.asdict(task.config)}, indent=2, default=str))
+        (run_dir / "provenance.json").write_text(json.dumps(provenance(cfg), indent=2))
+    say = (lambda *a: None) if cfg.quiet or not leader else (lambda *a: print(*a, flush=True))
+    mesh = None if cfg.mesh.single_device and jax.process_count() == 1 else cfg.mesh.make()
     data = cfg.data
     grpo_split = data.grpo_split or data.train_split
     # The tokenizer learns from whole prompts; then every prompt is written within the budget.
     untrimmed = task.examples(data.train_split)
+    # Each process trains its own (identical, deterministic) copy: no reads of a half-written file.
     tok = ensure_pad_token(get_tokenizer(
-        cfg, [e.system + e.shared + e.question for e in untrimmed] + [e.answer for e in untrimmed]))
+        cfg if leader else dataclasses.replace(cfg, run_dir=str(own_dir)),
+        [e.system + e.shared + e.question for e in untrimmed] + [e.answer for e in untrimmed]))
     stop_ids = stop_token_ids(tok, cfg.policy.checkpoint or None)
     encoder = PromptEncoder(tok, data.chat_template)
     fit = prompt_fit(encoder, data.max_prompt_tokens)
@@ -364,15 +381,27 @@ def _run(cfg: RunConfig, task, run_dir: Path, say, t_start: float) -> dict:
     reward_fn = task.score
     sampler = dataclasses.replace(cfg.grpo.sampler, eos_token_ids=stop_ids, pad_token_id=tok.pad_token_id)
     grpo_cfg = dataclasses.replace(cfg.grpo, sampler=sampler)
-    log = MetricsLog(run_dir)
+    log = MetricsLog(own_dir)
     phases = {}
+
+    def mesh_steps(optimizer, packing):
+        """The jitted steps on the run's mesh (None on one device)."""
+        return None if mesh is None else training_steps(
+            graphdef, params, optimizer, loss_cfg=cfg.grpo.loss, mesh=mesh, impl=cfg.grpo.attention_impl,
+            rows_per_micro_batch=packing.rows_per_micro_batch)
 
     # SFT warm start.
     sft_opt = make_optimizer(cfg.sft.optim)
-    state = {"params": params, "opt": sft_opt.init(params)}
+    sft_steps = mesh_steps(sft_opt, cfg.sft.packing)
+    if sft_steps is None:
+        state = {"params": params, "opt": sft_opt.init(params)}
+    else:
+        placed = sft_steps.place_params(params)
+        state = {"params": placed, "opt": sft_steps.init_opt(placed)}
     if cfg.sft.steps:
         t0 = time.perf_counter()
-        step_fn = make_sft_step(graphdef, make_apply_fn(sft_opt), examples, cfg.sft, pad_id=tok.pad_token_id,
+        step_fn = make_sft_step(graphdef, None if sft_steps else make_apply_fn(sft_opt), examples, cfg.sft,
+                                pad_id=tok.pad_token_id, steps=sft_steps,
                                 impl=cfg.grpo.attention_impl,
                                 tiles=tiles_for(model.config, cfg.grpo.attention_impl),
                                 keys=[it.group_key for it in train_items],
@@ -385,16 +414,19 @@ def _run(cfg: RunConfig, task, run_dir: Path, say, t_start: float) -> dict:
                           show=lambda r: {"loss": f"{r['loss']:.3f}"})
         phases["sft_seconds"] = time.perf_counter() - t0
     policy = Policy(graphdef, state["params"])
+    grpo_opt = make_optimizer(cfg.grpo.optim)
+    grpo_steps = mesh_steps(grpo_opt, cfg.grpo.packing)
 
     def held_out(step: int):
         rows = [r for r in log.rows() if r.get("phase") == "eval" and r["step"] == step]
         if rows:
             return rows[-1]
         t0 = time.perf_counter()
-        res = evaluate(policy, tok, eval_items, reward_fn, sampler, cfg.eval_batch_size, grpo_cfg.correct_threshold)
+        res = evaluate(policy, tok, eval_items, reward_fn, sampler, cfg.eval_batch_size, grpo_cfg.correct_threshold,
+                       steps=grpo_steps)
         row = {"phase": "eval", "step": step, "accuracy": res["accuracy"],
                "reward_mean": res["reward_mean"], "n": res["n"], "seconds": time.perf_counter() - t0}
-        (run_dir / f"eval_step{step}.jsonl").write_text("".join(
+        (own_dir / f"eval_step{step}.jsonl").write_text("".join(
             json.dumps({"task_id": it.task.id, "question": it.task.question, "reference": it.task.answer,
                         "output": txt, "correct": ok}) + "\n"
             for it, txt, ok in zip(eval_items, res["texts"], res["correct"])))
@@ -402,7 +434,7 @@ def _run(cfg: RunConfig, task, run_dir: Path, say, t_start: float) -> dict:
         return row
 
     def correct_at(step: int) -> list[bool]:
-        lines = (run_dir / f"eval_step{step}.jsonl").read_text().splitlines()
+        lines = (own_dir / f"eval_step{step}.jsonl").read_text().splitlines()
         return [bool(json.loads(x)["correct"]) for x in lines if x.strip()]
 
     before = held_out(0)
@@ -417,10 +449,9 @@ def _run(cfg: RunConfig, task, run_dir: Path, say, t_start: float) -> dict:
 
     # GRPO.
     t0 = time.perf_counter()
-    grpo_opt = make_optimizer(grpo_cfg.optim)
-    trainer = GRPOTrainer(policy, grpo_opt, make_apply_fn(grpo_opt), tok, grpo_items, reward_fn, grpo_cfg,
-                          ref_params=state["params"] if grpo_cfg.loss.kl_coef > 0 else None, draft=draft,
-                          questions_per_key=cfg.data.questions_per_database)
+    trainer = GRPOTrainer(policy, grpo_opt, None if grpo_steps else make_apply_fn(grpo_opt), tok, grpo_items,
+                          reward_fn, grpo_cfg, ref_params=state["params"] if grpo_cfg.loss.kl_coef > 0 else None,
+                          draft=draft, questions_per_key=cfg.data.questions_per_database, steps=grpo_steps)
 
     def grpo_step(step, st):
         policy.params = st["params"]
@@ -443,7 +474,7 @@ def _run(cfg: RunConfig, task, run_dir: Path, say, t_start: float) -> dict:
             out["accept"] = f"{r['spec_acceptance_rate']:.2f}"
         return out
 
-    init = {"params": policy.params, "opt": grpo_opt.init(policy.params)}
+    init = {"params": policy.params, "opt": trainer.steps.init_opt(policy.params)}
     if draft:
         init.update(draft=draft.params, draft_opt=draft.opt_state)
     st = run_phase("grpo", grpo_cfg.steps, grpo_step, init, run_dir, log, checkpoint_every=cfg.checkpoint_every,
@@ -452,8 +483,13 @@ def _run(cfg: RunConfig, task, run_dir: Path, say, t_start: float) -> dict:
     phases["grpo_seconds"] = time.perf_counter() - t0
     after = held_out(grpo_cfg.steps)
     say(f"held-out {task.metric} after GRPO: {after['accuracy']:.3f} (n={after['n']})")
+    # Gathered by every process (a collective when the mesh spans processes); process 0 exports
+    # the model and writes the report.
+    final = policy.model() if mesh is None else nnx.merge(graphdef, to_host(policy.params))
+    if not leader:
+        return {}
 
-    export_hf_model(policy.model(), run_dir / "policy", tokenizer=tok)
+    export_hf_model(final, run_dir / "policy", tokenizer=tok)
     if draft:
         export_hf_model(draft.model(), run_dir / "draft", tokenizer=tok)
     rows = log.rows()

@@ -4,6 +4,9 @@ Every step runs on a `PackedTree` batch (one micro-batch of packed rows). Whethe
 shared is decided when the batch is packed (`zorro_jax.rl.batches.pack_groups`): "prompt_once"
 packs each prompt once with its G completions under it, "naive" copies the prompt into every
 sample (the baseline). The steps and the loss are the same for both.
+
+`mesh` (optional): the mesh the step will run on, so that "pallas" attention runs its kernels per
+device under `shard_map` (`zorro_jax.parallel.steps` adds the declared shardings).
 """
 
 from __future__ import annotations
@@ -13,29 +16,31 @@ import jax.numpy as jnp
 import optax
 from flax import nnx
 
+from zorro_jax.attention import kernel_mesh
 from zorro_jax.layouts import PackedTree
 from zorro_jax.model.forward import packed_logprobs
 from zorro_jax.rl.losses import LossConfig, policy_loss
 
 
-def make_logprob_fn(graphdef, impl=None):
+def make_logprob_fn(graphdef, impl=None, mesh=None):
     """A jitted `fn(params, batch) -> (log-probs [B, G, R], entropy [B, G, R])` of the loss view
     of a PackedTree micro-batch."""
 
     @jax.jit
     def fn(params, batch: PackedTree):
-        lp, ent, _mask = packed_logprobs(nnx.merge(graphdef, params), batch, impl=impl)
+        with kernel_mesh(mesh):
+            lp, ent, _mask = packed_logprobs(nnx.merge(graphdef, params), batch, impl=impl)
         return lp, ent
 
     return fn
 
 
-def make_grpo_grad_fn(graphdef, loss_cfg: LossConfig, impl=None):
+def make_grpo_grad_fn(graphdef, loss_cfg: LossConfig, impl=None, mesh=None):
     """grad(params, batch, old_logp, adv, ref_logp, normaliser) -> (loss, metrics, grads)."""
 
     def loss_fn(params, batch, old_logp, adv, ref_logp, normaliser):
-        model = nnx.merge(graphdef, params)
-        lp, ent, mask = packed_logprobs(model, batch, impl=impl)
+        with kernel_mesh(mesh):
+            lp, ent, mask = packed_logprobs(nnx.merge(graphdef, params), batch, impl=impl)
         loss, metrics = policy_loss(lp, old_logp, adv, mask, normaliser, loss_cfg,
                                     ref_logp if loss_cfg.kl_coef > 0 else None)
         m = mask.astype(jnp.float32)
@@ -51,12 +56,13 @@ def make_grpo_grad_fn(graphdef, loss_cfg: LossConfig, impl=None):
     return fn
 
 
-def make_sft_grad_fn(graphdef, impl=None):
+def make_sft_grad_fn(graphdef, impl=None, mesh=None):
     """Teacher forcing on packed (prompt, answer) trees: Σ -log p(answer token) / normaliser."""
 
     def loss_fn(params, batch, normaliser):
-        model = nnx.merge(graphdef, params)
-        lp, _, mask = packed_logprobs(model, batch, impl=impl, with_entropy=False)
+        with kernel_mesh(mesh):
+            lp, _, mask = packed_logprobs(nnx.merge(graphdef, params), batch, impl=impl,
+                                          with_entropy=False)
         return -jnp.sum(jnp.where(mask, lp, 0.0)) / normaliser
 
     @jax.jit
