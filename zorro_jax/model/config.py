@@ -53,8 +53,13 @@ class ModelConfig:
     bos_token_id: int | None = None
     eos_token_id: int | None = None
     pad_token_id: int | None = None
-    # dtype of activations and matmuls; params are kept in float32.
+    # dtype of the matmuls and their activations; the residual stream, norms, attention softmax,
+    # logits and log-probs are float32 whatever it is.
     compute_dtype: str = "float32"
+    # dtype the parameters are stored in. Trained models keep float32 (fp32 master weights, cast
+    # to compute_dtype at each matmul); bfloat16 halves the weights of models that are only run
+    # (reference policy, evaluation, rollouts), and the optimiser refuses to train them.
+    param_dtype: str = "float32"
 
     def __post_init__(self):
         if self.model_type not in SUPPORTED_MODEL_TYPES:
@@ -78,6 +83,8 @@ class ModelConfig:
             raise ValueError(f"head_dim must be even for RoPE, got {self.head_dim}")
         if self.compute_dtype not in ("float32", "bfloat16", "float16"):
             raise ValueError(f"compute_dtype must be float32, bfloat16 or float16, got {self.compute_dtype}")
+        if self.param_dtype not in ("float32", "bfloat16"):
+            raise ValueError(f"param_dtype must be float32 or bfloat16, got {self.param_dtype}")
 
     @property
     def q_per_kv(self) -> int:
