@@ -15,7 +15,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from zorro_jax.model.config import ModelConfig
+from zorro_jax.model.config import REMAT_POLICIES, ModelConfig
 
 _INIT_STD = 0.02
 
@@ -181,6 +181,12 @@ class Block(nnx.Module):
         return jax.tree.map(lambda x: x + mlp(x), x_tree)
 
 
+def _layer_fn(inv_freq, attend):
+    """layer(x, pos) with the RoPE table and attention callback closed over (what nnx.remat
+    traces: its arguments must all be arrays or modules)."""
+    return lambda layer, x_tree, pos_tree: layer(x_tree, pos_tree, inv_freq, attend)
+
+
 class Transformer(nnx.Module):
     """The decoder. `hidden(tokens_tree, pos_tree, attend)` -> final-normed hidden states."""
 
@@ -212,18 +218,30 @@ class Transformer(nnx.Module):
         w = self.embed_tokens[...].T if self.lm_head is None else self.lm_head[...]
         return w.astype(self.compute_dtype)
 
-    def hidden(self, tokens_tree, pos_tree, attend):
+    def hidden(self, tokens_tree, pos_tree, attend, remat: str = "none"):
         """attend(layer_index, q_tree, k_tree, v_tree) -> o_tree, implemented per layout."""
-        return self.hidden_from_embeddings(jax.tree.map(self.embed, tokens_tree), pos_tree, attend)
+        return self.hidden_from_embeddings(jax.tree.map(self.embed, tokens_tree), pos_tree, attend,
+                                           remat)
 
-    def hidden_from_embeddings(self, x_tree, pos_tree, attend):
+    def hidden_from_embeddings(self, x_tree, pos_tree, attend, remat: str = "none"):
         """Run every layer on a pytree of embeddings with matching position pytree; `attend(layer,
         q, k, v)` does the attention for the layout. Returns final-normed hidden states in the
         compute dtype.
+
+        remat (see ModelConfig.remat) applies only to a pure `attend`: the training layouts pass
+        the config's policy; cache-writing steps (prefill, decode) keep "none".
         """
+        if remat not in REMAT_POLICIES:
+            raise ValueError(f"remat must be one of {REMAT_POLICIES}, got {remat!r}")
         inv_freq = rope_inv_freq(self.config)
         for i, layer in enumerate(self.layers):
-            x_tree = layer(x_tree, pos_tree, inv_freq, lambda q, k, v, i=i: attend(i, q, k, v))
+            attend_i = lambda q, k, v, i=i: attend(i, q, k, v)
+            if remat == "attention":
+                attend_i = jax.checkpoint(attend_i)
+            if remat == "block":
+                x_tree = nnx.remat(_layer_fn(inv_freq, attend_i))(layer, x_tree, pos_tree)
+            else:
+                x_tree = layer(x_tree, pos_tree, inv_freq, attend_i)
         return jax.tree.map(lambda x: self.norm(x).astype(self.compute_dtype), x_tree)
 
     def logits(self, h):
