@@ -94,6 +94,12 @@ class PolicyConfig:
     num_kv_heads: int = 2
     intermediate_size: int = 384
     seed: int = 0
+    # dtype of the matmuls (float32 | bfloat16); weights stay float32 master copies, the residual
+    # stream, norms, softmax and log-probs float32 (see ModelConfig.compute_dtype).
+    compute_dtype: str = "float32"
+    # Rematerialisation in the training forward: none | block (recompute each layer in the
+    # backward) | attention (recompute the attention core only).
+    remat: str = "none"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -185,7 +191,7 @@ def new_model_config(cfg: RunConfig, tok) -> ModelConfig:
         num_attention_heads=p.num_heads, num_key_value_heads=p.num_kv_heads,
         head_dim=p.hidden_size // p.num_heads, qk_norm=True, tie_word_embeddings=True,
         max_position_embeddings=4096, bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
-        pad_token_id=tok.pad_token_id,
+        pad_token_id=tok.pad_token_id, compute_dtype=p.compute_dtype,
     )
 
 
@@ -371,9 +377,10 @@ def _run(cfg: RunConfig, task, t_start: float) -> dict:
         f"{', chat template' if encoder.chat else ''}; stop ids {list(stop_ids)}")
 
     if cfg.policy.checkpoint:
-        model = load_hf_model(cfg.policy.checkpoint)
+        model = load_hf_model(cfg.policy.checkpoint, compute_dtype=cfg.policy.compute_dtype)
     else:
         model = init_model(new_model_config(cfg, tok), seed=cfg.policy.seed)
+    model.config = dataclasses.replace(model.config, remat=cfg.policy.remat)
     graphdef, params = nnx.split(model)
     n_params = sum(x.size for x in jax.tree.leaves(params))
     say(f"policy: {model.config.model_type}, {n_params / 1e6:.2f}M parameters")
