@@ -2,7 +2,7 @@
 zero-shot, after a short SFT, and after GRPO on top of it, with wall time per phase.
 
     python -m experiments.fetch_model smollm2-135m      # once: builds the model folder
-    python -m experiments.real_model [--out runs/real_model] [--sft-steps 24] [--grpo-steps 10]
+    python -m experiments.real_model [--out runs/real_model] [--sft-steps 20] [--grpo-steps 10]
                                      [--eval-limit 48] [--prompts 4] [--group-size 6] ...
 
 Two pipeline runs (`zorro_jax.rl.pipeline.run`), each resumable: `zero_shot/` (no SFT, no GRPO:
@@ -49,13 +49,13 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--max-prompt-tokens", type=int, default=384,
                    help="prompt budget (chat frame included); longer schemas are trimmed")
     p.add_argument("--max-new-tokens", type=int, default=80, help="generation budget (eval and rollouts)")
-    p.add_argument("--sft-steps", type=int, default=24)
+    p.add_argument("--sft-steps", type=int, default=20)
     p.add_argument("--sft-batch", type=int, default=8, help="examples per SFT step")
-    p.add_argument("--sft-lr", type=float, default=3e-5)
+    p.add_argument("--sft-lr", type=float, default=5e-5)
     p.add_argument("--grpo-steps", type=int, default=10)
     p.add_argument("--prompts", type=int, default=4, help="GRPO prompts per step")
     p.add_argument("--group-size", type=int, default=6, help="GRPO completions per prompt")
-    p.add_argument("--grpo-lr", type=float, default=5e-6)
+    p.add_argument("--grpo-lr", type=float, default=1e-5)
     p.add_argument("--temperature", type=float, default=1.0, help="GRPO rollout temperature")
     p.add_argument("--compute-dtype", default="float32", choices=("float32", "bfloat16"))
     p.add_argument("--remat", default="none", choices=("none", "block", "attention"))
