@@ -52,7 +52,9 @@ def _f(x, digits=2, missing="—"):
 
 def render_actor_update(payload: dict) -> list[str]:
     """The actor-update table: times, memory, and every ratio next to its bound."""
-    lines = [(f"Model d={payload.get('hidden_size', 256)}, 4 layers, fp32, XLA attention; "
+    model = f"{payload['model']} (real weights), " if payload.get("model") else ""
+    lines = [(f"Model {model}d={payload.get('hidden_size', 256)}, {payload.get('layers', 4)} layers, fp32, "
+              "XLA attention; "
              f"{payload['machine']}."), "",
              ("| distribution (B × G) | ideal token ratio | attention-pair ratio | model-FLOP ratio | "
              "packed naive | packed prompt-once | **time ×** packed naive (× ideal, × FLOP ratio) | "
