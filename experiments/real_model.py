@@ -60,6 +60,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--compute-dtype", default="float32", choices=("float32", "bfloat16"))
     p.add_argument("--remat", default="none", choices=("none", "block", "attention"))
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--reuse-sft", default="",
+                   help="an earlier --out folder run with the same SFT and eval settings: its zero-shot "
+                        "figures and finished SFT phase are taken over, so only GRPO runs (GRPO variants)")
     return p.parse_args(argv)
 
 
@@ -105,6 +108,31 @@ def run_configs(args) -> tuple[RunConfig, RunConfig]:
     return zero_shot, trained
 
 
+def reuse_sft(src: Path, zero_shot: RunConfig, trained: RunConfig) -> None:
+    """Seed this experiment's run folders with `src`'s zero-shot evaluation and finished SFT
+    phase (its checkpoint, loss rows and after-SFT evaluation), which the pipeline then resumes
+    from. Refuses when anything those figures depend on differs."""
+    import shutil
+
+    old = json.loads((src / "trained" / "config.json").read_text())
+    new = dataclasses.asdict(trained)
+    for key in ("data", "policy", "sft", "eval_batch_size"):
+        if json.loads(json.dumps(old[key])) != json.loads(json.dumps(new[key])):
+            raise SystemExit(f"--reuse-sft {src}: its {key} settings differ from this run's")
+    for cfg in (zero_shot, trained):
+        dst = Path(cfg.run_dir)
+        if (dst / "metrics.jsonl").exists():
+            continue  # seeded (or run) before: the pipeline resumes it as it is
+        origin = src / dst.name
+        dst.mkdir(parents=True)
+        rows = [json.loads(x) for x in (origin / "metrics.jsonl").read_text().splitlines() if x.strip()]
+        keep = [r for r in rows if r.get("phase") == "sft" or (r.get("phase") == "eval" and r["step"] == 0)]
+        (dst / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in keep))
+        shutil.copy(origin / "eval_step0.jsonl", dst / "eval_step0.jsonl")
+        if cfg.sft.steps:
+            shutil.copytree(origin / "ckpt_sft", dst / "ckpt_sft")
+
+
 def eval_row(run_dir: Path, step: int) -> tuple[dict, list[bool]]:
     """(metrics row, per-task correctness) of the held-out evaluation at GRPO step `step`."""
     rows = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines() if x.strip()]
@@ -142,7 +170,7 @@ def report(args, zero_shot: RunConfig, trained: RunConfig, wall: dict) -> dict:
     return {
         "model": Path(trained.policy.checkpoint).name,
         "machine": machine_note(),
-        "settings": {k: v for k, v in vars(args).items() if k not in ("out", "checkpoint")},
+        "settings": {k: v for k, v in vars(args).items() if k not in ("out", "checkpoint", "reuse_sft")},
         "stages": [stage("zero-shot", z_row, z_ok, 0.0),
                    stage(f"after SFT ({trained.sft.steps} steps × {trained.sft.batch_size})", s_row, s_ok,
                          phase_seconds(t_dir, "sft")),
@@ -182,6 +210,8 @@ def main(argv=None) -> dict:
     args = parse_args(argv)
     zero_shot, trained = run_configs(args)
     task_cfg = Text2SQLConfig(source="builtin", prompt_style="ddl")
+    if args.reuse_sft:
+        reuse_sft(Path(args.reuse_sft), zero_shot, trained)
     wall = {}
     for name, cfg in (("zero_shot", zero_shot), ("trained", trained)):
         t0 = time.perf_counter()

@@ -91,3 +91,30 @@ def test_real_model_report_renders(tmp_path):
     # Paired on the same tasks: one task fixed, none broken, s.e. 0.25 (unpaired would be 0.33).
     assert "GRPO − SFT +0.250 [-0.240, +0.740] (1 fixed, 0 broken)" in lines[-2]
     assert lines[-1] == "GRPO rollout reward per step: 0.10, 0.30."
+
+
+def test_real_model_reuses_only_a_matching_sft_phase(tmp_path):
+    import dataclasses
+    import json
+
+    from experiments import real_model
+    from zorro_jax.checkpoints.pretrained import STAMP
+
+    model = tmp_path / "smollm2"
+    model.mkdir()
+    (model / STAMP).write_text("{}")
+    parse = lambda out, *extra: real_model.parse_args(["--out", str(tmp_path / out), "--checkpoint", str(model),
+                                                       "--sft-steps", "1", "--grpo-steps", "2", *extra])
+    zero, trained = real_model.run_configs(parse("a"))
+    _write_run(tmp_path / "a" / "zero_shot", {0: [False, False]})
+    _write_run(tmp_path / "a" / "trained", {0: [True, False], 2: [True, True]}, grpo_rewards=(0.1, 0.3))
+    (tmp_path / "a" / "trained" / "config.json").write_text(json.dumps(dataclasses.asdict(trained), default=str))
+    (tmp_path / "a" / "trained" / "ckpt_sft" / "1").mkdir(parents=True)
+    with pytest.raises(SystemExit, match="sft settings differ"):
+        real_model.reuse_sft(tmp_path / "a", *real_model.run_configs(parse("b", "--sft-lr", "1e-4")))
+    # Other GRPO settings are what a variant changes: the SFT phase and its evaluation carry over.
+    real_model.reuse_sft(tmp_path / "a", *real_model.run_configs(parse("c", "--grpo-lr", "3e-5")))
+    rows = [json.loads(x) for x in (tmp_path / "c" / "trained" / "metrics.jsonl").read_text().splitlines()]
+    assert [(r["phase"], r["step"]) for r in rows] == [("sft", 1), ("eval", 0)]
+    assert (tmp_path / "c" / "trained" / "ckpt_sft" / "1").is_dir()
+    assert not (tmp_path / "c" / "zero_shot" / "ckpt_sft").exists()
