@@ -178,7 +178,7 @@ def report(args, zero_shot: RunConfig, trained: RunConfig, wall: dict) -> dict:
                          f"{trained.grpo.group_size})", g_row, g_ok, phase_seconds(t_dir, "grpo"))],
         "differences": {"sft_vs_zero_shot": paired(z_ok, s_ok), "grpo_vs_sft": paired(s_ok, g_ok)},
         "grpo_steps": [{k: r[k] for k in ("step", "reward_mean", "accuracy", "completion_len_mean",
-                                          "kl", "time_total")} for r in grpo],
+                                          "entropy", "time_total")} for r in grpo],
         "wall_seconds": wall,
     }
 
@@ -190,10 +190,10 @@ def write_report(out: Path, payload: dict) -> None:
               for s in payload["stages"]}
     diffs = {k: f"{d['mean']:+.3f} [{d['lo']:+.3f}, {d['hi']:+.3f}] (fixed {d['fixed']}, broken {d['broken']})"
              for k, d in payload["differences"].items()}
-    curve = ["| GRPO step | rollout reward | rollout accuracy | completion tokens | KL | seconds |",
+    curve = ["| GRPO step | rollout reward | rollout accuracy | completion tokens | entropy | seconds |",
              "|---|---|---|---|---|---|"]
     curve += [f"| {r['step']} | {r['reward_mean']:.3f} | {r['accuracy']:.3f} | {r['completion_len_mean']:.0f} | "
-              f"{r['kl']:.4f} | {r['time_total']:.1f} |" for r in payload["grpo_steps"]]
+              f"{r['entropy']:.3f} | {r['time_total']:.1f} |" for r in payload["grpo_steps"]]
     write_summary(out, f"{payload['model']} on the built-in text-to-SQL benchmark", {
         "Held-out execution accuracy (greedy, dev, ± s.e.)": stages,
         "Paired differences, 95% interval (same tasks)": diffs,

@@ -61,7 +61,7 @@ def _write_run(run_dir, evals: dict, grpo_rewards=()):
     run_dir.mkdir(parents=True)
     rows = [{"phase": "sft", "step": 1, "loss": 1.0, "seconds": 30.0}] if grpo_rewards else []
     rows += [{"phase": "grpo", "step": i + 1, "reward_mean": r, "accuracy": r, "completion_len_mean": 40.0,
-              "kl": 0.001, "time_total": 60.0, "seconds": 61.0} for i, r in enumerate(grpo_rewards)]
+              "entropy": 0.5, "time_total": 60.0, "seconds": 61.0} for i, r in enumerate(grpo_rewards)]
     for step, correct in evals.items():
         rows.append({"phase": "eval", "step": step, "accuracy": sum(correct) / len(correct), "n": len(correct),
                      "seconds": 20.0})
@@ -91,6 +91,8 @@ def test_real_model_report_renders(tmp_path):
     # Paired on the same tasks: one task fixed, none broken, s.e. 0.25 (unpaired would be 0.33).
     assert "GRPO − SFT +0.250 [-0.240, +0.740] (1 fixed, 0 broken)" in lines[-2]
     assert lines[-1] == "GRPO rollout reward per step: 0.10, 0.30."
+    real_model.write_report(tmp_path / "out", payload)
+    assert "| 2 | 0.300 | 0.300 | 40 | 0.500 | 60.0 |" in (tmp_path / "out" / "summary.md").read_text()
 
 
 def test_real_model_reuses_only_a_matching_sft_phase(tmp_path):
