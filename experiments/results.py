@@ -120,7 +120,8 @@ def render_real_model(payload: dict) -> list[str]:
     st = payload["settings"]
     lines = [(f"{payload['model']}, full fine-tuning, {st['compute_dtype']}; greedy execution accuracy on "
               f"the first {payload['stages'][0]['n']} dev tasks, prompts in the `ddl` style through the "
-              f"chat template; {payload['machine']}."), "",
+              f"chat template; {payload['machine']}. SFT lr {st['sft_lr']:g}; GRPO lr {st['grpo_lr']:g}, "
+              f"rollout temperature {st['temperature']:g}, at most {st['max_new_tokens']} new tokens."), "",
              "| stage | held-out accuracy ± s.e. | training s | eval s |", "|---|---|---|---|"]
     for s in payload["stages"]:
         lines.append(f"| {s['stage']} | {s['accuracy']:.3f} ± {s['se']:.3f} | {s['train_seconds']:.0f} | "
