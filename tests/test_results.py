@@ -107,7 +107,7 @@ def test_real_model_reuses_only_a_matching_sft_phase(tmp_path):
     (model / STAMP).write_text("{}")
     parse = lambda out, *extra: real_model.parse_args(["--out", str(tmp_path / out), "--checkpoint", str(model),
                                                        "--sft-steps", "1", "--grpo-steps", "2", *extra])
-    zero, trained = real_model.run_configs(parse("a"))
+    _, trained = real_model.run_configs(parse("a"))
     _write_run(tmp_path / "a" / "zero_shot", {0: [False, False]})
     _write_run(tmp_path / "a" / "trained", {0: [True, False], 2: [True, True]}, grpo_rewards=(0.1, 0.3))
     (tmp_path / "a" / "trained" / "config.json").write_text(json.dumps(dataclasses.asdict(trained), default=str))
