@@ -18,6 +18,7 @@ from flax import nnx
 from safetensors.numpy import load_file, save_file
 
 from zorro_jax.model.config import ModelConfig
+from zorro_jax.model.lora import has_lora
 from zorro_jax.model.transformer import Transformer
 
 # Our parameter path -> (HF tensor name, transpose?). Linear kernels are [in, out]; HF is [out, in].
@@ -108,6 +109,10 @@ def load_hf_model(
 
 def export_hf_model(model: Transformer, folder: str | Path, tokenizer=None) -> Path:
     """Write config.json + model.safetensors (+ the tokenizer if given) to `folder`."""
+    if has_lora(nnx.state(model)):
+        # Writing only the base kernels would silently drop what the adapters learned.
+        raise ValueError("the model carries LoRA adapters: export lora.merge_lora(model) here, or "
+                         "the adapters alone with lora.export_peft_adapter")
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     tensors = {}

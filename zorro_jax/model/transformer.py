@@ -38,16 +38,21 @@ def _param(rngs: nnx.Rngs, shape, axes, *, std=_INIT_STD, ones=False, zeros=Fals
 
 
 class Linear(nnx.Module):
-    """y = x @ kernel (+ bias); kernel [in, out] in float32, computed in the input's dtype."""
+    """y = x @ kernel (+ bias) (+ a LoRA adapter's term); kernel [in, out] in float32, computed in
+    the input's dtype."""
 
     def __init__(self, din: int, dout: int, axes, *, bias: bool, rngs: nnx.Rngs):
         self.kernel = _param(rngs, (din, dout), axes)
         self.bias = _param(rngs, (dout,), axes[1:], zeros=True) if bias else None
+        # A low-rank adapter (zorro_jax.model.lora.Adapter) added to the output when attached.
+        self.lora = None
 
     def __call__(self, x):
         y = jnp.einsum("...i,io->...o", x, self.kernel[...].astype(x.dtype))
         if self.bias is not None:
             y = y + _bcast(self.bias[...], y)
+        if self.lora is not None:
+            y = y + self.lora(x)
         return y
 
 

@@ -4,6 +4,11 @@ Every step runs on a `PackedTree` batch (one micro-batch of packed rows). Whethe
 shared is decided when the batch is packed (`zorro_jax.rl.batches.pack_groups`): "prompt_once"
 packs each prompt once with its G completions under it, "naive" copies the prompt into every
 sample (the baseline). The steps and the loss are the same for both.
+
+`params` is always the whole model state; the gradient and the optimiser see only its trainable
+part (`zorro_jax.model.lora.split_trainable`: the adapters when the model has LoRA adapters, else
+every parameter), so with LoRA the frozen base gets no gradient and no optimiser state, and its
+arrays come back from `apply` as the very arrays that went in.
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ from flax import nnx
 
 from zorro_jax.layouts import PackedTree
 from zorro_jax.model.forward import packed_logprobs
+from zorro_jax.model.lora import split_trainable
 from zorro_jax.rl.losses import LossConfig, policy_loss
 
 
@@ -31,10 +37,11 @@ def make_logprob_fn(graphdef, impl=None):
 
 
 def make_grpo_grad_fn(graphdef, loss_cfg: LossConfig, impl=None):
-    """grad(params, batch, old_logp, adv, ref_logp, normaliser) -> (loss, metrics, grads)."""
+    """grad(params, batch, old_logp, adv, ref_logp, normaliser) -> (loss, metrics, grads); grads
+    of the trainable part of params only."""
 
-    def loss_fn(params, batch, old_logp, adv, ref_logp, normaliser):
-        model = nnx.merge(graphdef, params)
+    def loss_fn(trainable, frozen, batch, old_logp, adv, ref_logp, normaliser):
+        model = nnx.merge(graphdef, trainable, frozen)
         lp, ent, mask = packed_logprobs(model, batch, impl=impl)
         loss, metrics = policy_loss(lp, old_logp, adv, mask, normaliser, loss_cfg,
                                     ref_logp if loss_cfg.kl_coef > 0 else None)
@@ -45,42 +52,56 @@ def make_grpo_grad_fn(graphdef, loss_cfg: LossConfig, impl=None):
     @jax.jit
     def fn(params, batch, old_logp, adv, ref_logp, normaliser):
         (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(
-            params, batch, old_logp, adv, ref_logp, normaliser)
+            *split_trainable(params), batch, old_logp, adv, ref_logp, normaliser)
         return loss, metrics, grads
 
     return fn
 
 
 def make_sft_grad_fn(graphdef, impl=None):
-    """Teacher forcing on packed (prompt, answer) trees: Σ -log p(answer token) / normaliser."""
+    """Teacher forcing on packed (prompt, answer) trees: Σ -log p(answer token) / normaliser;
+    grads of the trainable part of params only."""
 
-    def loss_fn(params, batch, normaliser):
-        model = nnx.merge(graphdef, params)
+    def loss_fn(trainable, frozen, batch, normaliser):
+        model = nnx.merge(graphdef, trainable, frozen)
         lp, _, mask = packed_logprobs(model, batch, impl=impl, with_entropy=False)
         return -jnp.sum(jnp.where(mask, lp, 0.0)) / normaliser
 
     @jax.jit
     def fn(params, batch, normaliser):
-        loss, grads = jax.value_and_grad(loss_fn)(params, batch, normaliser)
+        loss, grads = jax.value_and_grad(loss_fn)(*split_trainable(params), batch, normaliser)
         return loss, {}, grads
 
     return fn
 
 
+def init_opt_state(optimizer: optax.GradientTransformation, params):
+    """The optimiser state for `make_apply_fn`: of the trainable part of params only."""
+    return optimizer.init(split_trainable(params)[0])
+
+
 def make_apply_fn(optimizer: optax.GradientTransformation):
     """apply(params, opt_state, grads) -> (params, opt_state, grad_norm, finite).
 
-    A non-finite gradient leaves params and optimiser state untouched (the caller logs the skip).
+    grads and opt_state are of the trainable part of params (`init_opt_state`). A non-finite
+    gradient leaves params and optimiser state untouched (the caller logs the skip).
     """
 
     @jax.jit
-    def fn(params, opt_state, grads):
+    def update(trainable, opt_state, grads):
         gnorm = optax.global_norm(grads)
         finite = jnp.isfinite(gnorm)
-        updates, new_opt = optimizer.update(grads, opt_state, params)
-        new_params = optax.apply_updates(params, updates)
+        updates, new_opt = optimizer.update(grads, opt_state, trainable)
+        new_trainable = optax.apply_updates(trainable, updates)
         keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(finite, a, b), new, old)
-        return keep(new_params, params), keep(new_opt, opt_state), gnorm, finite
+        return keep(new_trainable, trainable), keep(new_opt, opt_state), gnorm, finite
+
+    def fn(params, opt_state, grads):
+        # The frozen part never enters the jitted update: its arrays are returned as they came
+        # (no copy per step, and shared with any reference policy taken from the same state).
+        trainable, frozen = split_trainable(params)
+        new_trainable, new_opt, gnorm, finite = update(trainable, opt_state, grads)
+        return nnx.merge_state(new_trainable, frozen), new_opt, gnorm, finite
 
     return fn
 
