@@ -55,6 +55,7 @@ def test_adapted_logits_equal_merged_weights_logits():
     adapted = np.asarray(dense_logits(model, tokens()))
     merged = merge_lora(model)
     assert not has_lora(nnx.state(merged)) and has_lora(nnx.state(model))  # the model is kept
+    assert nnx.graphdef(merged) == nnx.graphdef(tiny_model())  # an ordinary model
     assert max_rel(dense_logits(merged, tokens()), adapted) <= 1e-5
     # The adapters do change the function (so the equality above is not base == base).
     assert max_rel(adapted, base) > 1e-2

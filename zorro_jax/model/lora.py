@@ -111,6 +111,20 @@ def split_trainable(state) -> tuple[nnx.State, nnx.State]:
     return nnx.split_state(state, nnx.Param, ...)
 
 
+def base_model(model: Transformer) -> Transformer:
+    """The model with its adapters off: a copy without them that holds the very same base arrays
+    (no second copy of the weights), e.g. the KL reference of a LoRA policy."""
+    base = nnx.clone(model)
+    for _name, lin in projections(base).values():
+        _detach(lin)
+    return base
+
+
+def _detach(lin: Linear) -> None:
+    # Static, as a Linear built without an adapter holds it: the graph is then a plain model's.
+    lin.lora = nnx.static(None)
+
+
 def merge_lora(model: Transformer) -> Transformer:
     """A copy of the model without adapters whose kernels hold W + (alpha / r) A B: the same
     function as the adapted model, as one ordinary set of weights (the model itself is unchanged)."""
@@ -123,7 +137,7 @@ def merge_lora(model: Transformer) -> Transformer:
         delta = jnp.matmul(ad.lora_a[...], ad.lora_b[...], precision=jax.lax.Precision.HIGHEST)
         kernel = lin.kernel[...]
         lin.kernel.set_value((kernel + (ad.alpha / ad.rank) * delta).astype(kernel.dtype))
-        lin.lora = None
+        _detach(lin)
     return merged
 
 

@@ -281,11 +281,15 @@ class GRPOTrainer:
     `draft` (a `zorro_jax.rl.distill.DraftTrainer`) switches on speculative rollouts and
     online draft distillation as configured by `cfg.speculative`; its params and optimiser state
     are the caller's to checkpoint (`draft.params`, `draft.opt_state`).
+
+    The KL reference is `ref_params` on the policy's graph, or on `ref_graphdef` when given: with
+    LoRA, the base model without adapters (`zorro_jax.model.lora.base_model`), whose arrays are
+    the policy's frozen ones (one copy of the weights).
     """
 
     def __init__(self, policy: Policy, optimizer, apply_fn, tokenizer, items: list[PromptItem],
                  reward_fn: RewardFn, cfg: GRPOConfig, ref_params=None, draft=None,
-                 questions_per_key: int = 1):
+                 questions_per_key: int = 1, ref_graphdef=None):
         self.policy, self.tok, self.items, self.reward_fn, self.cfg = policy, tokenizer, items, reward_fn, cfg
         if questions_per_key < 1 or cfg.prompts_per_step % questions_per_key:
             raise ValueError(f"prompts_per_step {cfg.prompts_per_step} must be a multiple of the "
@@ -300,6 +304,8 @@ class GRPOTrainer:
         self._round_costs: dict = {}
         g = policy.graphdef
         self.logprob_fn = make_logprob_fn(g, cfg.attention_impl)
+        self.ref_logprob_fn = (self.logprob_fn if ref_graphdef is None
+                               else make_logprob_fn(ref_graphdef, cfg.attention_impl))
         self.grad_fn = make_grpo_grad_fn(g, cfg.loss, cfg.attention_impl)
         self.tiles = tiles_for(policy.model().config, cfg.attention_impl)
         if cfg.loss.kl_coef > 0 and ref_params is None:
@@ -335,7 +341,7 @@ class GRPOTrainer:
         mbs = pack_groups(groups, mode=cfg.mode, tiles=self.tiles, cfg=cfg.packing,
                           pad_id=cfg.sampler.pad_token_id, loss_width=width, shared_lens=shared)
         old_lp = self._logprobs(self.policy.params, mbs, roll.tokens_BxGxR.shape)
-        ref_lp = (self._logprobs(self.ref_params, mbs, roll.tokens_BxGxR.shape)
+        ref_lp = (self._logprobs(self.ref_params, mbs, roll.tokens_BxGxR.shape, self.ref_logprob_fn)
                   if cfg.loss.kl_coef > 0 else old_lp)
         t1 = time.perf_counter()
 
@@ -383,11 +389,13 @@ class GRPOTrainer:
         }
         return row, opt_state, {"texts": texts, "rewards": rewards, "details": details, "items": items}
 
-    def _logprobs(self, params, mbs, shape_BxGxR) -> np.ndarray:
-        """Log-probs [B, G, R] of the rollouts, one micro-batch at a time."""
+    def _logprobs(self, params, mbs, shape_BxGxR, fn=None) -> np.ndarray:
+        """Log-probs [B, G, R] of the rollouts, one micro-batch at a time (by the policy's
+        log-prob function unless `fn`)."""
+        fn = fn or self.logprob_fn
         out = np.zeros(shape_BxGxR, np.float32)
         for mb in mbs:
-            out = mb.put_groups(out, self.logprob_fn(params, mb.packed)[0])
+            out = mb.put_groups(out, fn(params, mb.packed)[0])
         return out
 
     def _draft_metrics(self, step: int, items, mbs, spec_stats: dict, t_roll: float) -> dict:
