@@ -21,6 +21,14 @@ from flax import nnx
 
 from zorro_jax.checkpoints.hf import export_hf_model, load_hf_model
 from zorro_jax.model.config import ModelConfig
+from zorro_jax.model.lora import (
+    LoRAConfig,
+    add_lora,
+    base_model,
+    export_peft_adapter,
+    merge_lora,
+    split_trainable,
+)
 from zorro_jax.model.transformer import init_model
 from zorro_jax.rl.batches import tiles_for
 from zorro_jax.rl.grpo import GRPOConfig, GRPOTrainer, Policy, PromptItem, evaluate
@@ -28,7 +36,7 @@ from zorro_jax.rl.loop import run_phase
 from zorro_jax.rl.optim import make_optimizer
 from zorro_jax.rl.report import MetricsLog, plot_metrics, run_summary, write_summary
 from zorro_jax.rl.sft import SFTConfig, make_sft_step
-from zorro_jax.rl.steps import make_apply_fn
+from zorro_jax.rl.steps import init_opt_state, make_apply_fn
 from zorro_jax.rl.task import PromptFit, make_task
 from zorro_jax.tokenizer import load_tokenizer, train_bpe_tokenizer
 
@@ -79,6 +87,19 @@ class PolicyConfig:
     num_kv_heads: int = 2
     intermediate_size: int = 384
     seed: int = 0
+    # LoRA: adapters of this rank on every attention and MLP projection, and only they train in
+    # SFT and GRPO (0 = the whole model trains).
+    lora_rank: int = 0
+    # The adapters' outputs are scaled by lora_alpha / lora_rank (PEFT's lora_alpha).
+    lora_alpha: float = 16.0
+    # What a LoRA run exports: "adapter" (a PEFT folder, adapter/, for the base weights),
+    # "merged" (policy/, an ordinary Hugging Face folder of base + adapters) or "both".
+    lora_export: str = "both"
+
+    def __post_init__(self):
+        LoRAConfig(rank=self.lora_rank, alpha=self.lora_alpha)  # validates both
+        if self.lora_export not in ("adapter", "merged", "both"):
+            raise ValueError(f"lora_export must be adapter, merged or both, got {self.lora_export!r}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -193,6 +214,26 @@ def sft_augmenter(task, items: list[PromptItem], tok, fit: PromptFit):
         return encode_prompt(tok, (ex.shared, ex.question))[0], answer_ids(tok, ex.answer)
 
     return swap
+
+
+def export_policy(model, policy_cfg: PolicyConfig, run_dir: Path, tok) -> list[str]:
+    """Write the trained policy (with LoRA: its adapters as a PEFT folder and/or the merged
+    weights, as `policy_cfg.lora_export` says); returns the report's lines for what was written."""
+    if not policy_cfg.lora_rank:
+        export_hf_model(model, run_dir / "policy", tokenizer=tok)
+        return ["policy/ (Hugging Face folder)"]
+    out = []
+    if policy_cfg.lora_export in ("adapter", "both"):
+        base = policy_cfg.checkpoint
+        if not base:  # a new model: the adapter needs its base weights written beside it
+            base = str(export_hf_model(base_model(model), run_dir / "base", tokenizer=tok))
+            out.append("base/ (Hugging Face folder: the frozen base of the adapter)")
+        export_peft_adapter(model, run_dir / "adapter", base_model_name_or_path=base)
+        out.append(f"adapter/ (PEFT LoRA adapter for {base})")
+    if policy_cfg.lora_export in ("merged", "both"):
+        export_hf_model(merge_lora(model), run_dir / "policy", tokenizer=tok)
+        out.append("policy/ (Hugging Face folder, adapters merged)")
+    return out
 
 
 def warm_up_draft(cfg: RunConfig, grpo_cfg: GRPOConfig, policy: Policy, examples: list[tuple[list[int], list[int]]],
@@ -349,9 +390,13 @@ def _run(cfg: RunConfig, task, run_dir: Path, say, t_start: float) -> dict:
         model = load_hf_model(cfg.policy.checkpoint)
     else:
         model = init_model(new_model_config(cfg, tok), seed=cfg.policy.seed)
+    lora = LoRAConfig(rank=cfg.policy.lora_rank, alpha=cfg.policy.lora_alpha)
+    if lora.rank:
+        add_lora(model, lora, seed=cfg.policy.seed)
     graphdef, params = nnx.split(model)
     n_params = sum(x.size for x in jax.tree.leaves(params))
-    say(f"policy: {model.config.model_type}, {n_params / 1e6:.2f}M parameters")
+    say(f"policy: {model.config.model_type}, {n_params / 1e6:.2f}M parameters"
+        + (f" (LoRA rank {lora.rank} adapters trained)" if lora.rank else ""))
 
     reward_fn = task.score
     sampler = dataclasses.replace(cfg.grpo.sampler, eos_token_ids=(eos,), pad_token_id=tok.pad_token_id)
@@ -361,7 +406,7 @@ def _run(cfg: RunConfig, task, run_dir: Path, say, t_start: float) -> dict:
 
     # SFT warm start.
     sft_opt = make_optimizer(cfg.sft.optim)
-    state = {"params": params, "opt": sft_opt.init(params)}
+    state = {"params": params, "opt": init_opt_state(sft_opt, params)}
     if cfg.sft.steps:
         t0 = time.perf_counter()
         step_fn = make_sft_step(graphdef, make_apply_fn(sft_opt), examples, cfg.sft, pad_id=tok.pad_token_id,
@@ -410,9 +455,24 @@ def _run(cfg: RunConfig, task, run_dir: Path, say, t_start: float) -> dict:
     # GRPO.
     t0 = time.perf_counter()
     grpo_opt = make_optimizer(grpo_cfg.optim)
+    # The KL reference is the policy as GRPO starts. With LoRA it is built on the policy's own
+    # base arrays (one copy of the weights, also after a restore): the base with its adapters off
+    # when they are fresh, else the base with the SFT adapters.
+    ref_graphdef, start_adapters = None, split_trainable(state["params"])[0]
+    if lora.rank and not cfg.sft.steps:
+        ref_graphdef = nnx.graphdef(base_model(policy.model()))
+
+    def reference(params):
+        if grpo_cfg.loss.kl_coef == 0:
+            return None
+        if not lora.rank:
+            return state["params"]
+        frozen = split_trainable(params)[1]
+        return frozen if ref_graphdef is not None else nnx.merge_state(start_adapters, frozen)
+
     trainer = GRPOTrainer(policy, grpo_opt, make_apply_fn(grpo_opt), tok, grpo_items, reward_fn, grpo_cfg,
-                          ref_params=state["params"] if grpo_cfg.loss.kl_coef > 0 else None, draft=draft,
-                          questions_per_key=cfg.data.questions_per_database)
+                          ref_params=reference(policy.params), draft=draft,
+                          questions_per_key=cfg.data.questions_per_database, ref_graphdef=ref_graphdef)
 
     def grpo_step(step, st):
         policy.params = st["params"]
@@ -426,6 +486,7 @@ def _run(cfg: RunConfig, task, run_dir: Path, say, t_start: float) -> dict:
 
     def restore(s):
         policy.params = s["params"]
+        trainer.ref_params = reference(policy.params)
         if draft:
             draft.params, draft.opt_state = s["draft"], s["draft_opt"]
 
@@ -435,7 +496,7 @@ def _run(cfg: RunConfig, task, run_dir: Path, say, t_start: float) -> dict:
             out["accept"] = f"{r['spec_acceptance_rate']:.2f}"
         return out
 
-    init = {"params": policy.params, "opt": grpo_opt.init(policy.params)}
+    init = {"params": policy.params, "opt": init_opt_state(grpo_opt, policy.params)}
     if draft:
         init.update(draft=draft.params, draft_opt=draft.opt_state)
     st = run_phase("grpo", grpo_cfg.steps, grpo_step, init, run_dir, log, checkpoint_every=cfg.checkpoint_every,
@@ -445,7 +506,7 @@ def _run(cfg: RunConfig, task, run_dir: Path, say, t_start: float) -> dict:
     after = held_out(grpo_cfg.steps)
     say(f"held-out {task.metric} after GRPO: {after['accuracy']:.3f} (n={after['n']})")
 
-    export_hf_model(policy.model(), run_dir / "policy", tokenizer=tok)
+    exported = export_policy(policy.model(), cfg.policy, run_dir, tok)
     if draft:
         export_hf_model(draft.model(), run_dir / "draft", tokenizer=tok)
     rows = log.rows()
@@ -475,7 +536,7 @@ def _run(cfg: RunConfig, task, run_dir: Path, say, t_start: float) -> dict:
     write_summary(run_dir, f"zorro_jax {task.name} run", {
         "Results": results,
         "Files": [f"metrics.jsonl ({len(rows)} rows)", *[p.name for p in plots],
-                  "policy/ (Hugging Face folder)", "eval_step*.jsonl (held-out outputs, per task)",
+                  *exported, "eval_step*.jsonl (held-out outputs, per task)",
                   "provenance.json (commit, package versions, seeds, machine)",
                   "summary.json (the results above)"],
         "Config": f"```json\n{(run_dir / 'config.json').read_text()}\n```",
