@@ -458,7 +458,7 @@ def _run(cfg: RunConfig, task, run_dir: Path, say, t_start: float) -> dict:
     # The KL reference is the policy as GRPO starts. With LoRA it is built on the policy's own
     # base arrays (one copy of the weights, also after a restore): the base with its adapters off
     # when they are fresh, else the base with the SFT adapters.
-    ref_graphdef, start_adapters = None, split_trainable(state["params"])[0]
+    ref_graphdef, start_adapters = None, split_trainable(state["params"])[0] if lora.rank else None
     if lora.rank and not cfg.sft.steps:
         ref_graphdef = nnx.graphdef(base_model(policy.model()))
 
