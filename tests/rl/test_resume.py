@@ -23,8 +23,10 @@ VOLATILE = ("seconds", "tokens_per_s")
 SPECULATIVE = ["--grpo.speculative.enabled", "true", "--grpo.speculative.gamma", "2",
                "--grpo.speculative.warmup_steps", "3", "--grpo.speculative.warmup_prompts_per_step", "4",
                "--grpo.speculative.draft_hidden_size", "16"]
-# LoRA with a KL term: after a restore the reference must again be the policy as GRPO started
-# (the base arrays of the restored state with the SFT adapters), or the metrics would differ.
+# LoRA with a KL term: the restored run (adapter-only optimiser state, the reference rebuilt on
+# the restored base arrays) continues as the uninterrupted one and exports the adapter. At this
+# size GRPO's rewards are all 0, so the adapters hardly move in GRPO: a reference rebuilt from the
+# wrong adapters would go unnoticed here (tests/rl/test_lora_training.py checks the reference).
 LORA = ["--policy.lora_rank", "4", "--grpo.loss.kl_coef", "0.05"]
 
 
