@@ -15,6 +15,7 @@ from zorro_jax.model.lora import (
     base_model,
     merge_lora,
     projections,
+    reference_state,
     split_trainable,
 )
 from zorro_jax.model.transformer import init_model
@@ -169,3 +170,13 @@ def test_grpo_kl_reference_is_the_base_and_shares_its_arrays():
     assert max_rel(fresh_lp, ref_lp) <= 1e-6
     policy_lp, _ = trainer.logprob_fn(policy.params, mb.packed)
     assert float(jnp.abs(policy_lp - ref_lp).max()) > 1e-4
+
+    # A reference rebuilt on the updated (or restored) state: the base alone, or the base with the
+    # adapters GRPO started from; either way on the state's own base arrays.
+    alone = reference_state(policy.params)
+    assert all(x is y for x, y in zip(jax.tree.leaves(alone), frozen, strict=True))
+    np.testing.assert_array_equal(trainer.ref_logprob_fn(alone, mb.packed)[0], ref_lp)
+    with_start = reference_state(policy.params, split_trainable(params)[0])
+    _, start_frozen = split_trainable(with_start)
+    assert all(x is y for x, y in zip(jax.tree.leaves(start_frozen), frozen, strict=True))
+    np.testing.assert_array_equal(trainer.logprob_fn(with_start, mb.packed)[0], fresh_lp)

@@ -26,7 +26,8 @@ SPECULATIVE = ["--grpo.speculative.enabled", "true", "--grpo.speculative.gamma",
 # LoRA with a KL term: the restored run (adapter-only optimiser state, the reference rebuilt on
 # the restored base arrays) continues as the uninterrupted one and exports the adapter. At this
 # size GRPO's rewards are all 0, so the adapters hardly move in GRPO: a reference rebuilt from the
-# wrong adapters would go unnoticed here (tests/rl/test_lora_training.py checks the reference).
+# wrong adapters would go unnoticed here (tests/rl/test_lora_training.py checks
+# lora.reference_state, which the pipeline rebuilds it with).
 LORA = ["--policy.lora_rank", "4", "--grpo.loss.kl_coef", "0.05"]
 
 

@@ -111,6 +111,14 @@ def split_trainable(state) -> tuple[nnx.State, nnx.State]:
     return nnx.split_state(state, nnx.Param, ...)
 
 
+def reference_state(params, adapters=None):
+    """A KL reference built on the frozen base arrays of the state `params` (no copy): the base
+    alone (for the graph of `base_model`) when `adapters` is None, else the base with `adapters`
+    (the trainable part of an earlier state, for the policy's graph)."""
+    frozen = split_trainable(params)[1]
+    return frozen if adapters is None else nnx.merge_state(adapters, frozen)
+
+
 def base_model(model: Transformer) -> Transformer:
     """The model with its adapters off: a copy without them that holds the very same base arrays
     (no second copy of the weights), e.g. the KL reference of a LoRA policy."""

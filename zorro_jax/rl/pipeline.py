@@ -27,6 +27,7 @@ from zorro_jax.model.lora import (
     base_model,
     export_peft_adapter,
     merge_lora,
+    reference_state,
     split_trainable,
 )
 from zorro_jax.model.transformer import init_model
@@ -467,8 +468,7 @@ def _run(cfg: RunConfig, task, run_dir: Path, say, t_start: float) -> dict:
             return None
         if not lora.rank:
             return state["params"]
-        frozen = split_trainable(params)[1]
-        return frozen if ref_graphdef is not None else nnx.merge_state(start_adapters, frozen)
+        return reference_state(params, None if ref_graphdef is not None else start_adapters)
 
     trainer = GRPOTrainer(policy, grpo_opt, make_apply_fn(grpo_opt), tok, grpo_items, reward_fn, grpo_cfg,
                           ref_params=reference(policy.params), draft=draft,
