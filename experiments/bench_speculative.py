@@ -92,15 +92,16 @@ def models(cfg: BenchConfig, preset: dict, sampler: SamplerConfig, prompts):
 
 def builtin_prompts(policy_dir: str, b: int, r: int, temperature: float):
     """The first `b` dev questions of the built-in benchmark, tokenised with the policy's tokenizer."""
-    from zorro_jax.rl.pipeline import encode_prompt
+    from zorro_jax.rl.pipeline import encode_example
     from zorro_jax.tasks.text2sql.task import Text2SQLConfig, Text2SQLTask
-    from zorro_jax.tokenizer import load_tokenizer
+    from zorro_jax.tokenizer import PromptEncoder, load_tokenizer
 
     tok = load_tokenizer(policy_dir)
     examples = Text2SQLTask(Text2SQLConfig()).examples("dev")[:b]
     sampler = SamplerConfig(max_new_tokens=r, temperature=temperature, eos_token_ids=(tok.eos_token_id,),
                             pad_token_id=tok.pad_token_id)
-    return sampler, [encode_prompt(tok, (e.shared, e.question))[0] for e in examples]
+    enc = PromptEncoder(tok)
+    return sampler, [encode_example(enc, e)[0] for e in examples]
 
 
 def run(cfg: BenchConfig) -> dict:

@@ -17,11 +17,11 @@ import jax
 from zorro_jax.checkpoints.hf import export_hf_model, load_hf_model
 from zorro_jax.model.transformer import init_model
 from zorro_jax.rl.distill import distill_on_rollouts
-from zorro_jax.rl.pipeline import encode_prompt, prompt_fit
+from zorro_jax.rl.pipeline import encode_example, prompt_fit
 from zorro_jax.sampling.sampler import SamplerConfig
 from zorro_jax.sampling.speculative import draft_config
 from zorro_jax.tasks.text2sql.task import Text2SQLConfig, Text2SQLTask
-from zorro_jax.tokenizer import load_tokenizer
+from zorro_jax.tokenizer import PromptEncoder, load_tokenizer
 
 
 def main(argv=None):
@@ -46,8 +46,9 @@ def main(argv=None):
     tok = load_tokenizer(args.tokenizer or args.policy)
     policy = load_hf_model(args.policy)
     task = Text2SQLTask(Text2SQLConfig(prompt_style="compact"))
-    fit = prompt_fit(tok, args.max_prompt_tokens)  # schemas trimmed to the budget
-    encoded = (encode_prompt(tok, (e.shared, e.question))[0] for e in task.examples("train", fit)[: args.num_prompts])
+    enc = PromptEncoder(tok)
+    fit = prompt_fit(enc, args.max_prompt_tokens)  # schemas trimmed to the budget
+    encoded = (encode_example(enc, e)[0] for e in task.examples("train", fit)[: args.num_prompts])
     prompts = [ids for ids in encoded if len(ids) <= args.max_prompt_tokens]
     if args.init_draft:
         draft = load_hf_model(args.init_draft)

@@ -151,12 +151,14 @@ def train_row(cfg, graphdef, state, sizes, shape) -> dict:
     sh = steps.step_shardings(mesh, state, "training", optimizer)
     params = rules.abstract_params(state, sh.params)
     opt_state = rules.abstract_params(jax.eval_shape(optimizer.init, state), sh.opt_state)
-    sds = lambda s, dt: jax.ShapeDtypeStruct(s, dt, sharding=sh.batch)
-    batch = abstract_packed(shape, packed_dims(shape, batch_shards(mesh)), sds)
+    # Rows over data × fsdp, the loss view replicated (`rules.packed_shardings`).
+    batch = abstract_packed(shape, packed_dims(shape, batch_shards(mesh)), jax.ShapeDtypeStruct)
+    batch = rules.abstract_params(batch, rules.expand_shardings(sh.packed, batch))
+    sds = lambda s, dt: jax.ShapeDtypeStruct(s, dt, sharding=sh.replicated)
     per_token = sds((b, g, r), jnp.float32)
-    norm = jax.ShapeDtypeStruct((), jnp.float32, sharding=sh.replicated)
     step = steps.make_train_step(graphdef, optimizer, LossConfig(), sh, impl="xla")
-    lowered = step.lower(params, opt_state, batch, per_token, sds((b, g), jnp.float32), per_token, norm)
+    lowered = step.lower(params, opt_state, batch, per_token, sds((b, g), jnp.float32), per_token,
+                         sds((), jnp.float32))
     return {"preset": "training", "mesh": sizes, "params_bytes": shard_bytes(params),
             "opt_state_bytes": shard_bytes(opt_state), "cache_bytes": 0, **analyse(lowered)}
 

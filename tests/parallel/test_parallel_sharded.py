@@ -12,11 +12,11 @@ import pytest
 SCRIPT = Path(__file__).with_name("sharded_checks.py")
 
 
-def run_check(name: str):
+def run_check(name: str, script: Path = SCRIPT):
     env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
     env["XLA_FLAGS"] = "--xla_force_host_platform_device_count=8"
     env["JAX_PLATFORMS"] = "cpu"
-    proc = subprocess.run([sys.executable, str(SCRIPT), name], env=env, capture_output=True, check=False,
+    proc = subprocess.run([sys.executable, str(script), name], env=env, capture_output=True, check=False,
                           text=True, timeout=600)
     assert proc.returncode == 0, f"{name} failed:\n{proc.stdout}\n{proc.stderr[-6000:]}"
     return proc.stdout

@@ -6,10 +6,11 @@ import collections
 import pytest
 
 from zorro_jax.rl.grpo import data_order, grouped_order
-from zorro_jax.rl.pipeline import DataConfig, RunConfig, encode_prompt, prompt_fit
+from zorro_jax.rl.pipeline import DataConfig, RunConfig, encode_example, prompt_fit
 from zorro_jax.rl.sft import SFTConfig
 from zorro_jax.tasks.text2sql.benchmark import load_builtin
 from zorro_jax.tasks.text2sql.task import Text2SQLConfig, Text2SQLTask
+from zorro_jax.tokenizer import PromptEncoder
 
 KEYS = ["a"] * 7 + ["b"] * 3 + ["c"] * 12 + ["a"] * 2
 
@@ -57,8 +58,10 @@ def test_prompt_parts_share_the_schema_and_tokenise_apart():
         assert all(e.shared.endswith("\n") and t.question in e.question and e.group_key == "retail"
                    for e, t in zip(exs, tasks))
     tok = WordTokenizer()
-    ids, n = encode_prompt(tok, ("abc\n", "Q: x"))
+    ids, n = PromptEncoder(tok).encode("abc\n", "Q: x")
     assert ids == [1, *map(ord, "abc\nQ: x")] and n == 5
+    ids, n = PromptEncoder(tok).encode("abc\n", "Q: x", system="S")
+    assert ids == [1, *map(ord, "S\n\nabc\nQ: x")] and n == 8
 
 
 def test_prompts_over_budget_lose_schema_not_question():
@@ -66,15 +69,16 @@ def test_prompts_over_budget_lose_schema_not_question():
     the left of the prompt)."""
     tasks = [t for t in load_builtin("train") if t.db_id == "retail"][:2]
     tok = WordTokenizer()
-    task = Text2SQLTask(Text2SQLConfig(prompt_style="ddl"))
-    full = task.example(tasks[0], prompt_fit(tok, 100_000))
-    n_full = len(encode_prompt(tok, (full.shared, full.question))[0])
+    task, enc = Text2SQLTask(Text2SQLConfig(prompt_style="ddl")), PromptEncoder(tok)
+    full = task.example(tasks[0], prompt_fit(enc, 100_000))
+    n_full = len(encode_example(enc, full)[0])
     budget = n_full - 200
-    trimmed = task.example(tasks[0], prompt_fit(tok, budget))
-    ids, _ = encode_prompt(tok, (trimmed.shared, trimmed.question))
+    trimmed = task.example(tasks[0], prompt_fit(enc, budget))
+    ids, _ = encode_example(enc, trimmed)
     assert len(ids) <= budget
     assert trimmed.question == full.question  # the question part is untouched
-    assert trimmed.shared.startswith(full.shared[:200])  # the system turn and the schema's start stay
+    assert trimmed.system == full.system != ""  # the instructions stay
+    assert trimmed.shared.splitlines()[:4] == full.shared.splitlines()[:4]  # and the schema's start
     assert "example values omitted" in trimmed.shared or "not shown" in trimmed.shared
 
 

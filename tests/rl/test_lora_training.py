@@ -1,11 +1,13 @@
 """Training with LoRA adapters: gradients reach the adapters only (and equal the chain rule through
 the merged weights), the optimiser holds only adapter state, the frozen base passes through
 updates as the same arrays, SFT on adapters lowers the loss, and the GRPO KL reference taken from
-the starting state is exactly the base model while sharing its arrays with the policy."""
+the starting state is exactly the base model while sharing its arrays with the policy; on a mesh
+LoRA is refused."""
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 from flax import nnx
 
 from zorro_jax.model.config import ModelConfig
@@ -19,10 +21,13 @@ from zorro_jax.model.lora import (
     split_trainable,
 )
 from zorro_jax.model.transformer import init_model
+from zorro_jax.parallel.mesh import MeshConfig
+from zorro_jax.parallel.steps import training_steps
 from zorro_jax.rl.batches import PackingConfig, pack_groups
 from zorro_jax.rl.grpo import GRPOConfig, GRPOTrainer, Policy, PromptItem
 from zorro_jax.rl.losses import LossConfig
 from zorro_jax.rl.optim import OptimConfig, make_optimizer
+from zorro_jax.rl.pipeline import PolicyConfig, RunConfig
 from zorro_jax.rl.sft import SFTConfig, make_sft_step
 from zorro_jax.rl.steps import init_opt_state, make_apply_fn, make_sft_grad_fn
 from zorro_jax.sampling.sampler import SamplerConfig
@@ -165,18 +170,40 @@ def test_grpo_kl_reference_is_the_base_and_shares_its_arrays():
         np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
     groups = [(it.prompt_ids, [list(rng.integers(3, VOCAB, 6)) for _ in range(4)]) for it in items]
     [mb] = pack_groups(groups, mode="prompt_once", tiles=trainer.tiles, loss_width=8)
-    ref_lp, _ = trainer.ref_logprob_fn(trainer.ref_params, mb.packed)
-    fresh_lp, _ = trainer.logprob_fn(params, mb.packed)
+    ref_lp, _ = trainer.ref_logprob(trainer.ref_params, mb.packed)
+    fresh_lp, _ = trainer.steps.logprob(params, mb.packed)
     assert max_rel(fresh_lp, ref_lp) <= 1e-6
-    policy_lp, _ = trainer.logprob_fn(policy.params, mb.packed)
+    policy_lp, _ = trainer.steps.logprob(policy.params, mb.packed)
     assert float(jnp.abs(policy_lp - ref_lp).max()) > 1e-4
 
     # A reference rebuilt on the updated (or restored) state: the base alone, or the base with the
     # adapters GRPO started from; either way on the state's own base arrays.
     alone = reference_state(policy.params)
     assert all(x is y for x, y in zip(jax.tree.leaves(alone), frozen, strict=True))
-    np.testing.assert_array_equal(trainer.ref_logprob_fn(alone, mb.packed)[0], ref_lp)
+    np.testing.assert_array_equal(trainer.ref_logprob(alone, mb.packed)[0], ref_lp)
     with_start = reference_state(policy.params, split_trainable(params)[0])
     _, start_frozen = split_trainable(with_start)
     assert all(x is y for x, y in zip(jax.tree.leaves(start_frozen), frozen, strict=True))
-    np.testing.assert_array_equal(trainer.logprob_fn(with_start, mb.packed)[0], fresh_lp)
+    np.testing.assert_array_equal(trainer.steps.logprob(with_start, mb.packed)[0], fresh_lp)
+
+
+def test_lora_on_a_mesh_is_refused():
+    """The mesh steps grad and place the whole state and the trainer copies the reference off the
+    donated policy: a model with adapters is refused by the steps, the trainer and the run's
+    config, not trained on a wrong layout (one device keeps working: the tests above)."""
+    mesh = MeshConfig(data=1, fsdp=1, tensor=1).make(jax.devices()[:1])
+    graphdef, params = nnx.split(lora_model(random_b=False))
+    opt = make_optimizer(OptimConfig())
+    with pytest.raises(ValueError, match="LoRA on a mesh is not supported yet"):
+        training_steps(graphdef, params, opt, mesh=mesh)
+    # Mesh steps built for the plain model, handed a policy with adapters.
+    steps = training_steps(*nnx.split(tiny_model()), opt, mesh=mesh)
+    items = [PromptItem(task=3, prompt_ids=[4, 5, 6])] * 2
+    cfg = GRPOConfig(steps=1, prompts_per_step=2, group_size=2, attention_impl="xla",
+                     sampler=SamplerConfig(max_new_tokens=4, eos_token_ids=(2,), attention_impl="xla"))
+    with pytest.raises(ValueError, match="LoRA on a mesh is not supported yet"):
+        GRPOTrainer(Policy(graphdef, params), opt, None, CharTokenizer(), items, count_reward, cfg, steps=steps)
+    with pytest.raises(ValueError, match="LoRA on a mesh is not supported yet"):
+        RunConfig(policy=PolicyConfig(lora_rank=4), mesh=MeshConfig(data=2, fsdp=1, tensor=1))
+    RunConfig(policy=PolicyConfig(lora_rank=4))
+    RunConfig(mesh=MeshConfig(data=2, fsdp=1, tensor=1))

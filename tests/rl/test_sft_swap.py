@@ -6,12 +6,12 @@ import random
 import pytest
 
 from zorro_jax.rl.grpo import PromptItem
-from zorro_jax.rl.pipeline import encode_prompt, prompt_fit, sft_augmenter
+from zorro_jax.rl.pipeline import encode_example, prompt_fit, sft_augmenter
 from zorro_jax.rl.sft import SFTConfig, make_sft_step
 from zorro_jax.tasks.arithmetic.task import ArithmeticConfig, ArithmeticTask
 from zorro_jax.tasks.text2sql.augment import shared_values
 from zorro_jax.tasks.text2sql.task import Text2SQLConfig, Text2SQLTask
-from zorro_jax.tokenizer import train_bpe_tokenizer
+from zorro_jax.tokenizer import PromptEncoder, train_bpe_tokenizer
 
 
 @pytest.fixture(scope="module")
@@ -20,14 +20,16 @@ def setup(tmp_path_factory):
     examples = task.examples("train")[:80]
     tok = train_bpe_tokenizer([e.shared + e.question for e in examples] + [e.answer for e in examples], 400,
                               tmp_path_factory.mktemp("tok"))
-    items = [PromptItem(e, *encode_prompt(tok, (e.shared, e.question))) for e in examples]
-    return task, items, tok
+    enc = PromptEncoder(tok)
+    items = [PromptItem(e, *encode_example(enc, e)) for e in examples]
+    return task, items, enc
 
 
 def test_swapped_example_is_a_consistent_translation(setup):
-    task, items, tok = setup
+    task, items, enc = setup
+    tok = enc.tok
     tasks = [it.task.payload for it in items]
-    swap = sft_augmenter(task, items, tok, prompt_fit(tok, 10_000))
+    swap = sft_augmenter(task, items, enc, prompt_fit(enc, 10_000))
     i = next(k for k, t in enumerate(tasks) if shared_values(t.question, t.gold_sql)[0])
     strings, _ = shared_values(tasks[i].question, tasks[i].gold_sql)
     prompt_ids, answer_ids = swap(i, random.Random(0))
@@ -43,10 +45,10 @@ def test_swapped_example_is_a_consistent_translation(setup):
 
 
 def test_swapping_needs_a_task_that_augments(setup):
-    _, items, tok = setup
+    _, items, enc = setup
     with pytest.raises(ValueError, match="no SFT augmentation"):
-        sft_augmenter(ArithmeticTask(ArithmeticConfig(train_size=10, eval_size=2)), items, tok,
-                      prompt_fit(tok, 100))
+        sft_augmenter(ArithmeticTask(ArithmeticConfig(train_size=10, eval_size=2)), items, enc,
+                      prompt_fit(enc, 100))
 
 
 def test_sft_step_requires_a_swap_function():

@@ -14,6 +14,7 @@ from typing import Any
 
 SUPPORTED_MODEL_TYPES = ("llama", "qwen2", "qwen3")
 SUPPORTED_ROPE_TYPES = ("default", "llama3")
+REMAT_POLICIES = ("none", "block", "attention")
 _ARCHITECTURES = {"llama": "LlamaForCausalLM", "qwen2": "Qwen2ForCausalLM", "qwen3": "Qwen3ForCausalLM"}
 
 
@@ -53,8 +54,18 @@ class ModelConfig:
     bos_token_id: int | None = None
     eos_token_id: int | None = None
     pad_token_id: int | None = None
-    # dtype of activations and matmuls; params are kept in float32.
+    # dtype of the matmuls and their activations; the residual stream, norms, attention softmax,
+    # logits and log-probs are float32 whatever it is.
     compute_dtype: str = "float32"
+    # dtype the parameters are stored in. Trained models keep float32 (fp32 master weights, cast
+    # to compute_dtype at each matmul); bfloat16 halves the weights of models that are only run
+    # (reference policy, evaluation, rollouts), and the optimiser refuses to train them.
+    param_dtype: str = "float32"
+    # Rematerialisation in the training forward (not exported): "none" keeps every activation for
+    # the backward; "block" keeps only each layer's input and recomputes the layer; "attention"
+    # recomputes the attention core only (its score tiles are the largest activations of the XLA
+    # path; the Pallas kernels save only the log-sum-exp anyway).
+    remat: str = "none"
 
     def __post_init__(self):
         if self.model_type not in SUPPORTED_MODEL_TYPES:
@@ -78,6 +89,10 @@ class ModelConfig:
             raise ValueError(f"head_dim must be even for RoPE, got {self.head_dim}")
         if self.compute_dtype not in ("float32", "bfloat16", "float16"):
             raise ValueError(f"compute_dtype must be float32, bfloat16 or float16, got {self.compute_dtype}")
+        if self.param_dtype not in ("float32", "bfloat16"):
+            raise ValueError(f"param_dtype must be float32 or bfloat16, got {self.param_dtype}")
+        if self.remat not in REMAT_POLICIES:
+            raise ValueError(f"remat must be one of {REMAT_POLICIES}, got {self.remat!r}")
 
     @property
     def q_per_kv(self) -> int:

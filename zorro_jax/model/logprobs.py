@@ -3,7 +3,9 @@
 With a large vocabulary the [N, T, V] float32 logits dominate activation memory. Here the
 log-sum-exp (and the entropy's Σ p·z) is accumulated chunk by chunk in a rematerialised scan, so
 neither the forward nor the backward holds more than one [N, chunk] slab of logits. The target
-logit needs only the target's column of the unembedding, never the full row.
+logit needs only the target's column of the unembedding, never the full row. Logits accumulate
+in float32 whatever the compute dtype: rounding them to bf16 would move a log-prob by up to
+|z|·2^-9, 0.08 at the |z| ~ 40 of a real model.
 """
 
 from __future__ import annotations
@@ -14,7 +16,8 @@ import jax.numpy as jnp
 
 def target_logits(h_NxE, w_ExV, targets_N):
     """z[target] for each row: [N] float32."""
-    return jnp.einsum("ne,ne->n", h_NxE, jnp.take(w_ExV.T, targets_N, axis=0)).astype(jnp.float32)
+    return jnp.einsum("ne,ne->n", h_NxE, jnp.take(w_ExV.T, targets_N, axis=0),
+                      preferred_element_type=jnp.float32)
 
 
 def logsumexp_and_entropy(h_NxE, w_ExV, *, chunk_size: int = 8192, with_entropy: bool = True):
@@ -22,7 +25,7 @@ def logsumexp_and_entropy(h_NxE, w_ExV, *, chunk_size: int = 8192, with_entropy:
     e, v = w_ExV.shape
     n_chunks = -(-v // chunk_size)
     if n_chunks == 1:
-        z = jnp.einsum("ne,ev->nv", h_NxE, w_ExV).astype(jnp.float32)
+        z = jnp.einsum("ne,ev->nv", h_NxE, w_ExV, preferred_element_type=jnp.float32)
         lse = jax.nn.logsumexp(z, axis=-1)
         ent = lse - jnp.sum(jax.nn.softmax(z, axis=-1) * z, axis=-1) if with_entropy else None
         return lse, ent
@@ -33,7 +36,7 @@ def logsumexp_and_entropy(h_NxE, w_ExV, *, chunk_size: int = 8192, with_entropy:
     def body(carry, xs):
         m, s, sz = carry
         w_c, idx = xs
-        z = jnp.einsum("ne,ec->nc", h_NxE, w_c).astype(jnp.float32)
+        z = jnp.einsum("ne,ec->nc", h_NxE, w_c, preferred_element_type=jnp.float32)
         valid = (idx * chunk_size + jnp.arange(chunk_size)) < v
         z = jnp.where(valid[None, :], z, -jnp.inf)
         m_new = jnp.maximum(m, jnp.max(z, axis=-1))

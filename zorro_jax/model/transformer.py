@@ -15,7 +15,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from zorro_jax.model.config import ModelConfig
+from zorro_jax.model.config import REMAT_POLICIES, ModelConfig
 
 _INIT_STD = 0.02
 
@@ -25,25 +25,28 @@ def _bcast(w, x):
     return w.reshape((1,) * (x.ndim - w.ndim) + w.shape).astype(x.dtype)
 
 
-def _param(rngs: nnx.Rngs, shape, axes, *, std=_INIT_STD, ones=False, zeros=False) -> nnx.Param:
+def _param(rngs: nnx.Rngs, shape, axes, dtype, *, std=_INIT_STD, ones=False,
+           zeros=False) -> nnx.Param:
     if ones:
-        value = jnp.ones(shape, jnp.float32)
+        value = jnp.ones(shape, dtype)
     elif zeros:
-        value = jnp.zeros(shape, jnp.float32)
+        value = jnp.zeros(shape, dtype)
     else:
-        value = std * jax.random.normal(rngs.params(), shape, jnp.float32)
+        # Drawn in float32 and rounded, so a bf16 model is the rounded fp32 model of the same seed.
+        value = (std * jax.random.normal(rngs.params(), shape, jnp.float32)).astype(dtype)
     # eager_sharding=False: modules build without a mesh; shardings are derived from the
     # logical names by zorro_jax.parallel when a mesh is in use.
     return nnx.Param(value, out_sharding=axes, eager_sharding=False)
 
 
 class Linear(nnx.Module):
-    """y = x @ kernel (+ bias) (+ a LoRA adapter's term); kernel [in, out] in float32, computed in
-    the input's dtype."""
+    """y = x @ kernel (+ bias) (+ a LoRA adapter's term); kernel [in, out] stored in `dtype`,
+    computed in the input's dtype."""
 
-    def __init__(self, din: int, dout: int, axes, *, bias: bool, rngs: nnx.Rngs):
-        self.kernel = _param(rngs, (din, dout), axes)
-        self.bias = _param(rngs, (dout,), axes[1:], zeros=True) if bias else None
+    def __init__(self, din: int, dout: int, axes, *, bias: bool, rngs: nnx.Rngs,
+                 dtype="float32"):
+        self.kernel = _param(rngs, (din, dout), axes, dtype)
+        self.bias = _param(rngs, (dout,), axes[1:], dtype, zeros=True) if bias else None
         # A low-rank adapter (zorro_jax.model.lora.Adapter) added to the output when attached.
         self.lora = None
 
@@ -59,15 +62,17 @@ class Linear(nnx.Module):
 class RMSNorm(nnx.Module):
     """Root-mean-square layer norm with a learned scale, computed in float32."""
 
-    def __init__(self, dim: int, eps: float, axis_name: str | None, *, rngs: nnx.Rngs):
-        self.weight = _param(rngs, (dim,), (axis_name,), ones=True)
+    def __init__(self, dim: int, eps: float, axis_name: str | None, *, rngs: nnx.Rngs,
+                 dtype="float32"):
+        self.weight = _param(rngs, (dim,), (axis_name,), dtype, ones=True)
         self.eps = eps
 
     def __call__(self, x):
+        # Scaled in float32 and rounded once to x's dtype (XLA fuses it: no float32 copy is stored).
         x32 = x.astype(jnp.float32)
         var = jnp.mean(x32 * x32, axis=-1, keepdims=True)
-        y = (x32 * jax.lax.rsqrt(var + self.eps)).astype(x.dtype)
-        return _bcast(self.weight[...], y) * y
+        y = x32 * jax.lax.rsqrt(var + self.eps)
+        return (_bcast(self.weight[...].astype(jnp.float32), y) * y).astype(x.dtype)
 
 
 def rope_inv_freq(cfg: ModelConfig) -> jnp.ndarray:
@@ -92,14 +97,14 @@ def rope_inv_freq(cfg: ModelConfig) -> jnp.ndarray:
 
 
 def apply_rope(x_xTxHxD, pos_xT, inv_freq):
-    """Rotate-half RoPE; x [..., T, H, D], positions [..., T] (true positions, not padded ones)."""
+    """Rotate-half RoPE; x [..., T, H, D], positions [..., T] (true positions, not padded ones).
+    Rotated in float32 and rounded once to x's dtype."""
     ang = pos_xT.astype(jnp.float32)[..., None] * _bcast(inv_freq, pos_xT[..., None].astype(jnp.float32))
     ang = jnp.concatenate([ang, ang], axis=-1)[..., None, :]  # [..., T, 1, D]
-    cos = jnp.cos(ang).astype(x_xTxHxD.dtype)
-    sin = jnp.sin(ang).astype(x_xTxHxD.dtype)
-    half = x_xTxHxD.shape[-1] // 2
-    rot = jnp.concatenate([-x_xTxHxD[..., half:], x_xTxHxD[..., :half]], axis=-1)
-    return x_xTxHxD * cos + rot * sin
+    x32 = x_xTxHxD.astype(jnp.float32)
+    half = x32.shape[-1] // 2
+    rot = jnp.concatenate([-x32[..., half:], x32[..., :half]], axis=-1)
+    return (x32 * jnp.cos(ang) + rot * jnp.sin(ang)).astype(x_xTxHxD.dtype)
 
 
 class Attention(nnx.Module):
@@ -109,13 +114,15 @@ class Attention(nnx.Module):
 
     def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
         h, k, d, e = cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim, cfg.hidden_size
-        self.q_proj = Linear(e, h * d, ("embed", "heads"), bias=cfg.qkv_bias, rngs=rngs)
-        self.k_proj = Linear(e, k * d, ("embed", "kv_heads"), bias=cfg.qkv_bias, rngs=rngs)
-        self.v_proj = Linear(e, k * d, ("embed", "kv_heads"), bias=cfg.qkv_bias, rngs=rngs)
-        self.o_proj = Linear(h * d, e, ("heads", "embed"), bias=cfg.o_bias, rngs=rngs)
+        pd = cfg.param_dtype
+        self.q_proj = Linear(e, h * d, ("embed", "heads"), bias=cfg.qkv_bias, rngs=rngs, dtype=pd)
+        kv_axes = ("embed", "kv_heads")
+        self.k_proj = Linear(e, k * d, kv_axes, bias=cfg.qkv_bias, rngs=rngs, dtype=pd)
+        self.v_proj = Linear(e, k * d, kv_axes, bias=cfg.qkv_bias, rngs=rngs, dtype=pd)
+        self.o_proj = Linear(h * d, e, ("heads", "embed"), bias=cfg.o_bias, rngs=rngs, dtype=pd)
         if cfg.qk_norm:
-            self.q_norm = RMSNorm(d, cfg.rms_norm_eps, None, rngs=rngs)
-            self.k_norm = RMSNorm(d, cfg.rms_norm_eps, None, rngs=rngs)
+            self.q_norm = RMSNorm(d, cfg.rms_norm_eps, None, rngs=rngs, dtype=pd)
+            self.k_norm = RMSNorm(d, cfg.rms_norm_eps, None, rngs=rngs, dtype=pd)
         else:
             self.q_norm = self.k_norm = None
         self.heads, self.kv_heads, self.head_dim = h, k, d
@@ -139,13 +146,15 @@ class MLP(nnx.Module):
     """The gated SiLU feed-forward block: down(silu(gate(x)) * up(x))."""
 
     def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
-        e, f, b = cfg.hidden_size, cfg.intermediate_size, cfg.mlp_bias
-        self.gate_proj = Linear(e, f, ("embed", "mlp"), bias=b, rngs=rngs)
-        self.up_proj = Linear(e, f, ("embed", "mlp"), bias=b, rngs=rngs)
-        self.down_proj = Linear(f, e, ("mlp", "embed"), bias=b, rngs=rngs)
+        e, f, b, pd = cfg.hidden_size, cfg.intermediate_size, cfg.mlp_bias, cfg.param_dtype
+        self.gate_proj = Linear(e, f, ("embed", "mlp"), bias=b, rngs=rngs, dtype=pd)
+        self.up_proj = Linear(e, f, ("embed", "mlp"), bias=b, rngs=rngs, dtype=pd)
+        self.down_proj = Linear(f, e, ("mlp", "embed"), bias=b, rngs=rngs, dtype=pd)
 
     def __call__(self, x):
-        return self.down_proj(jax.nn.silu(self.gate_proj(x)) * self.up_proj(x))
+        # The gate computed in float32 and rounded once (a fused elementwise op).
+        g32, u32 = self.gate_proj(x).astype(jnp.float32), self.up_proj(x).astype(jnp.float32)
+        return self.down_proj((jax.nn.silu(g32) * u32).astype(x.dtype))
 
 
 class Block(nnx.Module):
@@ -154,21 +163,33 @@ class Block(nnx.Module):
     """
 
     def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
-        self.input_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, "embed", rngs=rngs)
+        e, eps, pd = cfg.hidden_size, cfg.rms_norm_eps, cfg.param_dtype
+        self.input_layernorm = RMSNorm(e, eps, "embed", rngs=rngs, dtype=pd)
         self.self_attn = Attention(cfg, rngs=rngs)
-        self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, "embed", rngs=rngs)
+        self.post_attention_layernorm = RMSNorm(e, eps, "embed", rngs=rngs, dtype=pd)
         self.mlp = MLP(cfg, rngs=rngs)
+        self.compute_dtype = jnp.dtype(cfg.compute_dtype)
 
     def __call__(self, x_tree, pos_tree, inv_freq, attend):
-        h_tree = jax.tree.map(self.input_layernorm, x_tree)
+        """x_tree: the float32 residual stream; the norms' outputs enter the matmuls in the compute
+        dtype and the sublayers' outputs are added back in float32."""
+        cd = self.compute_dtype
+        h_tree = jax.tree.map(lambda x: self.input_layernorm(x).astype(cd), x_tree)
         qkv = jax.tree.map(lambda h, p: self.self_attn.project(h, p, inv_freq), h_tree, pos_tree)
         is_triple = lambda t: isinstance(t, tuple) and len(t) == 3 and hasattr(t[0], "shape")
         q_tree = jax.tree.map(lambda t: t[0], qkv, is_leaf=is_triple)
         k_tree = jax.tree.map(lambda t: t[1], qkv, is_leaf=is_triple)
         v_tree = jax.tree.map(lambda t: t[2], qkv, is_leaf=is_triple)
         o_tree = attend(q_tree, k_tree, v_tree)
-        x_tree = jax.tree.map(lambda x, o: x + self.self_attn.output(o), x_tree, o_tree)
-        return jax.tree.map(lambda x: x + self.mlp(self.post_attention_layernorm(x)), x_tree)
+        x_tree = jax.tree.map(lambda x, o: x + self.self_attn.output(o).astype(x.dtype), x_tree, o_tree)
+        mlp = lambda x: self.mlp(self.post_attention_layernorm(x).astype(cd)).astype(x.dtype)
+        return jax.tree.map(lambda x: x + mlp(x), x_tree)
+
+
+def _layer_fn(inv_freq, attend):
+    """layer(x, pos) with the RoPE table and attention callback closed over (what nnx.remat
+    traces: its arguments must all be arrays or modules)."""
+    return lambda layer, x_tree, pos_tree: layer(x_tree, pos_tree, inv_freq, attend)
 
 
 class Transformer(nnx.Module):
@@ -176,13 +197,14 @@ class Transformer(nnx.Module):
 
     def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
         self.config = cfg
-        self.embed_tokens = _param(rngs, (cfg.vocab_size, cfg.hidden_size), ("vocab", "embed"))
+        pd = cfg.param_dtype
+        self.embed_tokens = _param(rngs, (cfg.vocab_size, cfg.hidden_size), ("vocab", "embed"), pd)
         self.layers = nnx.List([Block(cfg, rngs=rngs) for _ in range(cfg.num_hidden_layers)])
-        self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, "embed", rngs=rngs)
+        self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, "embed", rngs=rngs, dtype=pd)
         if cfg.tie_word_embeddings:
             self.lm_head = None
         else:
-            self.lm_head = _param(rngs, (cfg.hidden_size, cfg.vocab_size), ("embed", "vocab"))
+            self.lm_head = _param(rngs, (cfg.hidden_size, cfg.vocab_size), ("embed", "vocab"), pd)
 
     @property
     def compute_dtype(self):
@@ -190,30 +212,47 @@ class Transformer(nnx.Module):
         return jnp.dtype(self.config.compute_dtype)
 
     def embed(self, tokens):
-        """Token ids [...] -> embeddings [..., E] in the compute dtype."""
-        return jnp.take(self.embed_tokens[...], tokens, axis=0).astype(self.compute_dtype)
+        """Token ids [...] -> embeddings [..., E]: the residual stream, float32 in every compute
+        dtype. Rounding it to bf16 at each residual add costs 2^-9 of its scale, which every
+        RMSNorm scales back up to unit size: on a tiny model that alone moved log-probs by
+        ~1.4e-3 (the fp32 residual brings bf16 compute to ~5e-4 of fp32)."""
+        return jnp.take(self.embed_tokens[...], tokens, axis=0).astype(jnp.float32)
 
     def unembedding(self):
         """The output projection as [E, V] (transposed embedding when tied)."""
         w = self.embed_tokens[...].T if self.lm_head is None else self.lm_head[...]
         return w.astype(self.compute_dtype)
 
-    def hidden(self, tokens_tree, pos_tree, attend):
+    def hidden(self, tokens_tree, pos_tree, attend, remat: str = "none"):
         """attend(layer_index, q_tree, k_tree, v_tree) -> o_tree, implemented per layout."""
-        return self.hidden_from_embeddings(jax.tree.map(self.embed, tokens_tree), pos_tree, attend)
+        return self.hidden_from_embeddings(jax.tree.map(self.embed, tokens_tree), pos_tree, attend,
+                                           remat)
 
-    def hidden_from_embeddings(self, x_tree, pos_tree, attend):
+    def hidden_from_embeddings(self, x_tree, pos_tree, attend, remat: str = "none"):
         """Run every layer on a pytree of embeddings with matching position pytree; `attend(layer,
-        q, k, v)` does the attention for the layout. Returns final-normed hidden states.
+        q, k, v)` does the attention for the layout. Returns final-normed hidden states in the
+        compute dtype.
+
+        remat (see ModelConfig.remat) applies only to a pure `attend`: the training layouts pass
+        the config's policy; cache-writing steps (prefill, decode) keep "none".
         """
+        if remat not in REMAT_POLICIES:
+            raise ValueError(f"remat must be one of {REMAT_POLICIES}, got {remat!r}")
         inv_freq = rope_inv_freq(self.config)
         for i, layer in enumerate(self.layers):
-            x_tree = layer(x_tree, pos_tree, inv_freq, lambda q, k, v, i=i: attend(i, q, k, v))
-        return jax.tree.map(self.norm, x_tree)
+            attend_i = lambda q, k, v, i=i: attend(i, q, k, v)
+            if remat == "attention":
+                attend_i = jax.checkpoint(attend_i)
+            if remat == "block":
+                x_tree = nnx.remat(_layer_fn(inv_freq, attend_i))(layer, x_tree, pos_tree)
+            else:
+                x_tree = layer(x_tree, pos_tree, inv_freq, attend_i)
+        return jax.tree.map(lambda x: self.norm(x).astype(self.compute_dtype), x_tree)
 
     def logits(self, h):
-        """Hidden states [..., E] -> float32 logits [..., V]."""
-        return jnp.einsum("...e,ev->...v", h, self.unembedding()).astype(jnp.float32)
+        """Hidden states [..., E] -> float32 logits [..., V] (accumulated in float32: a bf16 logit
+        of magnitude 40 would be off by up to 0.08)."""
+        return jnp.einsum("...e,ev->...v", h, self.unembedding(), preferred_element_type=jnp.float32)
 
 
 def init_model(cfg: ModelConfig, seed: int = 0) -> Transformer:

@@ -20,7 +20,7 @@ import jax
 import numpy as np
 from jax.sharding import Mesh
 
-from zorro_jax.parallel.rules import batch_sharding
+from zorro_jax.parallel.rules import batch_sharding, expand_shardings
 
 ENV_COORDINATOR = "ZORRO_COORDINATOR"
 ENV_NUM_PROCESSES = "ZORRO_NUM_PROCESSES"
@@ -81,6 +81,8 @@ def maybe_initialize_distributed(env: Mapping[str, str] | None = None, *, initia
     cfg = DistributedConfig.from_env(env)
     if cfg is None:
         return False
+    # CPU collectives across processes need gloo (the default has none); accelerators ignore it.
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")
     init = jax.distributed.initialize if initialize is None else initialize
     init(coordinator_address=cfg.coordinator_address, num_processes=cfg.num_processes,
          process_id=cfg.process_id, local_device_ids=cfg.local_device_ids)
@@ -119,3 +121,52 @@ def global_batch(local_tree, mesh: Mesh):
     sharding = batch_sharding(mesh)
     return jax.tree.map(lambda x: jax.make_array_from_process_local_data(sharding, np.asarray(x)),
                         local_tree)
+
+
+def is_leader() -> bool:
+    """Whether this is process 0: the one that writes metrics, plots and exported models."""
+    return jax.process_index() == 0
+
+
+def place(tree, shardings):
+    """Host arrays (the same values on every process) -> global arrays with `shardings` (a tree
+    or a pytree prefix of it). Each process builds only its addressable shards, so this also
+    works when the mesh spans processes, where `jax.device_put` of host data is not defined."""
+
+    def put(x, sharding):
+        if isinstance(x, jax.Array) and x.sharding == sharding:
+            return x
+        if sharding.is_fully_addressable:
+            return jax.device_put(x, sharding)
+        host = np.asarray(x)
+        return jax.make_array_from_callback(host.shape, sharding, lambda index: host[index])
+
+    return jax.tree.map(put, tree, expand_shardings(shardings, tree))
+
+
+def to_host(tree):
+    """NumPy copies of (possibly cross-process sharded) arrays, gathered onto every process."""
+    from jax.experimental import multihost_utils
+
+    def fetch(x):
+        if isinstance(x, jax.Array) and not x.is_fully_addressable:
+            return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+        return np.asarray(x)
+
+    return jax.tree.map(fetch, tree)
+
+
+def allgather_host(values_Bx: np.ndarray, n: int) -> np.ndarray:
+    """Every process's `host_bounds` slice of an n-row host array -> the whole array on every
+    process (e.g. the rewards each host scored for its own prompts). On one process: the input."""
+    pc = jax.process_count()
+    if pc == 1:
+        return np.asarray(values_Bx)
+    from jax.experimental import multihost_utils
+
+    longest = -(-n // pc)
+    local = np.asarray(values_Bx)
+    padded = np.zeros((longest, *local.shape[1:]), local.dtype)
+    padded[: len(local)] = local
+    every = np.asarray(multihost_utils.process_allgather(padded))  # [processes, longest, ...]
+    return np.concatenate([every[p, : np.subtract(*host_bounds(n, p, pc)[::-1])] for p in range(pc)])

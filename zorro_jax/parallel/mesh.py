@@ -39,6 +39,11 @@ class MeshConfig:
             raise ValueError(f"at most one mesh axis may be -1 (inferred), got {self._show(sizes)}")
 
     @property
+    def single_device(self) -> bool:
+        """1 × 1 × 1: no mesh (a run's default: one device, the unsharded steps)."""
+        return self.sizes == (1, 1, 1)
+
+    @property
     def sizes(self) -> tuple[int, int, int]:
         """(data, fsdp, tensor) as configured (-1 not yet resolved)."""
         return (self.data, self.fsdp, self.tensor)

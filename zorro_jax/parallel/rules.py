@@ -10,7 +10,8 @@ Model weights carry logical axis names in their `out_sharding` metadata ("vocab"
   step never all-gathers weights over the batch axes; only "tensor" splits them.
 
 Batches shard their leading unique-prompt axis B over ("data", "fsdp") in both presets, so a
-group (a prompt and its G completions) never spans devices.
+group (a prompt and its G completions) never spans devices. A training `PackedTree` shards its
+packed rows N there (a tree lives in one row); its loss view replicates (`packed_shardings`).
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from flax import nnx
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
+from zorro_jax.layouts import PackedTree
 from zorro_jax.parallel.mesh import BATCH_AXES
 
 LOGICAL_AXES = ("vocab", "embed", "heads", "kv_heads", "mlp")
@@ -136,6 +138,25 @@ def batch_shardings(tree, mesh: Mesh):
     """Per-array shardings of a batch pytree (PackedTree, Dense, per-token arrays [B, ...]):
     every array of rank ≥ 1 splits its leading axis over data × fsdp, scalars are replicated."""
     return jax.tree.map(lambda x: batch_sharding(mesh) if x.ndim else replicated(mesh), tree)
+
+
+def packed_shardings(mesh: Mesh):
+    """Shardings of a training `PackedTree` (a pytree prefix of it): the per-row arrays (tokens,
+    positions, subtree ends, predictors, block lists: leading axis N) split over data × fsdp, so
+    a tree never spans devices; the loss view ([B, G, R] and flat [L] indices into the rows)
+    replicates, because a micro-batch's group count and loss-token count need not divide the
+    mesh and the view is a few integers per loss token."""
+    rows, r = batch_sharding(mesh), replicated(mesh)
+    return PackedTree(tokens_NxT=rows, positions_NxT=rows, subtree_end_NxT=rows, prev_NxT=rows,
+                      blocks=rows, sample_row_BxG=r, sample_cols_BxGxR=r, sample_len_BxG=r,
+                      loss_row_L=r, loss_col_L=r, loss_live_L=r, loss_index_BxGxR=r)
+
+
+def expand_shardings(shardings, tree):
+    """A sharding per array of `tree` from `shardings`, a pytree prefix of it (e.g.
+    `packed_shardings`, whose block lists are one sharding)."""
+    return jax.tree.map(lambda s, sub: jax.tree.map(lambda _: s, sub), shardings, tree,
+                        is_leaf=lambda s: isinstance(s, jax.sharding.Sharding))
 
 
 def shard_batch(tree, mesh: Mesh):

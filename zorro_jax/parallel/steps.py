@@ -1,16 +1,21 @@
 """Sharded jitted steps: train (grad + AdamW apply), log-probs, decode, and greedy/sampled generation.
 
 Each step is the single-device step of `zorro_jax.rl.steps` / `zorro_jax.sampling` jitted with
-declared in/out shardings: params and optimizer state follow the preset's rules, every batch
-array splits its leading axis (packed rows N, or the groups B of the loss view) over
-("data", "fsdp"), scalars are replicated. The train
-step donates the params and optimizer state it replaces. Inside, XLA's sharding propagation
-places the activations; `constrain_batch` pins the batch layout at the step boundary so the
-propagation starts from a B-sharded batch even when a caller passes unplaced host arrays.
+declared in/out shardings: params and optimizer state follow the preset's rules, a training
+`PackedTree` splits its packed rows N over ("data", "fsdp") with its loss view replicated
+(`rules.packed_shardings`), decode batches split their groups B there, scalars are replicated.
+The apply and train steps donate the params and optimizer state they replace. Inside, XLA's
+sharding propagation places the activations; `constrain_packed` pins the batch layout at the
+step boundary so the propagation starts from row-sharded tokens even for unplaced host arrays.
+
+`training_steps` bundles what a training run needs (log-probs, GRPO and SFT gradients, apply,
+rollouts, placement) for one device or a mesh behind one interface (`TrainSteps`), so the GRPO
+trainer and the SFT step run the same code either way.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import NamedTuple
 
 import jax
@@ -21,18 +26,27 @@ from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from zorro_jax.attention import kernel_mesh
-from zorro_jax.layouts import bucket
-from zorro_jax.model.forward import packed_logprobs
-from zorro_jax.parallel.mesh import BATCH_AXES, batch_shards
+from zorro_jax.layouts import PackedTree, bucket
+from zorro_jax.model.lora import has_lora
+from zorro_jax.parallel.distributed import place, to_host
+from zorro_jax.parallel.mesh import BATCH_AXES, batch_shards, check_batch, check_model
 from zorro_jax.parallel.rules import (
     batch_sharding,
     batch_shardings,
     opt_state_shardings,
+    packed_shardings,
     param_shardings,
     replicated,
+    reshard,
 )
 from zorro_jax.rl.losses import LossConfig
-from zorro_jax.rl.steps import make_apply_fn, make_grpo_grad_fn
+from zorro_jax.rl.steps import (
+    init_opt_state,
+    make_apply_fn,
+    make_grpo_grad_fn,
+    make_logprob_fn,
+    make_sft_grad_fn,
+)
 from zorro_jax.sampling.cache import PrefixLevel, SharedPrefixKVCache, shared_prefix_step
 from zorro_jax.sampling.sampler import (
     PromptTree,
@@ -46,6 +60,12 @@ from zorro_jax.sampling.sampler import (
     to_rollouts,
 )
 
+# The sharded steps declare the whole state's shardings for the gradients and the optimiser, and
+# the GRPO trainer copies its KL reference off the donated policy arrays: neither is adapted to a
+# trainable part yet, so a model with adapters is refused rather than trained on a wrong layout.
+LORA_ON_MESH = ("LoRA on a mesh is not supported yet: run LoRA on one device (mesh 1 x 1 x 1, one "
+                "process) or drop the adapters (policy.lora_rank 0)")
+
 
 class StepShardings(NamedTuple):
     """Everything a caller needs to place inputs for the sharded steps."""
@@ -55,6 +75,8 @@ class StepShardings(NamedTuple):
     opt_state: object
     batch: NamedSharding
     replicated: NamedSharding
+    # A training PackedTree: rows over ("data", "fsdp"), the loss view replicated.
+    packed: PackedTree
 
 
 def step_shardings(mesh: Mesh, params, preset: str = "training",
@@ -63,7 +85,7 @@ def step_shardings(mesh: Mesh, params, preset: str = "training",
     shardings too when an optimizer is given."""
     ps = param_shardings(params, mesh, preset)
     os_ = opt_state_shardings(optimizer, params, ps, mesh) if optimizer is not None else None
-    return StepShardings(mesh, ps, os_, batch_sharding(mesh), replicated(mesh))
+    return StepShardings(mesh, ps, os_, batch_sharding(mesh), replicated(mesh), packed_shardings(mesh))
 
 
 def constrain_batch(tree, mesh: Mesh):
@@ -71,21 +93,38 @@ def constrain_batch(tree, mesh: Mesh):
     return jax.lax.with_sharding_constraint(tree, batch_shardings(tree, mesh))
 
 
+def constrain_packed(batch: PackedTree, mesh: Mesh) -> PackedTree:
+    """Pin a training PackedTree to its layout (`rules.packed_shardings`) inside a jitted step,
+    so the propagation starts from row-sharded tokens even when a caller passes host arrays."""
+    return jax.lax.with_sharding_constraint(batch, packed_shardings(mesh))
+
+
 def make_grad_step(graphdef, loss_cfg: LossConfig, sh: StepShardings, *, impl=None):
     """grad(params, batch, old_logp, adv, ref_logp, normaliser) -> (loss, metrics, grads).
 
     The single-device GRPO gradient with declared shardings; grads come back sharded like the
-    params, so micro-batch accumulation stays sharded.
+    params, so micro-batch accumulation stays sharded. The per-sample inputs (old / ref
+    log-probs [B, G, R], advantages [B, G]) follow the loss view: replicated.
     """
-    grad_fn = make_grpo_grad_fn(graphdef, loss_cfg, impl)
+    grad_fn = make_grpo_grad_fn(graphdef, loss_cfg, impl, mesh=sh.mesh)
 
     def fn(params, batch, old_logp, adv, ref_logp, normaliser):
-        batch, old_logp, adv, ref_logp = constrain_batch((batch, old_logp, adv, ref_logp), sh.mesh)
-        with kernel_mesh(sh.mesh):
-            return grad_fn(params, batch, old_logp, adv, ref_logp, normaliser)
+        return grad_fn(params, constrain_packed(batch, sh.mesh), old_logp, adv, ref_logp, normaliser)
 
-    b, r = sh.batch, sh.replicated
-    return jax.jit(fn, in_shardings=(sh.params, b, b, b, b, r), out_shardings=(r, r, sh.params))
+    r = sh.replicated
+    return jax.jit(fn, in_shardings=(sh.params, sh.packed, r, r, r, r), out_shardings=(r, r, sh.params))
+
+
+def make_sft_grad_step(graphdef, sh: StepShardings, *, impl=None):
+    """grad(params, batch, normaliser) -> (loss, {}, grads): teacher forcing
+    (`rl.steps.make_sft_grad_fn`) with declared shardings."""
+    grad_fn = make_sft_grad_fn(graphdef, impl, mesh=sh.mesh)
+
+    def fn(params, batch, normaliser):
+        return grad_fn(params, constrain_packed(batch, sh.mesh), normaliser)
+
+    r = sh.replicated
+    return jax.jit(fn, in_shardings=(sh.params, sh.packed, r), out_shardings=(r, r, sh.params))
 
 
 def make_apply_step(optimizer: optax.GradientTransformation, sh: StepShardings):
@@ -109,35 +148,33 @@ def make_train_step(graphdef, optimizer: optax.GradientTransformation, loss_cfg:
     """
     if sh.opt_state is None:
         raise ValueError("make_train_step needs StepShardings built with the optimizer")
-    grad_fn = make_grpo_grad_fn(graphdef, loss_cfg, impl)
+    grad_fn = make_grpo_grad_fn(graphdef, loss_cfg, impl, mesh=sh.mesh)
     apply_fn = make_apply_fn(optimizer)
 
     def step(params, opt_state, batch, old_logp, adv, ref_logp, normaliser):
-        batch, old_logp, adv, ref_logp = constrain_batch((batch, old_logp, adv, ref_logp), sh.mesh)
-        with kernel_mesh(sh.mesh):
-            loss, metrics, grads = grad_fn(params, batch, old_logp, adv, ref_logp, normaliser)
+        batch = constrain_packed(batch, sh.mesh)
+        loss, metrics, grads = grad_fn(params, batch, old_logp, adv, ref_logp, normaliser)
         # Reduce-scatter the gradients into the params' layout before the optimizer touches them.
         grads = jax.lax.with_sharding_constraint(grads, sh.params)
         params, opt_state, gnorm, finite = apply_fn(params, opt_state, grads)
         return params, opt_state, loss, metrics, gnorm, finite
 
-    b, r = sh.batch, sh.replicated
+    r = sh.replicated
     return jax.jit(step,
-                   in_shardings=(sh.params, sh.opt_state, b, b, b, b, r),
+                   in_shardings=(sh.params, sh.opt_state, sh.packed, r, r, r, r),
                    out_shardings=(sh.params, sh.opt_state, r, r, r, r),
                    donate_argnums=(0, 1))
 
 
 def make_logprob_step(graphdef, sh: StepShardings, *, impl=None):
-    """logp(params, batch) -> (logp [B, G, R], entropy [B, G, R]), both B-sharded."""
+    """logp(params, batch) -> (logp [B, G, R], entropy [B, G, R]), in the (replicated) loss view."""
+    logprob_fn = make_logprob_fn(graphdef, impl, mesh=sh.mesh)
 
     def fn(params, batch):
-        model = nnx.merge(graphdef, params)
-        with kernel_mesh(sh.mesh):
-            lp, ent, _ = packed_logprobs(model, constrain_batch(batch, sh.mesh), impl=impl)
-        return lp, ent
+        return logprob_fn(params, constrain_packed(batch, sh.mesh))
 
-    return jax.jit(fn, in_shardings=(sh.params, sh.batch), out_shardings=(sh.batch, sh.batch))
+    r = sh.replicated
+    return jax.jit(fn, in_shardings=(sh.params, sh.packed), out_shardings=(r, r))
 
 
 def cache_shardings(mesh: Mesh, num_levels: int = 1) -> SharedPrefixKVCache:
@@ -197,7 +234,7 @@ def generate_sharded(model, prompts: list[list[int]] | PromptTree, group_size: i
     check_request(prompts, group_size, cfg, model.config.vocab_size)
     rows = flat_prompts(prompts)
     padded = _pad_to_shards(prompts, batch_shards(mesh))
-    levels = jax.device_put(pack_levels(padded, cfg), batch_sharding(mesh))
+    levels = place(pack_levels(padded, cfg), batch_sharding(mesh))
     graphdef, params = nnx.split(model)
     response_size = bucket(cfg.max_new_tokens, cfg.response_buckets)
     spec = cfg.draw_spec()
@@ -207,4 +244,82 @@ def generate_sharded(model, prompts: list[list[int]] | PromptTree, group_size: i
     tokens, logp, lengths, _ = shared_decode(graphdef, params, cache, tok0, logp0, rng,
                                              jnp.int32(cfg.max_new_tokens), spec=spec,
                                              response_size=response_size)
+    # Every process gets the whole batch back (each scores its own slice of it).
+    tokens, logp, lengths = to_host((tokens, logp, lengths))
     return to_rollouts(tokens, logp, lengths, rows, cfg.max_new_tokens, kv_bytes)
+
+
+
+class TrainSteps(NamedTuple):
+    """The jitted steps of a training run: on one device (`mesh` None: the plain steps of
+    `zorro_jax.rl.steps`, unplaced arrays) or on a mesh (declared shardings, donated state).
+
+    logprob(params, packed) -> (logp, entropy) [B, G, R]; grad(params, packed, old, adv, ref,
+    normaliser) -> (loss, metrics, grads); sft_grad(params, packed, normaliser); apply(params,
+    opt_state, grads) -> (params, opt_state, grad_norm, finite), donating params and opt_state on
+    a mesh; place_params / init_opt / place_batch / place_host put host values where the steps
+    want them; generate(params, prompts, G, sampler, key, mode) -> host `Rollouts`.
+    """
+
+    mesh: Mesh | None
+    logprob: Callable
+    grad: Callable
+    sft_grad: Callable
+    apply: Callable
+    place_params: Callable
+    init_opt: Callable
+    place_batch: Callable
+    place_host: Callable
+    generate: Callable
+
+    @property
+    def donates(self) -> bool:
+        """Whether `apply` consumes the params and optimiser state passed to it."""
+        return self.mesh is not None
+
+
+def training_steps(graphdef, params, optimizer: optax.GradientTransformation, *,
+                   loss_cfg: LossConfig | None = None, mesh: Mesh | None = None, impl=None,
+                   rows_per_micro_batch: int | None = None) -> TrainSteps:
+    """`TrainSteps` for `graphdef` (params: a concrete or abstract state, for the shardings).
+
+    On a mesh the params and optimiser state follow the "training" preset, rollouts run on
+    params resharded to the "sampling" preset with the prompts split over data × fsdp, and the
+    model's heads and (when given) the micro-batch row count are checked against the mesh up
+    front, with messages that say what to change.
+    """
+    from zorro_jax.sampling.sampler import generate
+
+    loss_cfg = LossConfig() if loss_cfg is None else loss_cfg
+    if mesh is None:
+        def sample(params, prompts, group_size, cfg, key, mode="shared"):
+            return generate(nnx.merge(graphdef, params), prompts, group_size, cfg, key, mode=mode)
+
+        ident = lambda x: x
+        return TrainSteps(None, make_logprob_fn(graphdef, impl), make_grpo_grad_fn(graphdef, loss_cfg, impl),
+                          make_sft_grad_fn(graphdef, impl), make_apply_fn(optimizer), ident,
+                          lambda p: init_opt_state(optimizer, p), ident, ident, sample)
+
+    if has_lora(params):
+        raise ValueError(LORA_ON_MESH)
+    check_model(mesh, nnx.merge(graphdef, params).config)
+    if rows_per_micro_batch is not None:
+        check_batch(mesh, rows_per_micro_batch)
+    sh = step_shardings(mesh, params, "training", optimizer)
+
+    def sample(params, prompts, group_size, cfg, key, mode="shared"):
+        if mode != "shared":
+            raise ValueError("rollouts on a mesh use the shared-prefix sampler (mode 'shared'); "
+                             "the naive baseline runs on one device")
+        model = nnx.merge(graphdef, reshard(params, mesh, "sampling"))
+        return generate_sharded(model, prompts, group_size, cfg, key, mesh)
+
+    return TrainSteps(
+        mesh, make_logprob_step(graphdef, sh, impl=impl), make_grad_step(graphdef, loss_cfg, sh, impl=impl),
+        make_sft_grad_step(graphdef, sh, impl=impl), make_apply_step(optimizer, sh),
+        place_params=lambda p: place(p, sh.params),
+        # Built straight into its shardings: the moments never exist whole on one device.
+        init_opt=jax.jit(optimizer.init, in_shardings=(sh.params,), out_shardings=sh.opt_state),
+        place_batch=lambda packed: place(packed, sh.packed),
+        place_host=lambda x: place(x, sh.replicated),
+        generate=sample)

@@ -9,6 +9,11 @@ baseline.
 
 Everything random derives from (seed, step), and the data order from (seed, position), so a run
 restored from a checkpoint continues exactly as an uninterrupted one.
+
+The jitted steps come from `parallel.steps.TrainSteps`: one device, or a mesh (params and
+optimiser state sharded, packed rows split over data × fsdp, rollouts on the mesh). With several
+processes every process runs the same iteration; each scores only its `host_bounds` slice of the
+step's groups and the rewards are gathered, so every process packs the same batches.
 """
 
 from __future__ import annotations
@@ -23,6 +28,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from zorro_jax.model.lora import has_lora
+from zorro_jax.parallel.distributed import allgather_host, host_bounds, to_host
+from zorro_jax.parallel.steps import LORA_ON_MESH, TrainSteps, training_steps
 from zorro_jax.rl.batches import (
     MODES,
     PackingConfig,
@@ -34,7 +42,7 @@ from zorro_jax.rl.batches import (
 )
 from zorro_jax.rl.losses import LossConfig, compute_advantages, loss_normaliser
 from zorro_jax.rl.optim import OptimConfig
-from zorro_jax.rl.steps import add_grads, make_grpo_grad_fn, make_logprob_fn
+from zorro_jax.rl.steps import add_grads, make_logprob_fn
 from zorro_jax.sampling.sampler import PromptTree, SamplerConfig, generate, pack_prompts
 
 # rewards, details = reward_fn(completion texts, tasks)
@@ -225,15 +233,27 @@ def sampler_prompts(items: list[PromptItem], questions_per_key: int = 1):
                    for first, end in runs])
 
 
+def score_slices(reward_fn: RewardFn, texts: list[str], tasks: list, per_group: int):
+    """(rewards [B, per_group], this process's details) of B·per_group texts: each process runs
+    the reward on its own `host_bounds` slice of the groups (reward execution stays local to the
+    host) and the rewards are gathered onto every process."""
+    n = len(texts) // per_group
+    lo, hi = host_bounds(n, jax.process_index(), jax.process_count())
+    rewards, details = reward_fn(texts[lo * per_group: hi * per_group], tasks[lo * per_group: hi * per_group])
+    local = np.asarray(rewards, np.float32).reshape(hi - lo, per_group)
+    return allgather_host(local, n), details
+
+
 def rollout_and_score(policy: Policy, tokenizer, items: list[PromptItem], group: int,
                       sampler: SamplerConfig, key, reward_fn: RewardFn, mode: str, draft=None, gamma: int = 4,
-                      questions_per_key: int = 1):
+                      questions_per_key: int = 1, steps: TrainSteps | None = None):
     """Generate G completions per item and score them.
 
     With `draft` (a draft model) the rollouts are speculative (exact: the policy's distribution).
     With questions_per_key > 1 (prompt-once mode) a database's schema is prefilled once for its
-    questions (`sampler_prompts`). Returns (rollouts, rewards [B, G], reward details, texts,
-    rollout seconds, reward seconds, speculative stats or None).
+    questions (`sampler_prompts`). `steps` (a mesh's `TrainSteps`) runs the rollouts on its
+    mesh. Returns (rollouts, rewards [B, G], this process's reward details, texts, rollout
+    seconds, reward seconds, speculative stats or None).
     """
     t0 = time.perf_counter()
     prompts = sampler_prompts(items, questions_per_key if mode == "prompt_once" else 1)
@@ -242,6 +262,9 @@ def rollout_and_score(policy: Policy, tokenizer, items: list[PromptItem], group:
         from zorro_jax.sampling.speculative import generate_speculative
 
         roll, spec_stats = generate_speculative(policy.model(), draft, prompts, group, sampler, key, gamma)
+    elif steps is not None:
+        roll = steps.generate(policy.params, prompts, group, sampler, key,
+                              mode="shared" if mode == "prompt_once" else "naive")
     else:
         roll = generate(policy.model(), prompts, group, sampler, key,
                         mode="shared" if mode == "prompt_once" else "naive")
@@ -249,25 +272,29 @@ def rollout_and_score(policy: Policy, tokenizer, items: list[PromptItem], group:
     flat = [c for per_prompt in roll.completions for c in per_prompt]
     texts = decode_texts(tokenizer, flat, sampler.eos_token_ids)
     tasks = [it.task for it in items for _ in range(group)]
-    rewards, details = reward_fn(texts, tasks)
+    rewards, details = score_slices(reward_fn, texts, tasks, group)
     t2 = time.perf_counter()
-    return (roll, np.asarray(rewards, np.float32).reshape(len(items), group), details, texts, t1 - t0, t2 - t1,
-            spec_stats)
+    return roll, rewards, details, texts, t1 - t0, t2 - t1, spec_stats
 
 
 def evaluate(policy: Policy, tokenizer, items: list[PromptItem], reward_fn: RewardFn,
-             sampler: SamplerConfig, batch_size: int = 16, threshold: float = 1.0) -> dict:
-    """Greedy held-out accuracy (share of completions scoring >= threshold). Batches are padded to a fixed size (one compile)."""
+             sampler: SamplerConfig, batch_size: int = 16, threshold: float = 1.0,
+             steps: TrainSteps | None = None) -> dict:
+    """Greedy held-out accuracy (share of completions scoring >= threshold). Batches are padded to
+    a fixed size (one compile). `steps` (a mesh's `TrainSteps`) generates on its mesh."""
     greedy = dataclasses.replace(sampler, greedy=True)
     rewards, texts = [], []
     for start in range(0, len(items), batch_size):
         chunk = items[start:start + batch_size]
         padded = chunk + [chunk[-1]] * (batch_size - len(chunk))
-        roll = generate(policy.model(), [it.prompt_ids for it in padded], 1, greedy,
-                        jax.random.key(0), mode="shared")
+        prompts = [it.prompt_ids for it in padded]
+        if steps is not None:
+            roll = steps.generate(policy.params, prompts, 1, greedy, jax.random.key(0))
+        else:
+            roll = generate(policy.model(), prompts, 1, greedy, jax.random.key(0), mode="shared")
         t = decode_texts(tokenizer, [c[0] for c in roll.completions[: len(chunk)]], greedy.eos_token_ids)
-        r, _ = reward_fn(t, [it.task for it in chunk])
-        rewards.extend(np.asarray(r).tolist())
+        r, _ = score_slices(reward_fn, t, [it.task for it in chunk], 1)
+        rewards.extend(r[:, 0].tolist())
         texts.extend(t)
     rewards = np.asarray(rewards)
     return {"accuracy": float(np.mean(rewards >= threshold)) if len(rewards) else math.nan,
@@ -284,12 +311,13 @@ class GRPOTrainer:
 
     The KL reference is `ref_params` on the policy's graph, or on `ref_graphdef` when given: with
     LoRA, the base model without adapters (`zorro_jax.model.lora.base_model`), whose arrays are
-    the policy's frozen ones (one copy of the weights).
+    the policy's frozen ones (one copy of the weights). LoRA runs on one device only: with mesh
+    `steps` a policy with adapters is refused (`parallel.steps.LORA_ON_MESH`).
     """
 
     def __init__(self, policy: Policy, optimizer, apply_fn, tokenizer, items: list[PromptItem],
                  reward_fn: RewardFn, cfg: GRPOConfig, ref_params=None, draft=None,
-                 questions_per_key: int = 1, ref_graphdef=None):
+                 questions_per_key: int = 1, steps: TrainSteps | None = None, ref_graphdef=None):
         self.policy, self.tok, self.items, self.reward_fn, self.cfg = policy, tokenizer, items, reward_fn, cfg
         if questions_per_key < 1 or cfg.prompts_per_step % questions_per_key:
             raise ValueError(f"prompts_per_step {cfg.prompts_per_step} must be a multiple of the "
@@ -297,19 +325,37 @@ class GRPOTrainer:
         # Each step draws prompts_per_step / k databases with k questions each; their schema is
         # shared three levels deep (schema → questions → completions) in training.
         self.questions_per_key = questions_per_key
-        self.optimizer, self.apply_fn, self.ref_params = optimizer, apply_fn, ref_params
         if cfg.speculative.enabled and draft is None:
             raise ValueError("cfg.speculative.enabled needs a draft (DraftTrainer)")
         self.draft = draft if cfg.speculative.enabled else None
         self._round_costs: dict = {}
-        g = policy.graphdef
-        self.logprob_fn = make_logprob_fn(g, cfg.attention_impl)
-        self.ref_logprob_fn = (self.logprob_fn if ref_graphdef is None
-                               else make_logprob_fn(ref_graphdef, cfg.attention_impl))
-        self.grad_fn = make_grpo_grad_fn(g, cfg.loss, cfg.attention_impl)
-        self.tiles = tiles_for(policy.model().config, cfg.attention_impl)
         if cfg.loss.kl_coef > 0 and ref_params is None:
             raise ValueError("kl_coef > 0 needs reference params")
+        # The jitted steps: one device (the given apply_fn), or `steps` built for a mesh, whose
+        # apply step is sharded and donating (an apply_fn of our own would not match it).
+        if steps is None:
+            steps = training_steps(policy.graphdef, policy.params, optimizer, loss_cfg=cfg.loss,
+                                   impl=cfg.attention_impl)
+            steps = steps._replace(apply=apply_fn or steps.apply)
+        elif apply_fn is not None:
+            raise ValueError("pass either apply_fn or steps (whose apply step is used), not both")
+        if steps.mesh is not None:
+            if self.draft is not None:
+                raise ValueError("speculative rollouts run on one device; drop the mesh or "
+                                 "speculative.enabled")
+            if cfg.mode != "prompt_once":
+                raise ValueError("on a mesh GRPO runs prompt-once (shared-prefix rollouts); the naive "
+                                 "baseline runs on one device")
+            if ref_graphdef is not None or has_lora(policy.params):
+                raise ValueError(LORA_ON_MESH)
+        self.steps, self.optimizer = steps, optimizer
+        policy.params = steps.place_params(policy.params)
+        if ref_params is not None and steps.donates:  # the policy's arrays will be donated
+            ref_params = jax.tree.map(jnp.copy, ref_params)
+        self.ref_params = None if ref_params is None else steps.place_params(ref_params)
+        self.ref_logprob = (steps.logprob if ref_graphdef is None
+                            else make_logprob_fn(ref_graphdef, cfg.attention_impl))
+        self.tiles = tiles_for(policy.model().config, cfg.attention_impl)
 
     @property
     def eval_every(self) -> int:
@@ -330,7 +376,8 @@ class GRPOTrainer:
         roll, rewards, details, texts, t_roll, t_reward, spec_stats = rollout_and_score(
             self.policy, self.tok, items, cfg.group_size, cfg.sampler, key, self.reward_fn, cfg.mode,
             draft=self.draft.model() if self.draft else None, gamma=spec.gamma,
-            questions_per_key=self.questions_per_key)
+            questions_per_key=self.questions_per_key,
+            steps=self.steps if self.steps.mesh is not None else None)
 
         t0 = time.perf_counter()
         adv = np.asarray(compute_advantages(jnp.asarray(rewards), cfg.loss))
@@ -340,27 +387,31 @@ class GRPOTrainer:
         shared = [it.shared_len for it in items] if self.questions_per_key > 1 else None
         mbs = pack_groups(groups, mode=cfg.mode, tiles=self.tiles, cfg=cfg.packing,
                           pad_id=cfg.sampler.pad_token_id, loss_width=width, shared_lens=shared)
-        old_lp = self._logprobs(self.policy.params, mbs, roll.tokens_BxGxR.shape)
-        ref_lp = (self._logprobs(self.ref_params, mbs, roll.tokens_BxGxR.shape, self.ref_logprob_fn)
+        placed = [self.steps.place_batch(mb.packed) for mb in mbs]
+        old_lp = self._logprobs(self.policy.params, mbs, placed, roll.tokens_BxGxR.shape)
+        ref_lp = (self._logprobs(self.ref_params, mbs, placed, roll.tokens_BxGxR.shape, self.ref_logprob)
                   if cfg.loss.kl_coef > 0 else old_lp)
         t1 = time.perf_counter()
 
-        norm = loss_normaliser(jnp.asarray(sample_mask(roll.lengths_BxG, width)), cfg.loss)
-        parts = [(mb.packed, *(jnp.asarray(mb.take_groups(x)) for x in (old_lp, adv, ref_lp)))
-                 for mb in mbs]
+        steps = self.steps
+        norm = steps.place_host(loss_normaliser(jnp.asarray(sample_mask(roll.lengths_BxG, width)), cfg.loss))
+        parts = [(packed, *(steps.place_host(jnp.asarray(mb.take_groups(x))) for x in (old_lp, adv, ref_lp)))
+                 for mb, packed in zip(mbs, placed)]
         losses, metrics_acc, skipped, gnorm = [], [], 0, 0.0
         for _ in range(cfg.epochs):
             grads = None
             for packed, old, a, ref in parts:
-                loss, metrics, g = self.grad_fn(self.policy.params, packed, old, a, ref, norm)
+                loss, metrics, g = steps.grad(self.policy.params, packed, old, a, ref, norm)
                 grads = add_grads(grads, g)
                 losses.append(loss)
                 metrics_acc.append(metrics)
-            params, opt_state, gn, finite = self.apply_fn(self.policy.params, opt_state, grads)
+            params, opt_state, gn, finite = steps.apply(self.policy.params, opt_state, grads)
             loss_total = float(sum(losses[-len(parts):]))
-            if bool(finite) and math.isfinite(loss_total):
+            # A non-finite gradient leaves the state as it was inside `apply`; a donating apply
+            # has consumed the old state, so its (unchanged) result is kept.
+            if (bool(finite) and math.isfinite(loss_total)) or steps.donates:
                 self.policy.params = params
-            else:
+            if not (bool(finite) and math.isfinite(loss_total)):
                 skipped += 1
             gnorm = float(gn)
         jax.block_until_ready(self.policy.params)
@@ -389,13 +440,14 @@ class GRPOTrainer:
         }
         return row, opt_state, {"texts": texts, "rewards": rewards, "details": details, "items": items}
 
-    def _logprobs(self, params, mbs, shape_BxGxR, fn=None) -> np.ndarray:
-        """Log-probs [B, G, R] of the rollouts, one micro-batch at a time (by the policy's
-        log-prob function unless `fn`)."""
-        fn = fn or self.logprob_fn
+    def _logprobs(self, params, mbs, placed, shape_BxGxR, fn=None) -> np.ndarray:
+        """Log-probs [B, G, R] of the rollouts, one micro-batch at a time (`placed`: the
+        micro-batches' PackedTrees where the steps want them), by the policy's log-prob step
+        unless `fn`."""
+        fn = fn or self.steps.logprob
         out = np.zeros(shape_BxGxR, np.float32)
-        for mb in mbs:
-            out = mb.put_groups(out, fn(params, mb.packed)[0])
+        for mb, packed in zip(mbs, placed):
+            out = mb.put_groups(out, to_host(fn(params, packed)[0]))
         return out
 
     def _draft_metrics(self, step: int, items, mbs, spec_stats: dict, t_roll: float) -> dict:

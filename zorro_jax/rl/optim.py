@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import dataclasses
 
+import jax
+import jax.numpy as jnp
 import optax
 
 
@@ -47,8 +49,29 @@ def schedule(cfg: OptimConfig):
     )
 
 
+def check_float32_params(params) -> None:
+    """Refuse trained parameters that are not float32.
+
+    The trained weights are the fp32 master copy (bf16 is a compute dtype only): a bf16 weight
+    has 8 significant bits, so an AdamW step of lr ~1e-5 on a weight of ~0.02 is far below half
+    its spacing and would be rounded away.
+    """
+    low = sorted({str(x.dtype) for x in jax.tree.leaves(params) if x.dtype != jnp.float32})
+    if low:
+        raise ValueError(f"trained parameters must be float32 (fp32 master weights), got {low}; "
+                         "load or initialise with param_dtype float32 and set compute_dtype "
+                         "bfloat16 for bf16 matmuls")
+
+
 def make_optimizer(cfg: OptimConfig) -> optax.GradientTransformation:
-    """The optax transformation: optional global-norm clip, then AdamW on the schedule."""
+    """The optax transformation: optional global-norm clip, then AdamW on the schedule. Its init
+    accepts float32 parameters only (`check_float32_params`)."""
     parts = [optax.clip_by_global_norm(cfg.grad_clip)] if cfg.grad_clip else []
     parts.append(optax.adamw(schedule(cfg), b1=cfg.b1, b2=cfg.b2, weight_decay=cfg.weight_decay))
-    return optax.chain(*parts)
+    chain = optax.chain(*parts)
+
+    def init(params):
+        check_float32_params(params)
+        return chain.init(params)
+
+    return optax.GradientTransformation(init, chain.update)

@@ -19,18 +19,13 @@ import jax
 import numpy as np
 from flax import nnx
 
-from zorro_jax.checkpoints.hf import export_hf_model, load_hf_model
+from zorro_jax.checkpoints.hf import LORA_EXPORTS, export_hf_model, export_policy, load_hf_model
 from zorro_jax.model.config import ModelConfig
-from zorro_jax.model.lora import (
-    LoRAConfig,
-    add_lora,
-    base_model,
-    export_peft_adapter,
-    merge_lora,
-    reference_state,
-    split_trainable,
-)
+from zorro_jax.model.lora import LoRAConfig, add_lora, base_model, reference_state, split_trainable
 from zorro_jax.model.transformer import init_model
+from zorro_jax.parallel.distributed import is_leader, maybe_initialize_distributed, to_host
+from zorro_jax.parallel.mesh import MeshConfig
+from zorro_jax.parallel.steps import LORA_ON_MESH, training_steps
 from zorro_jax.rl.batches import tiles_for
 from zorro_jax.rl.grpo import GRPOConfig, GRPOTrainer, Policy, PromptItem, evaluate
 from zorro_jax.rl.loop import run_phase
@@ -39,7 +34,13 @@ from zorro_jax.rl.report import MetricsLog, plot_metrics, run_summary, write_sum
 from zorro_jax.rl.sft import SFTConfig, make_sft_step
 from zorro_jax.rl.steps import init_opt_state, make_apply_fn
 from zorro_jax.rl.task import PromptFit, make_task
-from zorro_jax.tokenizer import load_tokenizer, train_bpe_tokenizer
+from zorro_jax.tokenizer import (
+    PromptEncoder,
+    ensure_pad_token,
+    load_tokenizer,
+    stop_token_ids,
+    train_bpe_tokenizer,
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -53,9 +54,13 @@ class DataConfig:
     eval_split: str = "dev"
     # Cap on evaluated examples (0 = all).
     eval_limit: int = 0
-    # Prompt budget in tokens (BOS included): the task shortens longer prompts where it can
-    # (text-to-SQL trims the schema); an example that still does not fit is skipped and counted.
+    # Prompt budget in tokens (special tokens and chat frame included): the task shortens longer
+    # prompts where it can (text-to-SQL trims the schema); an example that still does not fit is
+    # skipped and counted.
     max_prompt_tokens: int = 384
+    # "auto": prompts through the tokenizer's chat template when it has one (SFT, rollouts,
+    # training and evaluation alike); "none": plain text after BOS.
+    chat_template: str = "auto"
     # Questions drawn from each chosen group (a database) per step (SFT and GRPO). Above 1, the
     # group's shared prompt part is processed once for all of them in training (three-level prefix
     # trees: schema → questions → completions) and in generation. 1 = one question per draw,
@@ -67,6 +72,8 @@ class DataConfig:
             raise ValueError(f"questions_per_database must be >= 1, got {self.questions_per_database}")
         if self.max_prompt_tokens < 1:
             raise ValueError(f"max_prompt_tokens must be >= 1, got {self.max_prompt_tokens}")
+        if self.chat_template not in ("auto", "none"):
+            raise ValueError(f"chat_template must be auto or none, got {self.chat_template!r}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -88,8 +95,14 @@ class PolicyConfig:
     num_kv_heads: int = 2
     intermediate_size: int = 384
     seed: int = 0
+    # dtype of the matmuls (float32 | bfloat16); weights stay float32 master copies, the residual
+    # stream, norms, softmax and log-probs float32 (see ModelConfig.compute_dtype).
+    compute_dtype: str = "float32"
+    # Rematerialisation in the training forward: none | block (recompute each layer in the
+    # backward) | attention (recompute the attention core only).
+    remat: str = "none"
     # LoRA: adapters of this rank on every attention and MLP projection, and only they train in
-    # SFT and GRPO (0 = the whole model trains).
+    # SFT and GRPO (0 = the whole model trains). One device only for now.
     lora_rank: int = 0
     # The adapters' outputs are scaled by lora_alpha / lora_rank (PEFT's lora_alpha).
     lora_alpha: float = 16.0
@@ -99,8 +112,8 @@ class PolicyConfig:
 
     def __post_init__(self):
         LoRAConfig(rank=self.lora_rank, alpha=self.lora_alpha)  # validates both
-        if self.lora_export not in ("adapter", "merged", "both"):
-            raise ValueError(f"lora_export must be adapter, merged or both, got {self.lora_export!r}")
+        if self.lora_export not in LORA_EXPORTS:
+            raise ValueError(f"lora_export must be one of {LORA_EXPORTS}, got {self.lora_export!r}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -122,6 +135,10 @@ class RunConfig:
     keep_checkpoints: int = 2
     # Prompts per greedy evaluation batch (padded to this size: one compiled program).
     eval_batch_size: int = 16
+    # Device mesh (data × fsdp × tensor; one axis may be -1: the rest of the devices). 1 × 1 × 1
+    # = one device. Packed rows per micro-batch (sft/grpo .packing.rows_per_micro_batch) must
+    # divide over data × fsdp.
+    mesh: MeshConfig = MeshConfig(data=1, fsdp=1, tensor=1)
     # No progress bars or messages.
     quiet: bool = False
 
@@ -131,6 +148,8 @@ class RunConfig:
                         ("sft.batch_size", self.sft.batch_size)):
             if n % k:
                 raise ValueError(f"{name} ({n}) must be a multiple of data.questions_per_database ({k})")
+        if self.policy.lora_rank and not self.mesh.single_device:
+            raise ValueError(LORA_ON_MESH)
 
 
 def parse_command_line(argv, defaults: RunConfig = RunConfig(), task_defaults: dict | None = None,
@@ -155,11 +174,14 @@ def parse_command_line(argv, defaults: RunConfig = RunConfig(), task_defaults: d
     return cfg, config_from_args(cls, args, task_defaults.get(cfg.task), prefix=f"{cfg.task}.")
 
 
-def prompt_fit(tok, budget: int) -> PromptFit:
-    """The budget of `encode_prompt`'s output: the text's tokens plus BOS."""
-    bos = int(tok.bos_token_id is not None)
-    return PromptFit(count=lambda text: len(tok(text, add_special_tokens=False)["input_ids"]) + bos,
-                     budget=budget)
+def prompt_fit(encoder: PromptEncoder, budget: int) -> PromptFit:
+    """The budget of `encoder`'s output, for tasks to write prompts within."""
+    return PromptFit(count=encoder.count, budget=budget)
+
+
+def encode_example(encoder: PromptEncoder, ex) -> tuple[list[int], int]:
+    """(ids, shared length) of an `Example`'s prompt."""
+    return encoder.encode(ex.shared, ex.question, ex.system)
 
 
 def get_tokenizer(cfg: RunConfig, train_texts: list[str]):
@@ -185,17 +207,8 @@ def new_model_config(cfg: RunConfig, tok) -> ModelConfig:
         num_attention_heads=p.num_heads, num_key_value_heads=p.num_kv_heads,
         head_dim=p.hidden_size // p.num_heads, qk_norm=True, tie_word_embeddings=True,
         max_position_embeddings=4096, bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
-        pad_token_id=tok.pad_token_id,
+        pad_token_id=tok.pad_token_id, compute_dtype=p.compute_dtype,
     )
-
-
-def encode_prompt(tok, parts: tuple[str, str]) -> tuple[list[int], int]:
-    """(token ids, shared length) of a (shared, question) prompt: BOS + the shared part's ids +
-    the question part's ids, each part tokenised on its own. Nothing is cut: prompts are fitted
-    to the budget when they are written (`prompt_and_answer_texts`)."""
-    shared, question = (tok(text, add_special_tokens=False)["input_ids"] for text in parts)
-    prefix = [tok.bos_token_id] if tok.bos_token_id is not None else []
-    return prefix + shared + question, len(prefix) + len(shared)
 
 
 def answer_ids(tok, answer: str) -> list[int]:
@@ -203,7 +216,7 @@ def answer_ids(tok, answer: str) -> list[int]:
     return tok(answer, add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
 
 
-def sft_augmenter(task, items: list[PromptItem], tok, fit: PromptFit):
+def sft_augmenter(task, items: list[PromptItem], encoder: PromptEncoder, fit: PromptFit):
     """swap(i, rng) -> (prompt ids, answer ids) of a task-made variant of items[i]'s example
     (`SFTConfig.literal_swap`)."""
     variant = task.augmenter([it.task for it in items], fit)
@@ -212,29 +225,9 @@ def sft_augmenter(task, items: list[PromptItem], tok, fit: PromptFit):
 
     def swap(i: int, rng):
         ex = variant(i, rng)
-        return encode_prompt(tok, (ex.shared, ex.question))[0], answer_ids(tok, ex.answer)
+        return encode_example(encoder, ex)[0], answer_ids(encoder.tok, ex.answer)
 
     return swap
-
-
-def export_policy(model, policy_cfg: PolicyConfig, run_dir: Path, tok) -> list[str]:
-    """Write the trained policy (with LoRA: its adapters as a PEFT folder and/or the merged
-    weights, as `policy_cfg.lora_export` says); returns the report's lines for what was written."""
-    if not policy_cfg.lora_rank:
-        export_hf_model(model, run_dir / "policy", tokenizer=tok)
-        return ["policy/ (Hugging Face folder)"]
-    out = []
-    if policy_cfg.lora_export in ("adapter", "both"):
-        base = policy_cfg.checkpoint
-        if not base:  # a new model: the adapter needs its base weights written beside it
-            base = str(export_hf_model(base_model(model), run_dir / "base", tokenizer=tok))
-            out.append("base/ (Hugging Face folder: the frozen base of the adapter)")
-        export_peft_adapter(model, run_dir / "adapter", base_model_name_or_path=base)
-        out.append(f"adapter/ (PEFT LoRA adapter for {base})")
-    if policy_cfg.lora_export in ("merged", "both"):
-        export_hf_model(merge_lora(model), run_dir / "policy", tokenizer=tok)
-        out.append("policy/ (Hugging Face folder, adapters merged)")
-    return out
 
 
 def warm_up_draft(cfg: RunConfig, grpo_cfg: GRPOConfig, policy: Policy, examples: list[tuple[list[int], list[int]]],
@@ -338,32 +331,44 @@ def run(cfg: RunConfig, task_config=None) -> dict:
     """
     t_start = time.perf_counter()
     task = make_task(cfg.task, task_config)
-    run_dir = Path(cfg.run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "config.json").write_text(json.dumps(
-        {**dataclasses.asdict(cfg), cfg.task: dataclasses.asdict(task.config)}, indent=2, default=str))
-    (run_dir / "provenance.json").write_text(json.dumps(provenance(cfg), indent=2))
-    say = (lambda *a: None) if cfg.quiet else (lambda *a: print(*a, flush=True))
     try:
-        return _run(cfg, task, run_dir, say, t_start)
+        return _run(cfg, task, t_start)
     finally:
         task.close()
 
 
-def _run(cfg: RunConfig, task, run_dir: Path, say, t_start: float) -> dict:
+def _run(cfg: RunConfig, task, t_start: float) -> dict:
+    # One process per host (ZORRO_* variables): every process runs this same function.
+    maybe_initialize_distributed()
+    leader = is_leader()
+    run_dir = Path(cfg.run_dir)
+    # Process 0 writes the run's files; the others keep their own metrics log (the same rows:
+    # every process runs the same steps, so each decides alike what a resume skips).
+    own_dir = run_dir if leader else run_dir / f"process{jax.process_index()}"
+    own_dir.mkdir(parents=True, exist_ok=True)
+    if leader:
+        (run_dir / "config.json").write_text(json.dumps(
+            {**dataclasses.asdict(cfg), cfg.task: dataclasses.asdict(task.config)}, indent=2, default=str))
+        (run_dir / "provenance.json").write_text(json.dumps(provenance(cfg), indent=2))
+    say = (lambda *a: None) if cfg.quiet or not leader else (lambda *a: print(*a, flush=True))
+    mesh = None if cfg.mesh.single_device and jax.process_count() == 1 else cfg.mesh.make()
     data = cfg.data
     grpo_split = data.grpo_split or data.train_split
     # The tokenizer learns from whole prompts; then every prompt is written within the budget.
     untrimmed = task.examples(data.train_split)
-    tok = get_tokenizer(cfg, [e.shared + e.question for e in untrimmed] + [e.answer for e in untrimmed])
-    fit = prompt_fit(tok, data.max_prompt_tokens)
+    # Each process trains its own (identical, deterministic) copy: no reads of a half-written file.
+    tok = ensure_pad_token(get_tokenizer(
+        cfg if leader else dataclasses.replace(cfg, run_dir=str(own_dir)),
+        [e.system + e.shared + e.question for e in untrimmed] + [e.answer for e in untrimmed]))
+    stop_ids = stop_token_ids(tok, cfg.policy.checkpoint or None)
+    encoder = PromptEncoder(tok, data.chat_template)
+    fit = prompt_fit(encoder, data.max_prompt_tokens)
     split_examples = {"train": task.examples(data.train_split, fit), "eval": task.examples(data.eval_split, fit)}
     split_examples["grpo"] = (split_examples["train"] if grpo_split == data.train_split
                               else task.examples(grpo_split, fit))
     # Examples the task cannot score (a failing gold query) are dropped before anything trains on
     # them; prompts over the budget even after shortening are skipped. Both are counted.
     dropped, skipped = {}, {}
-    eos = tok.eos_token_id
     items = {}
     for split, exs in split_examples.items():
         kept, reasons = task.check(exs)
@@ -371,8 +376,7 @@ def _run(cfg: RunConfig, task, run_dir: Path, say, t_start: float) -> dict:
             dropped[split] = reasons
             say(f"{split}: dropped {len(exs) - len(kept)} of {len(exs)} examples the task cannot score: "
                 f"{reasons}")
-        its = [PromptItem(exs[i], *encode_prompt(tok, (exs[i].shared, exs[i].question)), group_key=exs[i].group_key)
-               for i in kept]
+        its = [PromptItem(exs[i], *encode_example(encoder, exs[i]), group_key=exs[i].group_key) for i in kept]
         fits = [it for it in its if len(it.prompt_ids) <= data.max_prompt_tokens]
         if len(fits) < len(its):
             skipped[split] = len(its) - len(fits)
@@ -385,12 +389,14 @@ def _run(cfg: RunConfig, task, run_dir: Path, say, t_start: float) -> dict:
     eval_items = items["eval"][: data.eval_limit] if data.eval_limit else items["eval"]
     examples = [(it.prompt_ids, answer_ids(tok, it.task.answer)) for it in train_items]
     say(f"data ({task.name}): {len(train_items)} SFT ({data.train_split}) / {len(grpo_items)} GRPO "
-        f"({grpo_split}) / {len(eval_items)} eval ({data.eval_split}) examples; tokenizer vocab {len(tok)}")
+        f"({grpo_split}) / {len(eval_items)} eval ({data.eval_split}) examples; tokenizer vocab {len(tok)}"
+        f"{', chat template' if encoder.chat else ''}; stop ids {list(stop_ids)}")
 
     if cfg.policy.checkpoint:
-        model = load_hf_model(cfg.policy.checkpoint)
+        model = load_hf_model(cfg.policy.checkpoint, compute_dtype=cfg.policy.compute_dtype)
     else:
         model = init_model(new_model_config(cfg, tok), seed=cfg.policy.seed)
+    model.config = dataclasses.replace(model.config, remat=cfg.policy.remat)
     lora = LoRAConfig(rank=cfg.policy.lora_rank, alpha=cfg.policy.lora_alpha)
     if lora.rank:
         add_lora(model, lora, seed=cfg.policy.seed)
@@ -400,39 +406,54 @@ def _run(cfg: RunConfig, task, run_dir: Path, say, t_start: float) -> dict:
         + (f" (LoRA rank {lora.rank} adapters trained)" if lora.rank else ""))
 
     reward_fn = task.score
-    sampler = dataclasses.replace(cfg.grpo.sampler, eos_token_ids=(eos,), pad_token_id=tok.pad_token_id)
+    sampler = dataclasses.replace(cfg.grpo.sampler, eos_token_ids=stop_ids, pad_token_id=tok.pad_token_id)
     grpo_cfg = dataclasses.replace(cfg.grpo, sampler=sampler)
-    log = MetricsLog(run_dir)
+    log = MetricsLog(own_dir)
     phases = {}
+
+    def mesh_steps(optimizer, packing):
+        """The jitted steps on the run's mesh (None on one device)."""
+        return None if mesh is None else training_steps(
+            graphdef, params, optimizer, loss_cfg=cfg.grpo.loss, mesh=mesh, impl=cfg.grpo.attention_impl,
+            rows_per_micro_batch=packing.rows_per_micro_batch)
 
     # SFT warm start.
     sft_opt = make_optimizer(cfg.sft.optim)
-    state = {"params": params, "opt": init_opt_state(sft_opt, params)}
+    sft_steps = mesh_steps(sft_opt, cfg.sft.packing)
+    if sft_steps is None:
+        state = {"params": params, "opt": init_opt_state(sft_opt, params)}
+    else:
+        placed = sft_steps.place_params(params)
+        state = {"params": placed, "opt": sft_steps.init_opt(placed)}
     if cfg.sft.steps:
         t0 = time.perf_counter()
-        step_fn = make_sft_step(graphdef, make_apply_fn(sft_opt), examples, cfg.sft, pad_id=tok.pad_token_id,
+        step_fn = make_sft_step(graphdef, None if sft_steps else make_apply_fn(sft_opt), examples, cfg.sft,
+                                pad_id=tok.pad_token_id, steps=sft_steps,
                                 impl=cfg.grpo.attention_impl,
                                 tiles=tiles_for(model.config, cfg.grpo.attention_impl),
                                 keys=[it.group_key for it in train_items],
                                 shared_lens=[it.shared_len for it in train_items],
                                 per_key=cfg.data.questions_per_database,
-                                swap=sft_augmenter(task, train_items, tok, fit) if cfg.sft.literal_swap else None)
+                                swap=sft_augmenter(task, train_items, encoder, fit) if cfg.sft.literal_swap else None)
         state = run_phase("sft", cfg.sft.steps, step_fn, state, run_dir, log,
                           checkpoint_every=cfg.checkpoint_every, keep=cfg.keep_checkpoints,
                           later_phases=("eval", "distill", "grpo"), quiet=cfg.quiet,
                           show=lambda r: {"loss": f"{r['loss']:.3f}"})
         phases["sft_seconds"] = time.perf_counter() - t0
     policy = Policy(graphdef, state["params"])
+    grpo_opt = make_optimizer(cfg.grpo.optim)
+    grpo_steps = mesh_steps(grpo_opt, cfg.grpo.packing)
 
     def held_out(step: int):
         rows = [r for r in log.rows() if r.get("phase") == "eval" and r["step"] == step]
         if rows:
             return rows[-1]
         t0 = time.perf_counter()
-        res = evaluate(policy, tok, eval_items, reward_fn, sampler, cfg.eval_batch_size, grpo_cfg.correct_threshold)
+        res = evaluate(policy, tok, eval_items, reward_fn, sampler, cfg.eval_batch_size, grpo_cfg.correct_threshold,
+                       steps=grpo_steps)
         row = {"phase": "eval", "step": step, "accuracy": res["accuracy"],
                "reward_mean": res["reward_mean"], "n": res["n"], "seconds": time.perf_counter() - t0}
-        (run_dir / f"eval_step{step}.jsonl").write_text("".join(
+        (own_dir / f"eval_step{step}.jsonl").write_text("".join(
             json.dumps({"task_id": it.task.id, "question": it.task.question, "reference": it.task.answer,
                         "output": txt, "correct": ok}) + "\n"
             for it, txt, ok in zip(eval_items, res["texts"], res["correct"])))
@@ -440,7 +461,7 @@ def _run(cfg: RunConfig, task, run_dir: Path, say, t_start: float) -> dict:
         return row
 
     def correct_at(step: int) -> list[bool]:
-        lines = (run_dir / f"eval_step{step}.jsonl").read_text().splitlines()
+        lines = (own_dir / f"eval_step{step}.jsonl").read_text().splitlines()
         return [bool(json.loads(x)["correct"]) for x in lines if x.strip()]
 
     before = held_out(0)
@@ -455,10 +476,9 @@ def _run(cfg: RunConfig, task, run_dir: Path, say, t_start: float) -> dict:
 
     # GRPO.
     t0 = time.perf_counter()
-    grpo_opt = make_optimizer(grpo_cfg.optim)
-    # The KL reference is the policy as GRPO starts. With LoRA it is built on the policy's own
-    # base arrays (one copy of the weights, also after a restore): the base with its adapters off
-    # when they are fresh, else the base with the SFT adapters.
+    # The KL reference is the policy as GRPO starts. With LoRA (one device) it is built on the
+    # policy's own base arrays (one copy of the weights, also after a restore): the base with its
+    # adapters off when they are fresh, else the base with the SFT adapters.
     ref_graphdef, start_adapters = None, split_trainable(state["params"])[0] if lora.rank else None
     if lora.rank and not cfg.sft.steps:
         ref_graphdef = nnx.graphdef(base_model(policy.model()))
@@ -470,9 +490,10 @@ def _run(cfg: RunConfig, task, run_dir: Path, say, t_start: float) -> dict:
             return state["params"]
         return reference_state(params, None if ref_graphdef is not None else start_adapters)
 
-    trainer = GRPOTrainer(policy, grpo_opt, make_apply_fn(grpo_opt), tok, grpo_items, reward_fn, grpo_cfg,
-                          ref_params=reference(policy.params), draft=draft,
-                          questions_per_key=cfg.data.questions_per_database, ref_graphdef=ref_graphdef)
+    trainer = GRPOTrainer(policy, grpo_opt, None if grpo_steps else make_apply_fn(grpo_opt), tok, grpo_items,
+                          reward_fn, grpo_cfg, ref_params=reference(policy.params), draft=draft,
+                          questions_per_key=cfg.data.questions_per_database, steps=grpo_steps,
+                          ref_graphdef=ref_graphdef)
 
     def grpo_step(step, st):
         policy.params = st["params"]
@@ -486,7 +507,8 @@ def _run(cfg: RunConfig, task, run_dir: Path, say, t_start: float) -> dict:
 
     def restore(s):
         policy.params = s["params"]
-        trainer.ref_params = reference(policy.params)
+        if lora.rank:  # the reference shares the restored state's base arrays
+            trainer.ref_params = reference(policy.params)
         if draft:
             draft.params, draft.opt_state = s["draft"], s["draft_opt"]
 
@@ -496,7 +518,7 @@ def _run(cfg: RunConfig, task, run_dir: Path, say, t_start: float) -> dict:
             out["accept"] = f"{r['spec_acceptance_rate']:.2f}"
         return out
 
-    init = {"params": policy.params, "opt": init_opt_state(grpo_opt, policy.params)}
+    init = {"params": policy.params, "opt": trainer.steps.init_opt(policy.params)}
     if draft:
         init.update(draft=draft.params, draft_opt=draft.opt_state)
     st = run_phase("grpo", grpo_cfg.steps, grpo_step, init, run_dir, log, checkpoint_every=cfg.checkpoint_every,
@@ -505,8 +527,14 @@ def _run(cfg: RunConfig, task, run_dir: Path, say, t_start: float) -> dict:
     phases["grpo_seconds"] = time.perf_counter() - t0
     after = held_out(grpo_cfg.steps)
     say(f"held-out {task.metric} after GRPO: {after['accuracy']:.3f} (n={after['n']})")
+    # Gathered by every process (a collective when the mesh spans processes); process 0 exports
+    # the model and writes the report.
+    final = policy.model() if mesh is None else nnx.merge(graphdef, to_host(policy.params))
+    if not leader:
+        return {}
 
-    exported = export_policy(policy.model(), cfg.policy, run_dir, tok)
+    exported = export_policy(final, run_dir, tok, lora_export=cfg.policy.lora_export,
+                             base_checkpoint=cfg.policy.checkpoint or None)
     if draft:
         export_hf_model(draft.model(), run_dir / "draft", tokenizer=tok)
     rows = log.rows()

@@ -50,8 +50,12 @@ def make_sft_step(graphdef, apply_fn, examples: list[tuple[list[int], list[int]]
                   pad_id: int = 0, impl=None,
                   swap: Callable[[int, random.Random], tuple[list[int], list[int]]] | None = None,
                   tiles: tuple[int, int] = XLA_TREE_TILES, keys: Sequence[str] | None = None,
-                  shared_lens: Sequence[int] | None = None, per_key: int = 1):
+                  shared_lens: Sequence[int] | None = None, per_key: int = 1, steps=None):
     """step_fn(step, state={'params', 'opt'}) -> (state, metrics row) for `run_phase`.
+
+    `steps` (a mesh's `parallel.steps.TrainSteps`, instead of `apply_fn`): its sharded gradient
+    and donating apply steps, with each micro-batch's rows placed over data × fsdp; the state
+    must then be placed by it too (`place_params`, `init_opt`).
 
     `tiles` are the attention tiles the batches are packed with (`batches.tiles_for`).
     With per_key > 1 each step draws batch_size / per_key keys (databases, `keys[i]` of example i)
@@ -69,7 +73,12 @@ def make_sft_step(graphdef, apply_fn, examples: list[tuple[list[int], list[int]]
                          f"({cfg.batch_size}) that is a multiple of it")
     if cfg.literal_swap and swap is None:
         raise ValueError("literal_swap > 0 needs a swap function (the data source must support it)")
-    grad_fn = make_sft_grad_fn(graphdef, impl)
+    if (steps is None) == (apply_fn is None):
+        raise ValueError("make_sft_step needs exactly one of apply_fn (one device) and steps (a mesh)")
+    if steps is None:
+        grad_fn, place_batch, place_host = make_sft_grad_fn(graphdef, impl), None, None
+    else:
+        grad_fn, apply_fn, place_batch, place_host = steps.sft_grad, steps.apply, steps.place_batch, steps.place_host
     # One loss width for the run (the longest answer, bucketed; a longer literal-swapped answer
     # widens it for its step): fewer programs to compile.
     width = list_bucket(max(len(a) for _, a in examples))
@@ -90,9 +99,11 @@ def make_sft_step(graphdef, apply_fn, examples: list[tuple[list[int], list[int]]
                           loss_width=max(width, list_bucket(max(len(a) for _, a in chosen))),
                           shared_lens=[shared_lens[i] for i in idx] if per_key > 1 else None)
         n_tok = jnp.asarray(max(1, sum(len(a) for _, a in chosen)), jnp.float32)
+        norm = n_tok if place_host is None else place_host(n_tok)
         loss, grads = 0.0, None
         for mb in mbs:
-            part_loss, _, part_grads = grad_fn(state["params"], mb.packed, n_tok)
+            packed = mb.packed if place_batch is None else place_batch(mb.packed)
+            part_loss, _, part_grads = grad_fn(state["params"], packed, norm)
             loss, grads = loss + part_loss, add_grads(grads, part_grads)
         params, opt, gnorm, finite = apply_fn(state["params"], state["opt"], grads)
         row = {"loss": float(loss), "grad_norm": float(gnorm), "skipped_updates": int(not bool(finite)),

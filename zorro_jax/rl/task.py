@@ -23,9 +23,10 @@ import numpy as np
 class Example:
     """One task instance as the trainer sees it.
 
-    The prompt is `shared + question`, tokenised part by part; examples with the same
-    `group_key` have the same `shared` text (a database's schema), which multi-level prefix
-    sharing processes once for all of them."""
+    The prompt is `shared + question` (the user turn, after the `system` text or message),
+    tokenised part by part; examples with the same `group_key` have the same `system` and
+    `shared` text (a database's schema), which multi-level prefix sharing processes once for all
+    of them."""
 
     id: str
     shared: str
@@ -33,16 +34,18 @@ class Example:
     # Reference completion (SFT target), without the end-of-sequence token.
     answer: str
     group_key: str = ""
+    # Instructions for the system turn of chat models (glued before the shared part otherwise).
+    system: str = ""
     # The task's own record of the instance, handed back to `Task.score`.
     payload: Any = None
 
 
 @dataclasses.dataclass(frozen=True)
 class PromptFit:
-    """A prompt budget: `count(shared + question)` tokens (what the trainer will feed, BOS
-    included) must not exceed `budget`."""
+    """A prompt budget: `count(system, shared + question)` tokens (what the trainer will feed,
+    special tokens and chat frame included) must not exceed `budget`."""
 
-    count: Callable[[str], int]
+    count: Callable[[str, str], int]
     budget: int
 
 

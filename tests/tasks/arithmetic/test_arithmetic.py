@@ -65,3 +65,30 @@ def test_config_is_validated():
         ArithmeticConfig(max_operand=2)
     with pytest.raises(ValueError, match="distinct"):
         problems(ArithmeticConfig(train_size=10, eval_size=500, max_operand=3, templates=("add",)), "dev")
+
+
+@pytest.mark.slow
+def test_arithmetic_task_trains_through_experiments_train(tmp_path):
+    """The plug-in point end to end: `--task arithmetic` through the generic entry point, with
+    questions about one person sharing their prompt part (three-level trees)."""
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    run = tmp_path / "run"
+    subprocess.run([sys.executable, "-m", "experiments.train", "--task", "arithmetic", "--run_dir", str(run),
+                    "--arithmetic.train_size", "200", "--arithmetic.eval_size", "8", "--sft.steps", "3",
+                    "--sft.batch_size", "4", "--grpo.steps", "2", "--grpo.prompts_per_step", "4",
+                    "--grpo.group_size", "2", "--data.questions_per_database", "2",
+                    "--grpo.sampler.max_new_tokens", "16", "--grpo.sampler.response_buckets", "16",
+                    "--policy.hidden_size", "32", "--policy.num_layers", "1", "--policy.intermediate_size", "64",
+                    "--policy.vocab_size", "300", "--eval_batch_size", "4", "--quiet", "true"],
+                   cwd=Path(__file__).resolve().parents[3], check=True, timeout=900)
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["task"] == "arithmetic" and "held-out exact-match accuracy after GRPO" in summary
+    assert json.loads((run / "config.json").read_text())["arithmetic"]["train_size"] == 200
+    rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows if r["phase"] == "grpo"] == [1, 2]
+    outputs = [json.loads(x) for x in (run / "eval_step2.jsonl").read_text().splitlines()]
+    assert len(outputs) == 8 and all(o["reference"].split("#### ")[-1].isdigit() for o in outputs)

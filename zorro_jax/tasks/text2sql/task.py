@@ -85,8 +85,8 @@ class Text2SQLTask:
         return self._splits[split]
 
     def examples(self, split: str, fit: PromptFit | None = None) -> list[Example]:
-        """The split's questions as examples: shared part = the database's part of the prompt
-        (system text and schema), question part the task's, answer the gold SQL in a fenced
+        """The split's questions as examples: system text (none in the compact style), shared part
+        = the database's part of the prompt (its schema), question part the task's, answer the gold SQL in a fenced
         block. With `fit`, a prompt over the budget is shrunk by the token-budgeted builder
         (example values, then the least relevant tables' columns and tables; the question and
         the instructions always stay), so its schema part may then differ from the other
@@ -97,11 +97,12 @@ class Text2SQLTask:
         """The `Example` of one `Task` (see `examples`)."""
         style = self.config.prompt_style
         prompt = build_prompt(task, style=style)
-        system = f"{prompt.system}\n\n" if style != "compact" else ""
-        if fit is not None and fit.count(system + prompt.text) > fit.budget:
-            prompt = build_prompt(task, style=style, count_tokens=lambda text: fit.count(system + text),
+        # The compact style is for small policies trained from scratch: no system turn.
+        system = prompt.system if style != "compact" else ""
+        if fit is not None and fit.count(system, prompt.text) > fit.budget:
+            prompt = build_prompt(task, style=style, count_tokens=lambda text: fit.count(system, text),
                                   budget=fit.budget)
-        return Example(id=task.task_id, shared=system + prompt.shared, question=prompt.question,
+        return Example(id=task.task_id, shared=prompt.shared, question=prompt.question, system=system,
                        answer=format_answer(task.gold_sql), group_key=task.db_id, payload=task)
 
     def _reward_fn(self) -> RewardFn:

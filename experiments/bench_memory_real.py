@@ -1,0 +1,103 @@
+"""XLA temporary bytes and compile time of one actor-update-shaped forward + backward at
+SmolLM2-135M's shape, per rematerialisation policy.
+
+    python -m experiments.bench_memory_real [--prompt 512 --group 8 --response 128]
+        [--compute-dtype bfloat16] [--remat none,block,attention] [--json PATH]
+
+Compile only (parameters are abstract, nothing is allocated): the gradient of a policy-gradient
+loss Σ A·log p over one prompt-once `PackedTree` row (a P-token prompt and G completions of R
+tokens), XLA tree attention, float32 master weights. Figures are `compiled.memory_analysis()`
+temp bytes (the activations kept for the backward and the backward's scratch) and wall seconds
+of lower + compile. Model: Llama, 30 layers, d_model 576, 9 query / 3 KV heads × 64, MLP 1536,
+vocab 49152, tied embeddings (134.5M parameters).
+
+Measured on this 2-core CPU (P=512 G=8 R=128, bf16 compute): temp 4724 MiB remat none, 4458 MiB
+block (0.944), 4724 MiB attention; compile 21 s / 40 s / 37 s. The JAX-level residuals do shrink
+with block remat (`jax.ad_checkpoint.print_saved_residuals`: per layer only its input is saved),
+but XLA:CPU's buffer assignment still grows ~140 MiB a layer: its scheduler is not memory-aware,
+so these CPU figures understate what remat saves where XLA schedules for memory (GPU).
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from experiments.common import machine_note, write_json
+from zorro_jax.layouts import group_tree, pack_trees
+from zorro_jax.model.config import REMAT_POLICIES, ModelConfig
+from zorro_jax.model.forward import packed_logprobs
+from zorro_jax.model.transformer import Transformer
+
+
+def smollm2_config(**overrides) -> ModelConfig:
+    """SmolLM2-135M's architecture (as its converted config.json describes it)."""
+    kw = dict(model_type="llama", vocab_size=49152, hidden_size=576, intermediate_size=1536,
+              num_hidden_layers=30, num_attention_heads=9, num_key_value_heads=3, head_dim=64,
+              rms_norm_eps=1e-5, rope_theta=100000.0, max_position_embeddings=8192,
+              tie_word_embeddings=True)
+    kw.update(overrides)
+    return ModelConfig(**kw)
+
+
+def actor_batch(prompt: int, group: int, response: int, vocab: int, tiles=(128, 64)):
+    """One packed row: a prompt and `group` completions of `response` tokens (random ids)."""
+    rng = np.random.default_rng(0)
+    tree = group_tree(rng.integers(3, vocab, prompt).tolist(),
+                      [rng.integers(3, vocab, response).tolist() for _ in range(group)], 0)
+    tokens = prompt + group * response
+    return pack_trees([tree], row_tokens=-(-tokens // 128) * 128, tiles=tiles)
+
+
+def measure(cfg: ModelConfig, packed) -> dict:
+    """Temp bytes and compile seconds of grad(Σ A·log p) for `cfg` on `packed`."""
+    graphdef, abstract = nnx.split(nnx.eval_shape(lambda: Transformer(cfg, rngs=nnx.Rngs(0))))
+    adv = jnp.ones(packed.sample_mask().shape, jnp.float32)
+
+    def loss(params, batch, adv_BxGxR):
+        lp, _, mask = packed_logprobs(nnx.merge(graphdef, params), batch, impl="xla",
+                                      with_entropy=False)
+        return jnp.sum(jnp.where(mask, lp * adv_BxGxR, 0.0))
+
+    t0 = time.perf_counter()
+    compiled = jax.jit(jax.grad(loss)).lower(abstract, packed, adv).compile()
+    seconds = time.perf_counter() - t0
+    mem = compiled.memory_analysis()
+    return {"remat": cfg.remat, "temp_bytes": int(mem.temp_size_in_bytes),
+            "argument_bytes": int(mem.argument_size_in_bytes),
+            "output_bytes": int(mem.output_size_in_bytes), "compile_s": round(seconds, 1)}
+
+
+def main(argv=None):
+    """Measure each remat policy and print a table with the ratio to remat none."""
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--prompt", type=int, default=512)
+    p.add_argument("--group", type=int, default=8)
+    p.add_argument("--response", type=int, default=128)
+    p.add_argument("--compute-dtype", default="bfloat16", choices=("float32", "bfloat16"))
+    p.add_argument("--remat", default="none,block,attention",
+                   help=f"comma-separated policies out of {', '.join(REMAT_POLICIES)}")
+    p.add_argument("--json", default=None)
+    args = p.parse_args(argv)
+    packed = actor_batch(args.prompt, args.group, args.response, 49152)
+    print(f"SmolLM2-135M shape, {args.compute_dtype} compute, fp32 params; one row P={args.prompt} "
+          f"G={args.group} R={args.response} (T={packed.tokens_NxT.shape[1]}); {machine_note()}")
+    rows = []
+    for remat in args.remat.split(","):
+        rows.append(measure(smollm2_config(compute_dtype=args.compute_dtype, remat=remat), packed))
+        base = rows[0]["temp_bytes"]
+        r = rows[-1]
+        print(f"remat {r['remat']:<9} temp {r['temp_bytes'] / 2**20:8.1f} MiB  "
+              f"({r['temp_bytes'] / base:.3f} of {rows[0]['remat']})  compile {r['compile_s']:.1f} s",
+              flush=True)
+    write_json(args.json, {"machine": machine_note(), "shape_PGR": [args.prompt, args.group,
+                           args.response], "compute_dtype": args.compute_dtype, "rows": rows})
+
+
+if __name__ == "__main__":
+    main()
