@@ -196,7 +196,7 @@ FIGURES = [
            "the quickstart with 4 questions per database: schemas shared three levels deep "
            "(about 6 minutes)", run_json="summary.json"),
     Figure("quickstart_arithmetic", ("experiments.quickstart", "--task", "arithmetic", "--run_dir", "{run_dir}"),
-           render_quickstart, "the arithmetic task's quickstart (about 8 minutes)", run_json="summary.json"),
+           render_quickstart, "the arithmetic task's quickstart (about 10 minutes)", run_json="summary.json"),
 ]
 BY_NAME = {f.name: f for f in FIGURES}
 
