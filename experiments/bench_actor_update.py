@@ -3,7 +3,7 @@ layouts in one process (XLA attention on this CPU).
 
     python -m experiments.bench_actor_update [--distributions sql reasoning long-prompt uniform schema]
                                              [--preset ci] [--repeats 3] [--hidden-size 256]
-                                             [--json PATH]
+                                             [--model smollm2-135m] [--groups B] [--json PATH]
 
 Variants, all on the same groups (B prompts × G completions drawn from a named length
 distribution with a fixed seed):
@@ -14,7 +14,9 @@ distribution with a fixed seed):
 - packed three-level (`schema` only: prompts are a database schema ++ a question): depth 3, the
   schema once for all k questions of its database, each question once for its G completions.
 (The padded prompt-once layout these replaced was measured beside them before its removal; see
-the README.) A variant whose step needs more than 75% of the machine's RAM in XLA temp buffers (or that XLA
+the README.) `--model smollm2-135m` runs the fetched pretrained model (its real weights and shape:
+30 layers, d 576, vocab 49,152) instead of the small benchmark model; `--groups` then shrinks a
+distribution's B so its steps fit this machine's RAM. A variant whose step needs more than 75% of the machine's RAM in XLA temp buffers (or that XLA
 refuses) runs as one-row micro-batches (packed) or is reported as out of memory (padded).
 Columns: median time per update, XLA temp bytes (`memory_analysis`, the largest micro-batch),
 tokens each variant computes (rows × row length), the ideal token ratio = packed-naive real
@@ -40,6 +42,8 @@ from flax import nnx
 
 from experiments.common import bench_model_of_width, flop_rates, machine_note, write_json
 from zorro_jax.attention import XLA_TREE_TILES
+from zorro_jax.checkpoints.hf import load_hf_model
+from zorro_jax.checkpoints.pretrained import PRETRAINED, default_folder, is_fetched
 from zorro_jax.layouts import pack_groups_balanced
 from zorro_jax.model.forward import dense_logprobs, packed_logprobs
 from zorro_jax.model.transformer import init_model
@@ -225,9 +229,13 @@ def _measure(step, params, parts, old, adv, repeats):
             "temp_bytes": max(int(fn.memory_analysis().temp_size_in_bytes) for fn, _ in calls)}
 
 
-def run_distribution(params, steps, name: str, cfg, repeats: int, seed: int = 0):
-    """Time and measure every variant on one distribution; returns the JSON row."""
-    groups, shared = make_groups(DISTRIBUTIONS[name], cfg.vocab_size, seed)
+def run_distribution(params, steps, name: str, cfg, repeats: int, seed: int = 0, groups_override: int = 0):
+    """Time and measure every variant on one distribution (with `groups_override` prompts
+    (databases for `schema`) instead of its own B); returns the JSON row."""
+    dist = DISTRIBUTIONS[name]
+    if groups_override:
+        dist = dataclasses.replace(dist, groups=groups_override)
+    groups, shared = make_groups(dist, cfg.vocab_size, seed)
     old, adv = _targets(groups)
     row = {"distribution": name, "groups": len(groups), "samples": len(groups[0][1])}
     one_row = build_variants(groups, shared, one_row=True)
@@ -290,20 +298,32 @@ def main(argv=None):
     ap.add_argument("--hidden-size", type=int, default=256,
                     help="model width (4 layers, head_dim 64, intermediate 4x): wider models "
                          "spend a smaller share of their FLOPs in attention")
+    ap.add_argument("--model", default="", choices=["", *sorted(PRETRAINED)],
+                    help="a fetched pretrained model (python -m experiments.fetch_model NAME) instead "
+                         "of the benchmark model; --hidden-size is then ignored")
+    ap.add_argument("--groups", type=int, default=0,
+                    help="prompts per distribution (B; databases for schema); 0 = the distribution's own")
     ap.add_argument("--json", default=None, help="write one row per distribution to this path")
     args = ap.parse_args(argv)
-    if args.repeats < 1:
-        ap.error("--repeats must be at least 1")
+    if args.repeats < 1 or args.groups < 0:
+        ap.error("--repeats must be at least 1 and --groups at least 0")
     names = ["uniform", "sql"] if args.preset == "ci" else args.distributions
-    try:
-        cfg = bench_model_of_width(args.hidden_size)
-    except ValueError as e:
-        ap.error(str(e))
-    graphdef, params = nnx.split(init_model(cfg, seed=0))
+    if args.model:
+        folder = default_folder(args.model)
+        if not is_fetched(folder):
+            ap.error(f"no converted model in {folder}: run `python -m experiments.fetch_model {args.model}` first")
+        model = load_hf_model(folder, compute_dtype="float32")
+    else:
+        try:
+            model = init_model(bench_model_of_width(args.hidden_size), seed=0)
+        except ValueError as e:
+            ap.error(str(e))
+    cfg = model.config
+    graphdef, params = nnx.split(model)
     steps = make_steps(graphdef, LossConfig())
-    print(f"actor update, {machine_note()}; model d={cfg.hidden_size} L={cfg.num_hidden_layers} "
-          f"H={cfg.num_attention_heads} V={cfg.vocab_size} fp32, xla attention")
-    rows = [run_distribution(params, steps, n, cfg, args.repeats) for n in names]
+    print(f"actor update, {machine_note()}; model {args.model or 'benchmark'} d={cfg.hidden_size} "
+          f"L={cfg.num_hidden_layers} H={cfg.num_attention_heads} V={cfg.vocab_size} fp32, xla attention")
+    rows = [run_distribution(params, steps, n, cfg, args.repeats, groups_override=args.groups) for n in names]
     print(f"{'distribution':12s} | {'ideal':>6} {'pairs':>6} {'flops':>6} | {'time x packed naive':>19} "
           f"{'mem x packed naive':>18} | {'time x padded naive':>19}")
     for r in rows:
@@ -319,7 +339,8 @@ def main(argv=None):
                   f"{r['three_vs_two_level_attention_pair_ratio']:.2f}, flops "
                   f"{r['three_vs_two_level_flop_ratio']:.2f}, time {r['three_vs_two_level_ratio']:.2f}, "
                   f"memory {_fmt(r['three_vs_two_level_memory_ratio'])}")
-    write_json(args.json, {"machine": machine_note(), "hidden_size": cfg.hidden_size, "rows": rows})
+    write_json(args.json, {"machine": machine_note(), "hidden_size": cfg.hidden_size, "model": args.model or None,
+                           "layers": cfg.num_hidden_layers, "rows": rows})
     return rows
 
 

@@ -42,3 +42,14 @@ def test_schema_distribution_shares_three_levels():
     flops = {k: model_flops(cfg, t, scored) for k, t in trees.items()}
     # FLOPs shrink less than tokens: the schema's descendants still attend to all of it.
     assert 1 < flops["packed_prompt_once"] / flops["packed_three_level"] < two / three
+
+
+def test_model_option_without_a_fetched_model_says_how_to_fetch(tmp_path, monkeypatch, capsys):
+    import pytest
+
+    from experiments import bench_actor_update
+
+    monkeypatch.setenv("ZORRO_JAX_CACHE", str(tmp_path))
+    with pytest.raises(SystemExit):
+        bench_actor_update.main(["--model", "smollm2-135m", "--distributions", "sql", "--groups", "1"])
+    assert "python -m experiments.fetch_model smollm2-135m" in capsys.readouterr().err

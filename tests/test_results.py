@@ -52,3 +52,42 @@ def test_other_renderers():
     readme = results.README.read_text()
     for fig in results.FIGURES:
         assert f"<!-- results:{fig.name} -->" in readme, fig.name
+
+
+def _write_run(run_dir, evals: dict, grpo_rewards=()):
+    """A run folder as the pipeline leaves it: metrics.jsonl and one eval_step<N>.jsonl per eval."""
+    import json
+
+    run_dir.mkdir(parents=True)
+    rows = [{"phase": "sft", "step": 1, "loss": 1.0, "seconds": 30.0}] if grpo_rewards else []
+    rows += [{"phase": "grpo", "step": i + 1, "reward_mean": r, "accuracy": r, "completion_len_mean": 40.0,
+              "kl": 0.001, "time_total": 60.0, "seconds": 61.0} for i, r in enumerate(grpo_rewards)]
+    for step, correct in evals.items():
+        rows.append({"phase": "eval", "step": step, "accuracy": sum(correct) / len(correct), "n": len(correct),
+                     "seconds": 20.0})
+        (run_dir / f"eval_step{step}.jsonl").write_text(
+            "".join(json.dumps({"task_id": str(i), "correct": c}) + "\n" for i, c in enumerate(correct)))
+    (run_dir / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+
+def test_real_model_report_renders(tmp_path):
+    from experiments import real_model
+    from zorro_jax.checkpoints.pretrained import STAMP
+
+    model = tmp_path / "smollm2"
+    model.mkdir()
+    (model / STAMP).write_text("{}")
+    args = real_model.parse_args(["--out", str(tmp_path / "out"), "--checkpoint", str(model),
+                                  "--sft-steps", "1", "--grpo-steps", "2"])
+    zero, trained = real_model.run_configs(args)
+    assert (zero.sft.steps, zero.grpo.steps, trained.grpo.eval_every) == (0, 0, 2)
+    _write_run(tmp_path / "out" / "zero_shot", {0: [False, False, False, False]})
+    _write_run(tmp_path / "out" / "trained", {0: [True, False, False, False], 2: [True, True, False, False]},
+               grpo_rewards=(0.1, 0.3))
+    payload = real_model.report(args, zero, trained, {"zero_shot": 30.0, "trained": 300.0})
+    lines = results.render_real_model(payload)
+    assert "| zero-shot | 0.000 ± 0.000 | 0 | 20 |" in lines
+    assert "| after GRPO (2 steps × 4 × 6) | 0.500 ± 0.250 | 122 | 20 |" in lines
+    # Paired on the same tasks: one task fixed, none broken, s.e. 0.25 (unpaired would be 0.33).
+    assert "GRPO − SFT +0.250 [-0.240, +0.740] (1 fixed, 0 broken)" in lines[-2]
+    assert lines[-1] == "GRPO rollout reward per step: 0.10, 0.30."

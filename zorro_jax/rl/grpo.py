@@ -98,7 +98,8 @@ class SpeculativeRolloutConfig:
 class GRPOConfig:
     """One GRPO run: batch shape, optimisation, loss, sampler and (optional) speculative rollouts."""
 
-    # GRPO iterations (rollouts + one or more updates each).
+    # GRPO iterations (rollouts + one or more updates each); 0 = none: the run only evaluates the
+    # policy after SFT (with sft.steps 0 too, the checkpoint as loaded: a zero-shot figure).
     steps: int = 20
     # Unique prompts per iteration (B) and completions per prompt (G).
     prompts_per_step: int = 8
@@ -127,7 +128,9 @@ class GRPOConfig:
             raise ValueError(f"mode must be one of {MODES}, got {self.mode!r}")
         if self.eval_every < 0:
             raise ValueError(f"eval_every must be >= 0 (0 = about five evaluations), got {self.eval_every}")
-        for name in ("steps", "prompts_per_step", "group_size", "epochs"):
+        if self.steps < 0:
+            raise ValueError(f"steps must be >= 0 (0 = evaluate only), got {self.steps}")
+        for name in ("prompts_per_step", "group_size", "epochs"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.group_size < 2:
