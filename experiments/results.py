@@ -224,7 +224,7 @@ FIGURES = [
            "SmolLM2-135M-Instruct zero-shot / SFT / GRPO (about 35 minutes; needs "
            "`python -m experiments.fetch_model smollm2-135m` first)", run_json="summary.json"),
     Figure("quickstart_arithmetic", ("experiments.quickstart", "--task", "arithmetic", "--run_dir", "{run_dir}"),
-           render_quickstart, "the arithmetic task's quickstart (about 8 minutes)", run_json="summary.json"),
+           render_quickstart, "the arithmetic task's quickstart (about 10 minutes)", run_json="summary.json"),
 ]
 BY_NAME = {f.name: f for f in FIGURES}
 

@@ -146,3 +146,46 @@ def test_bf16_logprobs_near_fp32(folder, ours, greedy_runs):
         print(f"bf16 compute, {param_dtype} params: max |logp - fp32 logp| {diff[completion].max():.3g} "
               f"on the greedy tokens, {diff[np.asarray(mask)].max():.3g} on all tokens")
         assert diff[completion].max() <= 1e-2
+
+
+def test_lora_adapter_after_sft_loads_with_peft(folder, tokenizer, tmp_path):
+    """LoRA on the real weights: a few SFT steps train the adapters only, and the exported PEFT
+    adapter on the transformers model gives our logits."""
+    from flax import nnx
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    from zorro_jax.model.lora import LoRAConfig, add_lora, export_peft_adapter
+    from zorro_jax.rl.optim import OptimConfig, make_optimizer
+    from zorro_jax.rl.sft import SFTConfig, make_sft_step
+    from zorro_jax.rl.steps import init_opt_state, make_apply_fn
+
+    model = add_lora(load_hf_model(folder), LoRAConfig(rank=4, alpha=8.0))
+    answer = tokenizer("```sql\nSELECT COUNT(*) FROM orders\n```", add_special_tokens=False)["input_ids"] + [2]
+    examples = [(chat_ids(tokenizer, t), answer) for t in CHATS[:2]]
+    cfg = SFTConfig(steps=3, batch_size=2, optim=OptimConfig(lr=1e-3, warmup_steps=0, decay_steps=3))
+    opt = make_optimizer(cfg.optim)
+    graphdef, params = nnx.split(model)
+    step_fn = make_sft_step(graphdef, make_apply_fn(opt), examples, cfg, pad_id=2)
+    state = {"params": params, "opt": init_opt_state(opt, params)}
+    losses = []
+    for step in range(1, cfg.steps + 1):
+        state, row = step_fn(step, state)
+        losses.append(row["loss"])
+    assert losses[-1] < losses[0], losses
+    trained = nnx.merge(graphdef, state["params"])
+    export_peft_adapter(trained, tmp_path / "adapter", base_model_name_or_path=str(folder))
+    ids = chat_ids(tokenizer, CHATS[0])
+    ours = np.asarray(dense_logits(trained, pack_dense([ids], pad_id=0).tokens_NxT))[0, : len(ids)]
+    # A model of its own: PEFT injects the adapter into the module it wraps.
+    hf_model = AutoModelForCausalLM.from_pretrained(str(folder), dtype=torch.float32).eval()
+    peft_model = PeftModel.from_pretrained(hf_model, str(tmp_path / "adapter")).eval()
+    with torch.no_grad():
+        theirs = peft_model(input_ids=torch.tensor([ids])).logits[0].numpy()
+        base = peft_model.get_base_model()
+        with peft_model.disable_adapter():
+            plain = base(input_ids=torch.tensor([ids])).logits[0].numpy()
+    print(f"LoRA SFT losses {losses}; max |ours - peft| logit {np.abs(ours - theirs).max():.3g}, "
+          f"adapter moved logits by {np.abs(theirs - plain).max():.3g}")
+    assert np.abs(theirs - plain).max() > 1e-2  # the trained adapter changes the function
+    assert np.abs(ours - theirs).max() <= 2e-4

@@ -3,7 +3,8 @@
 Loading checks every expected tensor is present with the right shape from the safetensors headers
 alone (all problems are listed by name in one error), then streams the tensors one at a time
 (`safe_open`, memory-mapped) into the parameter dtype, optionally placing each with a sharding
-chosen by the caller. Export writes a float32 folder that `transformers` loads.
+chosen by the caller. Export writes a float32 folder that `transformers` loads; `export_policy`
+writes a trained policy (with LoRA adapters: a PEFT adapter folder and/or the merged weights).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from safetensors import safe_open
 from safetensors.numpy import save_file
 
 from zorro_jax.model.config import ModelConfig
+from zorro_jax.model.lora import base_model, export_peft_adapter, has_lora, merge_lora
 from zorro_jax.model.transformer import Transformer
 
 # Our parameter path -> (HF tensor name, transpose?). Linear kernels are [in, out]; HF is [out, in].
@@ -153,6 +155,10 @@ def load_hf_model(
 
 def export_hf_model(model: Transformer, folder: str | Path, tokenizer=None) -> Path:
     """Write config.json + model.safetensors (+ the tokenizer if given) to `folder`."""
+    if has_lora(nnx.state(model)):
+        # Writing only the base kernels would silently drop what the adapters learned.
+        raise ValueError("the model carries LoRA adapters: export lora.merge_lora(model) here, or "
+                         "the adapters alone with lora.export_peft_adapter")
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     tensors = {}
@@ -164,3 +170,35 @@ def export_hf_model(model: Transformer, folder: str | Path, tokenizer=None) -> P
     if tokenizer is not None:
         tokenizer.save_pretrained(str(folder))
     return folder
+
+
+LORA_EXPORTS = ("adapter", "merged", "both")
+
+
+def export_policy(model: Transformer, run_dir: str | Path, tokenizer=None, *, lora_export: str = "both",
+                  base_checkpoint: str | None = None) -> list[str]:
+    """Write a trained policy under `run_dir` and return the report's lines for what was written.
+
+    A plain model goes to policy/. A model with LoRA adapters is written as `lora_export` says:
+    "adapter" (adapter/, a PEFT folder for the base `base_checkpoint`; without one, i.e. a new
+    model, the base itself is written to base/ beside it), "merged" (policy/, base + adapters as
+    an ordinary Hugging Face folder) or "both".
+    """
+    run_dir = Path(run_dir)
+    if not has_lora(nnx.state(model)):
+        export_hf_model(model, run_dir / "policy", tokenizer=tokenizer)
+        return ["policy/ (Hugging Face folder)"]
+    if lora_export not in LORA_EXPORTS:
+        raise ValueError(f"lora_export must be one of {LORA_EXPORTS}, got {lora_export!r}")
+    out = []
+    if lora_export in ("adapter", "both"):
+        base = base_checkpoint
+        if not base:
+            base = str(export_hf_model(base_model(model), run_dir / "base", tokenizer=tokenizer))
+            out.append("base/ (Hugging Face folder: the frozen base of the adapter)")
+        export_peft_adapter(model, run_dir / "adapter", base_model_name_or_path=base)
+        out.append(f"adapter/ (PEFT LoRA adapter for {base})")
+    if lora_export in ("merged", "both"):
+        export_hf_model(merge_lora(model), run_dir / "policy", tokenizer=tokenizer)
+        out.append("policy/ (Hugging Face folder, adapters merged)")
+    return out

@@ -64,3 +64,33 @@ def token_logprobs(h_xE, w_ExV, targets_x, *, chunk_size: int = 8192, with_entro
     lse, ent = logsumexp_and_entropy(h, w_ExV, chunk_size=chunk_size, with_entropy=with_entropy)
     logp = (target_logits(h, w_ExV, targets_x.reshape(-1)) - lse).reshape(lead)
     return logp, (ent.reshape(lead) if ent is not None else None)
+
+
+def kl_and_overlap(hp_NxE, wp_ExV, hq_NxE, wq_ExV, *, chunk_size: int = 8192):
+    """(KL(p || q), Σ_v min(p_v, q_v)) per row for p = softmax(hp @ wp) and q = softmax(hq @ wq)
+    (two models' next-token distributions over one vocabulary), float32, without materialising
+    [N, V]: the log-sum-exps first, then Σ p·(z_p − z_q) and the overlap chunk by chunk in a
+    rematerialised scan. KL = Σ p·(z_p − z_q) − lse_p + lse_q."""
+    lse_p, _ = logsumexp_and_entropy(hp_NxE, wp_ExV, chunk_size=chunk_size, with_entropy=False)
+    lse_q, _ = logsumexp_and_entropy(hq_NxE, wq_ExV, chunk_size=chunk_size, with_entropy=False)
+    v = wp_ExV.shape[1]
+    n_chunks = -(-v // chunk_size)
+    width = min(chunk_size, v)
+    pad = n_chunks * width - v
+    chunks = lambda w: jnp.pad(w, ((0, 0), (0, pad))).reshape(w.shape[0], n_chunks, width).transpose(1, 0, 2)
+
+    @jax.checkpoint
+    def body(carry, xs):
+        cross, overlap = carry
+        wp_c, wq_c, idx = xs
+        zp = jnp.einsum("ne,ec->nc", hp_NxE, wp_c, preferred_element_type=jnp.float32)
+        zq = jnp.einsum("ne,ec->nc", hq_NxE, wq_c, preferred_element_type=jnp.float32)
+        valid = ((idx * width + jnp.arange(width)) < v)[None, :]
+        p = jnp.where(valid, jnp.exp(zp - lse_p[:, None]), 0.0)
+        q = jnp.where(valid, jnp.exp(zq - lse_q[:, None]), 0.0)
+        cross = cross + jnp.sum(p * jnp.where(valid, zp - zq, 0.0), axis=-1)
+        return (cross, overlap + jnp.sum(jnp.minimum(p, q), axis=-1)), None
+
+    zeros = jnp.zeros((hp_NxE.shape[0],), jnp.float32)
+    (cross, overlap), _ = jax.lax.scan(body, (zeros, zeros), (chunks(wp_ExV), chunks(wq_ExV), jnp.arange(n_chunks)))
+    return cross - lse_p + lse_q, overlap

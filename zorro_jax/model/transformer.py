@@ -40,17 +40,22 @@ def _param(rngs: nnx.Rngs, shape, axes, dtype, *, std=_INIT_STD, ones=False,
 
 
 class Linear(nnx.Module):
-    """y = x @ kernel (+ bias); kernel [in, out] stored in `dtype`, computed in the input's dtype."""
+    """y = x @ kernel (+ bias) (+ a LoRA adapter's term); kernel [in, out] stored in `dtype`,
+    computed in the input's dtype."""
 
     def __init__(self, din: int, dout: int, axes, *, bias: bool, rngs: nnx.Rngs,
                  dtype="float32"):
         self.kernel = _param(rngs, (din, dout), axes, dtype)
         self.bias = _param(rngs, (dout,), axes[1:], dtype, zeros=True) if bias else None
+        # A low-rank adapter (zorro_jax.model.lora.Adapter) added to the output when attached.
+        self.lora = None
 
     def __call__(self, x):
         y = jnp.einsum("...i,io->...o", x, self.kernel[...].astype(x.dtype))
         if self.bias is not None:
             y = y + _bcast(self.bias[...], y)
+        if self.lora is not None:
+            y = y + self.lora(x)
         return y
 
 

@@ -27,6 +27,7 @@ from jax.sharding import PartitionSpec as P
 
 from zorro_jax.attention import kernel_mesh
 from zorro_jax.layouts import PackedTree, bucket
+from zorro_jax.model.lora import has_lora
 from zorro_jax.parallel.distributed import place, to_host
 from zorro_jax.parallel.mesh import BATCH_AXES, batch_shards, check_batch, check_model
 from zorro_jax.parallel.rules import (
@@ -39,7 +40,13 @@ from zorro_jax.parallel.rules import (
     reshard,
 )
 from zorro_jax.rl.losses import LossConfig
-from zorro_jax.rl.steps import make_apply_fn, make_grpo_grad_fn, make_logprob_fn, make_sft_grad_fn
+from zorro_jax.rl.steps import (
+    init_opt_state,
+    make_apply_fn,
+    make_grpo_grad_fn,
+    make_logprob_fn,
+    make_sft_grad_fn,
+)
 from zorro_jax.sampling.cache import PrefixLevel, SharedPrefixKVCache, shared_prefix_step
 from zorro_jax.sampling.sampler import (
     PromptTree,
@@ -52,6 +59,12 @@ from zorro_jax.sampling.sampler import (
     shared_prefill,
     to_rollouts,
 )
+
+# The sharded steps declare the whole state's shardings for the gradients and the optimiser, and
+# the GRPO trainer copies its KL reference off the donated policy arrays: neither is adapted to a
+# trainable part yet, so a model with adapters is refused rather than trained on a wrong layout.
+LORA_ON_MESH = ("LoRA on a mesh is not supported yet: run LoRA on one device (mesh 1 x 1 x 1, one "
+                "process) or drop the adapters (policy.lora_rank 0)")
 
 
 class StepShardings(NamedTuple):
@@ -285,8 +298,10 @@ def training_steps(graphdef, params, optimizer: optax.GradientTransformation, *,
         ident = lambda x: x
         return TrainSteps(None, make_logprob_fn(graphdef, impl), make_grpo_grad_fn(graphdef, loss_cfg, impl),
                           make_sft_grad_fn(graphdef, impl), make_apply_fn(optimizer), ident,
-                          optimizer.init, ident, ident, sample)
+                          lambda p: init_opt_state(optimizer, p), ident, ident, sample)
 
+    if has_lora(params):
+        raise ValueError(LORA_ON_MESH)
     check_model(mesh, nnx.merge(graphdef, params).config)
     if rows_per_micro_batch is not None:
         check_batch(mesh, rows_per_micro_batch)

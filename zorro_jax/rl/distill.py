@@ -1,7 +1,7 @@
 """Draft distillation: fit a small draft model to the policy on the policy's own rollouts.
 
-The loss is the forward KL(p_policy || q_draft) over the full vocabulary at every completion
-position, masked to real tokens and averaged over them. Both models run the prompt-once forward
+The loss is the forward KL(p_policy || q_draft) over the full vocabulary (accumulated chunk by
+chunk, never as [L, V]) at every completion position, masked to real tokens and averaged over them. Both models run the prompt-once forward
 on the same `PackedTree` batch (`packed_hidden`): each completion token is predicted from the
 hidden state at its `prev` column (the prompt's last token for the first one). Higher
 acceptance in speculative sampling is what this buys: the expected acceptance of a draft token is
@@ -23,33 +23,35 @@ from flax import nnx
 
 from zorro_jax.layouts import PackedTree
 from zorro_jax.model.forward import packed_hidden
+from zorro_jax.model.logprobs import kl_and_overlap
 from zorro_jax.model.transformer import Transformer
 from zorro_jax.rl.batches import pack_groups, rollout_groups, tiles_for
 from zorro_jax.sampling.sampler import SamplerConfig, generate
 
 
-def _next_token_logits(model: Transformer, batch: PackedTree, temperature: float, impl):
-    """Logits [L, V] predicting each flat loss token (float32, divided by temperature)."""
+def _next_token_hidden(model: Transformer, batch: PackedTree, impl):
+    """Hidden states [L, E] predicting each flat loss token."""
     h_NxTxE = packed_hidden(model, batch, impl)
     rows_L, cols_L = batch.loss_predictors()
-    return model.logits(h_NxTxE[rows_L, cols_L]) / temperature
+    return h_NxTxE[rows_L, cols_L]
 
 
 def distill_loss(draft: Transformer, policy: Transformer, batch: PackedTree, *,
-                 temperature: float = 1.0, impl=None):
-    """Mean over real completion tokens of KL(p_policy || q_draft) over the full vocabulary.
-
-    The policy is a fixed target (no gradient flows into it). Returns (loss, metrics).
-    """
-    logp_LxV = jax.lax.stop_gradient(
-        jax.nn.log_softmax(_next_token_logits(policy, batch, temperature, impl), axis=-1))
-    logq_LxV = jax.nn.log_softmax(_next_token_logits(draft, batch, temperature, impl), axis=-1)
-    kl_L = jnp.sum(jnp.exp(logp_LxV) * (logp_LxV - logq_LxV), axis=-1)
+                 temperature: float = 1.0, impl=None, chunk_size: int = 2048):
+    """Mean over real completion tokens of KL(p_policy || q_draft) over the full vocabulary,
+    accumulated over vocabulary chunks (`kl_and_overlap`: no [L, V] array). At SmolLM2's
+    vocabulary (49,152, d 576) and 16,384 loss tokens the gradient's XLA temporaries are 0.89 GiB
+    in 2048-wide chunks against 3.0 GiB dense. The policy is a fixed target (no gradient flows
+    into it). Returns (loss, metrics)."""
+    hp_LxE = jax.lax.stop_gradient(_next_token_hidden(policy, batch, impl))
+    wp_ExV = jax.lax.stop_gradient(policy.unembedding()) / temperature
+    hq_LxE = _next_token_hidden(draft, batch, impl)
+    kl_L, overlap_L = kl_and_overlap(hp_LxE, wp_ExV, hq_LxE, draft.unembedding() / temperature,
+                                     chunk_size=chunk_size)
     live_L = batch.loss_live_L.astype(jnp.float32)
     n = jnp.maximum(jnp.sum(live_L), 1.0)
     loss = jnp.sum(kl_L * live_L) / n
     # Expected acceptance of a draft token sampled from q: Σ_v min(p, q).
-    overlap_L = jnp.sum(jnp.minimum(jnp.exp(logp_LxV), jnp.exp(logq_LxV)), axis=-1)
     return loss, {"kl": loss, "expected_acceptance": jnp.sum(overlap_L * live_L) / n}
 
 

@@ -28,8 +28,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from zorro_jax.model.lora import has_lora
 from zorro_jax.parallel.distributed import allgather_host, host_bounds, to_host
-from zorro_jax.parallel.steps import TrainSteps, training_steps
+from zorro_jax.parallel.steps import LORA_ON_MESH, TrainSteps, training_steps
 from zorro_jax.rl.batches import (
     MODES,
     PackingConfig,
@@ -41,7 +42,7 @@ from zorro_jax.rl.batches import (
 )
 from zorro_jax.rl.losses import LossConfig, compute_advantages, loss_normaliser
 from zorro_jax.rl.optim import OptimConfig
-from zorro_jax.rl.steps import add_grads
+from zorro_jax.rl.steps import add_grads, make_logprob_fn
 from zorro_jax.sampling.sampler import PromptTree, SamplerConfig, generate, pack_prompts
 
 # rewards, details = reward_fn(completion texts, tasks)
@@ -310,11 +311,16 @@ class GRPOTrainer:
     `draft` (a `zorro_jax.rl.distill.DraftTrainer`) switches on speculative rollouts and
     online draft distillation as configured by `cfg.speculative`; its params and optimiser state
     are the caller's to checkpoint (`draft.params`, `draft.opt_state`).
+
+    The KL reference is `ref_params` on the policy's graph, or on `ref_graphdef` when given: with
+    LoRA, the base model without adapters (`zorro_jax.model.lora.base_model`), whose arrays are
+    the policy's frozen ones (one copy of the weights). LoRA runs on one device only: with mesh
+    `steps` a policy with adapters is refused (`parallel.steps.LORA_ON_MESH`).
     """
 
     def __init__(self, policy: Policy, optimizer, apply_fn, tokenizer, items: list[PromptItem],
                  reward_fn: RewardFn, cfg: GRPOConfig, ref_params=None, draft=None,
-                 questions_per_key: int = 1, steps: TrainSteps | None = None):
+                 questions_per_key: int = 1, steps: TrainSteps | None = None, ref_graphdef=None):
         self.policy, self.tok, self.items, self.reward_fn, self.cfg = policy, tokenizer, items, reward_fn, cfg
         if questions_per_key < 1 or cfg.prompts_per_step % questions_per_key:
             raise ValueError(f"prompts_per_step {cfg.prompts_per_step} must be a multiple of the "
@@ -343,11 +349,15 @@ class GRPOTrainer:
             if cfg.mode != "prompt_once":
                 raise ValueError("on a mesh GRPO runs prompt-once (shared-prefix rollouts); the naive "
                                  "baseline runs on one device")
+            if ref_graphdef is not None or has_lora(policy.params):
+                raise ValueError(LORA_ON_MESH)
         self.steps, self.optimizer = steps, optimizer
         policy.params = steps.place_params(policy.params)
         if ref_params is not None and steps.donates:  # the policy's arrays will be donated
             ref_params = jax.tree.map(jnp.copy, ref_params)
         self.ref_params = None if ref_params is None else steps.place_params(ref_params)
+        self.ref_logprob = (steps.logprob if ref_graphdef is None
+                            else make_logprob_fn(ref_graphdef, cfg.attention_impl))
         self.tiles = tiles_for(policy.model().config, cfg.attention_impl)
 
     @property
@@ -382,7 +392,7 @@ class GRPOTrainer:
                           pad_id=cfg.sampler.pad_token_id, loss_width=width, shared_lens=shared)
         placed = [self.steps.place_batch(mb.packed) for mb in mbs]
         old_lp = self._logprobs(self.policy.params, mbs, placed, roll.tokens_BxGxR.shape)
-        ref_lp = (self._logprobs(self.ref_params, mbs, placed, roll.tokens_BxGxR.shape)
+        ref_lp = (self._logprobs(self.ref_params, mbs, placed, roll.tokens_BxGxR.shape, self.ref_logprob)
                   if cfg.loss.kl_coef > 0 else old_lp)
         t1 = time.perf_counter()
 
@@ -433,12 +443,14 @@ class GRPOTrainer:
         }
         return row, opt_state, {"texts": texts, "rewards": rewards, "details": details, "items": items}
 
-    def _logprobs(self, params, mbs, placed, shape_BxGxR) -> np.ndarray:
+    def _logprobs(self, params, mbs, placed, shape_BxGxR, fn=None) -> np.ndarray:
         """Log-probs [B, G, R] of the rollouts, one micro-batch at a time (`placed`: the
-        micro-batches' PackedTrees where the steps want them)."""
+        micro-batches' PackedTrees where the steps want them), by the policy's log-prob step
+        unless `fn`."""
+        fn = fn or self.steps.logprob
         out = np.zeros(shape_BxGxR, np.float32)
         for mb, packed in zip(mbs, placed):
-            out = mb.put_groups(out, to_host(self.steps.logprob(params, packed)[0]))
+            out = mb.put_groups(out, to_host(fn(params, packed)[0]))
         return out
 
     def _draft_metrics(self, step: int, items, mbs, spec_stats: dict, t_roll: float) -> dict:

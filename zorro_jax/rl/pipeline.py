@@ -19,19 +19,20 @@ import jax
 import numpy as np
 from flax import nnx
 
-from zorro_jax.checkpoints.hf import export_hf_model, load_hf_model
+from zorro_jax.checkpoints.hf import LORA_EXPORTS, export_hf_model, export_policy, load_hf_model
 from zorro_jax.model.config import ModelConfig
+from zorro_jax.model.lora import LoRAConfig, add_lora, base_model, reference_state, split_trainable
 from zorro_jax.model.transformer import init_model
 from zorro_jax.parallel.distributed import is_leader, maybe_initialize_distributed, to_host
 from zorro_jax.parallel.mesh import MeshConfig
-from zorro_jax.parallel.steps import training_steps
+from zorro_jax.parallel.steps import LORA_ON_MESH, training_steps
 from zorro_jax.rl.batches import tiles_for
 from zorro_jax.rl.grpo import GRPOConfig, GRPOTrainer, Policy, PromptItem, evaluate
 from zorro_jax.rl.loop import run_phase
 from zorro_jax.rl.optim import make_optimizer
 from zorro_jax.rl.report import MetricsLog, plot_metrics, run_summary, write_summary
 from zorro_jax.rl.sft import SFTConfig, make_sft_step
-from zorro_jax.rl.steps import make_apply_fn
+from zorro_jax.rl.steps import init_opt_state, make_apply_fn
 from zorro_jax.rl.task import PromptFit, make_task
 from zorro_jax.tokenizer import (
     PromptEncoder,
@@ -100,6 +101,19 @@ class PolicyConfig:
     # Rematerialisation in the training forward: none | block (recompute each layer in the
     # backward) | attention (recompute the attention core only).
     remat: str = "none"
+    # LoRA: adapters of this rank on every attention and MLP projection, and only they train in
+    # SFT and GRPO (0 = the whole model trains). One device only for now.
+    lora_rank: int = 0
+    # The adapters' outputs are scaled by lora_alpha / lora_rank (PEFT's lora_alpha).
+    lora_alpha: float = 16.0
+    # What a LoRA run exports: "adapter" (a PEFT folder, adapter/, for the base weights),
+    # "merged" (policy/, an ordinary Hugging Face folder of base + adapters) or "both".
+    lora_export: str = "both"
+
+    def __post_init__(self):
+        LoRAConfig(rank=self.lora_rank, alpha=self.lora_alpha)  # validates both
+        if self.lora_export not in LORA_EXPORTS:
+            raise ValueError(f"lora_export must be one of {LORA_EXPORTS}, got {self.lora_export!r}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -134,6 +148,8 @@ class RunConfig:
                         ("sft.batch_size", self.sft.batch_size)):
             if n % k:
                 raise ValueError(f"{name} ({n}) must be a multiple of data.questions_per_database ({k})")
+        if self.policy.lora_rank and not self.mesh.single_device:
+            raise ValueError(LORA_ON_MESH)
 
 
 def parse_command_line(argv, defaults: RunConfig = RunConfig(), task_defaults: dict | None = None,
@@ -381,9 +397,13 @@ def _run(cfg: RunConfig, task, t_start: float) -> dict:
     else:
         model = init_model(new_model_config(cfg, tok), seed=cfg.policy.seed)
     model.config = dataclasses.replace(model.config, remat=cfg.policy.remat)
+    lora = LoRAConfig(rank=cfg.policy.lora_rank, alpha=cfg.policy.lora_alpha)
+    if lora.rank:
+        add_lora(model, lora, seed=cfg.policy.seed)
     graphdef, params = nnx.split(model)
     n_params = sum(x.size for x in jax.tree.leaves(params))
-    say(f"policy: {model.config.model_type}, {n_params / 1e6:.2f}M parameters")
+    say(f"policy: {model.config.model_type}, {n_params / 1e6:.2f}M parameters"
+        + (f" (LoRA rank {lora.rank} adapters trained)" if lora.rank else ""))
 
     reward_fn = task.score
     sampler = dataclasses.replace(cfg.grpo.sampler, eos_token_ids=stop_ids, pad_token_id=tok.pad_token_id)
@@ -401,7 +421,7 @@ def _run(cfg: RunConfig, task, t_start: float) -> dict:
     sft_opt = make_optimizer(cfg.sft.optim)
     sft_steps = mesh_steps(sft_opt, cfg.sft.packing)
     if sft_steps is None:
-        state = {"params": params, "opt": sft_opt.init(params)}
+        state = {"params": params, "opt": init_opt_state(sft_opt, params)}
     else:
         placed = sft_steps.place_params(params)
         state = {"params": placed, "opt": sft_steps.init_opt(placed)}
@@ -456,9 +476,24 @@ def _run(cfg: RunConfig, task, t_start: float) -> dict:
 
     # GRPO.
     t0 = time.perf_counter()
+    # The KL reference is the policy as GRPO starts. With LoRA (one device) it is built on the
+    # policy's own base arrays (one copy of the weights, also after a restore): the base with its
+    # adapters off when they are fresh, else the base with the SFT adapters.
+    ref_graphdef, start_adapters = None, split_trainable(state["params"])[0] if lora.rank else None
+    if lora.rank and not cfg.sft.steps:
+        ref_graphdef = nnx.graphdef(base_model(policy.model()))
+
+    def reference(params):
+        if grpo_cfg.loss.kl_coef == 0:
+            return None
+        if not lora.rank:
+            return state["params"]
+        return reference_state(params, None if ref_graphdef is not None else start_adapters)
+
     trainer = GRPOTrainer(policy, grpo_opt, None if grpo_steps else make_apply_fn(grpo_opt), tok, grpo_items,
-                          reward_fn, grpo_cfg, ref_params=state["params"] if grpo_cfg.loss.kl_coef > 0 else None,
-                          draft=draft, questions_per_key=cfg.data.questions_per_database, steps=grpo_steps)
+                          reward_fn, grpo_cfg, ref_params=reference(policy.params), draft=draft,
+                          questions_per_key=cfg.data.questions_per_database, steps=grpo_steps,
+                          ref_graphdef=ref_graphdef)
 
     def grpo_step(step, st):
         policy.params = st["params"]
@@ -472,6 +507,8 @@ def _run(cfg: RunConfig, task, t_start: float) -> dict:
 
     def restore(s):
         policy.params = s["params"]
+        if lora.rank:  # the reference shares the restored state's base arrays
+            trainer.ref_params = reference(policy.params)
         if draft:
             draft.params, draft.opt_state = s["draft"], s["draft_opt"]
 
@@ -496,7 +533,8 @@ def _run(cfg: RunConfig, task, t_start: float) -> dict:
     if not leader:
         return {}
 
-    export_hf_model(final, run_dir / "policy", tokenizer=tok)
+    exported = export_policy(final, run_dir, tok, lora_export=cfg.policy.lora_export,
+                             base_checkpoint=cfg.policy.checkpoint or None)
     if draft:
         export_hf_model(draft.model(), run_dir / "draft", tokenizer=tok)
     rows = log.rows()
@@ -526,7 +564,7 @@ def _run(cfg: RunConfig, task, t_start: float) -> dict:
     write_summary(run_dir, f"zorro_jax {task.name} run", {
         "Results": results,
         "Files": [f"metrics.jsonl ({len(rows)} rows)", *[p.name for p in plots],
-                  "policy/ (Hugging Face folder)", "eval_step*.jsonl (held-out outputs, per task)",
+                  *exported, "eval_step*.jsonl (held-out outputs, per task)",
                   "provenance.json (commit, package versions, seeds, machine)",
                   "summary.json (the results above)"],
         "Config": f"```json\n{(run_dir / 'config.json').read_text()}\n```",

@@ -5,6 +5,11 @@ shared is decided when the batch is packed (`zorro_jax.rl.batches.pack_groups`):
 packs each prompt once with its G completions under it, "naive" copies the prompt into every
 sample (the baseline). The steps and the loss are the same for both.
 
+`params` is always the whole model state; the gradient and the optimiser see only its trainable
+part (`zorro_jax.model.lora.split_trainable`: the adapters when the model has LoRA adapters, else
+every parameter), so with LoRA the frozen base gets no gradient and no optimiser state, and its
+arrays come back from `apply` as the very arrays that went in.
+
 `mesh` (optional): the mesh the step will run on, so that "pallas" attention runs its kernels per
 device under `shard_map` (`zorro_jax.parallel.steps` adds the declared shardings).
 """
@@ -19,6 +24,7 @@ from flax import nnx
 from zorro_jax.attention import kernel_mesh
 from zorro_jax.layouts import PackedTree
 from zorro_jax.model.forward import packed_logprobs
+from zorro_jax.model.lora import split_trainable
 from zorro_jax.rl.losses import LossConfig, policy_loss
 
 
@@ -36,11 +42,12 @@ def make_logprob_fn(graphdef, impl=None, mesh=None):
 
 
 def make_grpo_grad_fn(graphdef, loss_cfg: LossConfig, impl=None, mesh=None):
-    """grad(params, batch, old_logp, adv, ref_logp, normaliser) -> (loss, metrics, grads)."""
+    """grad(params, batch, old_logp, adv, ref_logp, normaliser) -> (loss, metrics, grads); grads
+    of the trainable part of params only."""
 
-    def loss_fn(params, batch, old_logp, adv, ref_logp, normaliser):
+    def loss_fn(trainable, frozen, batch, old_logp, adv, ref_logp, normaliser):
         with kernel_mesh(mesh):
-            lp, ent, mask = packed_logprobs(nnx.merge(graphdef, params), batch, impl=impl)
+            lp, ent, mask = packed_logprobs(nnx.merge(graphdef, trainable, frozen), batch, impl=impl)
         loss, metrics = policy_loss(lp, old_logp, adv, mask, normaliser, loss_cfg,
                                     ref_logp if loss_cfg.kl_coef > 0 else None)
         m = mask.astype(jnp.float32)
@@ -50,43 +57,57 @@ def make_grpo_grad_fn(graphdef, loss_cfg: LossConfig, impl=None, mesh=None):
     @jax.jit
     def fn(params, batch, old_logp, adv, ref_logp, normaliser):
         (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(
-            params, batch, old_logp, adv, ref_logp, normaliser)
+            *split_trainable(params), batch, old_logp, adv, ref_logp, normaliser)
         return loss, metrics, grads
 
     return fn
 
 
 def make_sft_grad_fn(graphdef, impl=None, mesh=None):
-    """Teacher forcing on packed (prompt, answer) trees: Σ -log p(answer token) / normaliser."""
+    """Teacher forcing on packed (prompt, answer) trees: Σ -log p(answer token) / normaliser;
+    grads of the trainable part of params only."""
 
-    def loss_fn(params, batch, normaliser):
+    def loss_fn(trainable, frozen, batch, normaliser):
         with kernel_mesh(mesh):
-            lp, _, mask = packed_logprobs(nnx.merge(graphdef, params), batch, impl=impl,
+            lp, _, mask = packed_logprobs(nnx.merge(graphdef, trainable, frozen), batch, impl=impl,
                                           with_entropy=False)
         return -jnp.sum(jnp.where(mask, lp, 0.0)) / normaliser
 
     @jax.jit
     def fn(params, batch, normaliser):
-        loss, grads = jax.value_and_grad(loss_fn)(params, batch, normaliser)
+        loss, grads = jax.value_and_grad(loss_fn)(*split_trainable(params), batch, normaliser)
         return loss, {}, grads
 
     return fn
 
 
+def init_opt_state(optimizer: optax.GradientTransformation, params):
+    """The optimiser state for `make_apply_fn`: of the trainable part of params only."""
+    return optimizer.init(split_trainable(params)[0])
+
+
 def make_apply_fn(optimizer: optax.GradientTransformation):
     """apply(params, opt_state, grads) -> (params, opt_state, grad_norm, finite).
 
-    A non-finite gradient leaves params and optimiser state untouched (the caller logs the skip).
+    grads and opt_state are of the trainable part of params (`init_opt_state`). A non-finite
+    gradient leaves params and optimiser state untouched (the caller logs the skip).
     """
 
     @jax.jit
-    def fn(params, opt_state, grads):
+    def update(trainable, opt_state, grads):
         gnorm = optax.global_norm(grads)
         finite = jnp.isfinite(gnorm)
-        updates, new_opt = optimizer.update(grads, opt_state, params)
-        new_params = optax.apply_updates(params, updates)
+        updates, new_opt = optimizer.update(grads, opt_state, trainable)
+        new_trainable = optax.apply_updates(trainable, updates)
         keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(finite, a, b), new, old)
-        return keep(new_params, params), keep(new_opt, opt_state), gnorm, finite
+        return keep(new_trainable, trainable), keep(new_opt, opt_state), gnorm, finite
+
+    def fn(params, opt_state, grads):
+        # The frozen part never enters the jitted update: its arrays are returned as they came
+        # (no copy per step, and shared with any reference policy taken from the same state).
+        trainable, frozen = split_trainable(params)
+        new_trainable, new_opt, gnorm, finite = update(trainable, opt_state, grads)
+        return nnx.merge_state(new_trainable, frozen), new_opt, gnorm, finite
 
     return fn
 
