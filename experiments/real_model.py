@@ -59,6 +59,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--temperature", type=float, default=1.0, help="GRPO rollout temperature")
     p.add_argument("--compute-dtype", default="float32", choices=("float32", "bfloat16"))
     p.add_argument("--remat", default="none", choices=("none", "block", "attention"))
+    p.add_argument("--lora-rank", type=int, default=0,
+                   help="train LoRA adapters of this rank only (0 = full fine-tuning)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--reuse-sft", default="",
                    help="an earlier --out folder run with the same SFT and eval settings: its zero-shot "
@@ -83,7 +85,7 @@ def run_configs(args) -> tuple[RunConfig, RunConfig]:
         task="text2sql",
         data=DataConfig(eval_split="dev", eval_limit=args.eval_limit, max_prompt_tokens=args.max_prompt_tokens),
         policy=PolicyConfig(checkpoint=model_folder(args), compute_dtype=args.compute_dtype,
-                            remat=args.remat, seed=args.seed),
+                            remat=args.remat, seed=args.seed, lora_rank=args.lora_rank),
         # A pretrained model needs a small rate: ~1e-3 (the from-scratch quickstart's) wipes
         # out what it knows within a few steps.
         sft=SFTConfig(steps=args.sft_steps, batch_size=args.sft_batch, seed=args.seed,

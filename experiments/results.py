@@ -118,7 +118,8 @@ def render_real_model(payload: dict) -> list[str]:
     """The real-model experiment (experiments.real_model): held-out accuracy per stage with its
     standard error and seconds, the paired differences, and the GRPO reward per step."""
     st = payload["settings"]
-    lines = [(f"{payload['model']}, full fine-tuning, {st['compute_dtype']}; greedy execution accuracy on "
+    tuned = f"LoRA rank {st['lora_rank']}" if st.get("lora_rank") else "full fine-tuning"
+    lines = [(f"{payload['model']}, {tuned}, {st['compute_dtype']}; greedy execution accuracy on "
               f"the first {payload['stages'][0]['n']} dev tasks, prompts in the `ddl` style through the "
               f"chat template; {payload['machine']}. SFT lr {st['sft_lr']:g}; GRPO lr {st['grpo_lr']:g}, "
               f"rollout temperature {st['temperature']:g}, at most {st['max_new_tokens']} new tokens."), "",

@@ -86,7 +86,9 @@ def test_real_model_report_renders(tmp_path):
                grpo_rewards=(0.1, 0.3))
     payload = real_model.report(args, zero, trained, {"zero_shot": 30.0, "trained": 300.0})
     lines = results.render_real_model(payload)
-    assert "| zero-shot | 0.000 ± 0.000 | 0 | 20 |" in lines
+    assert "| zero-shot | 0.000 ± 0.000 | 0 | 20 |" in lines and ", full fine-tuning, float32;" in lines[0]
+    lora = results.render_real_model({**payload, "settings": {**payload["settings"], "lora_rank": 8}})
+    assert ", LoRA rank 8, float32;" in lora[0]
     assert "| after GRPO (2 steps × 4 × 6) | 0.500 ± 0.250 | 122 | 20 |" in lines
     # Paired on the same tasks: one task fixed, none broken, s.e. 0.25 (unpaired would be 0.33).
     assert "GRPO − SFT +0.250 [-0.240, +0.740] (1 fixed, 0 broken)" in lines[-2]
