@@ -206,6 +206,11 @@ FIGURES = [
                                  "--distributions", "sql", "reasoning", "uniform",
                                  "--json", "{json}"), render_actor_update,
            "bench_actor_update at d=512, the three distributions that fit one step (about 12 minutes)"),
+    Figure("actor_update_smollm2", ("experiments.bench_actor_update", "--model", "smollm2-135m",
+                                    "--distributions", "sql", "--groups", "1", "--samples", "4",
+                                    "--repeats", "1", "--json", "{json}"), render_actor_update,
+           "bench_actor_update on SmolLM2-135M's real weights, one sql group of 4 (the most that fits "
+           "24 GB replicated; about 6 minutes)"),
     Figure("iteration", ("experiments.bench_iteration", "--json", "{json}"), render_iteration,
            "one GRPO iteration, prompt-once vs naive, P=1024 G=8 R=128 (about 5 minutes)"),
     Figure("iteration_schema", ("experiments.bench_iteration", "--schema", "1536", "--questions", "8",
