@@ -117,9 +117,17 @@ def reuse_sft(src: Path, zero_shot: RunConfig, trained: RunConfig) -> None:
     import shutil
 
     old = json.loads((src / "trained" / "config.json").read_text())
-    new = dataclasses.asdict(trained)
+    new = json.loads(json.dumps(dataclasses.asdict(trained), default=str))
+    defaults = json.loads(json.dumps(dataclasses.asdict(RunConfig()), default=str))
+
+    def filled(was, default):
+        # A field added to the config after `src` ran behaved as its default there.
+        if not isinstance(default, dict):
+            return was
+        return {k: filled(was[k], d) if k in was else d for k, d in default.items()}
+
     for key in ("data", "policy", "sft", "eval_batch_size"):
-        if json.loads(json.dumps(old[key])) != json.loads(json.dumps(new[key])):
+        if filled(old[key], defaults[key]) != new[key]:
             raise SystemExit(f"--reuse-sft {src}: its {key} settings differ from this run's")
     for cfg in (zero_shot, trained):
         dst = Path(cfg.run_dir)

@@ -112,7 +112,10 @@ def test_real_model_reuses_only_a_matching_sft_phase(tmp_path):
     _, trained = real_model.run_configs(parse("a"))
     _write_run(tmp_path / "a" / "zero_shot", {0: [False, False]})
     _write_run(tmp_path / "a" / "trained", {0: [True, False], 2: [True, True]}, grpo_rewards=(0.1, 0.3))
-    (tmp_path / "a" / "trained" / "config.json").write_text(json.dumps(dataclasses.asdict(trained), default=str))
+    # Written before policy.lora_rank existed: a field it lacks counts as the default it ran with.
+    config = json.loads(json.dumps(dataclasses.asdict(trained), default=str))
+    del config["policy"]["lora_rank"]
+    (tmp_path / "a" / "trained" / "config.json").write_text(json.dumps(config))
     (tmp_path / "a" / "trained" / "ckpt_sft" / "1").mkdir(parents=True)
     with pytest.raises(SystemExit, match="sft settings differ"):
         real_model.reuse_sft(tmp_path / "a", *real_model.run_configs(parse("b", "--sft-lr", "1e-4")))
