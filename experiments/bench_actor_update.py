@@ -3,7 +3,8 @@ layouts in one process (XLA attention on this CPU).
 
     python -m experiments.bench_actor_update [--distributions sql reasoning long-prompt uniform schema]
                                              [--preset ci] [--repeats 3] [--hidden-size 256]
-                                             [--model smollm2-135m] [--groups B] [--json PATH]
+                                             [--model smollm2-135m] [--groups B] [--samples G]
+                                             [--json PATH]
 
 Variants, all on the same groups (B prompts × G completions drawn from a named length
 distribution with a fixed seed):
@@ -15,8 +16,9 @@ distribution with a fixed seed):
   schema once for all k questions of its database, each question once for its G completions.
 (The padded prompt-once layout these replaced was measured beside them before its removal; see
 the README.) `--model smollm2-135m` runs the fetched pretrained model (its real weights and shape:
-30 layers, d 576, vocab 49,152) instead of the small benchmark model; `--groups` then shrinks a
-distribution's B so its steps fit this machine's RAM. A variant whose step needs more than 75% of the machine's RAM in XLA temp buffers (or that XLA
+30 layers, d 576, vocab 49,152) instead of the small benchmark model; `--groups` / `--samples` then
+shrink a distribution's B / G so its steps fit this machine's RAM (30 layers of activations: one
+sql group of 8 replicated samples needs ~25 GiB of XLA temp buffers). A variant whose step needs more than 75% of the machine's RAM in XLA temp buffers (or that XLA
 refuses) runs as one-row micro-batches (packed) or is reported as out of memory (padded).
 Columns: median time per update, XLA temp bytes (`memory_analysis`, the largest micro-batch),
 tokens each variant computes (rows × row length), the ideal token ratio = packed-naive real
@@ -229,12 +231,16 @@ def _measure(step, params, parts, old, adv, repeats):
             "temp_bytes": max(int(fn.memory_analysis().temp_size_in_bytes) for fn, _ in calls)}
 
 
-def run_distribution(params, steps, name: str, cfg, repeats: int, seed: int = 0, groups_override: int = 0):
+def run_distribution(params, steps, name: str, cfg, repeats: int, seed: int = 0, groups_override: int = 0,
+                     samples_override: int = 0):
     """Time and measure every variant on one distribution (with `groups_override` prompts
-    (databases for `schema`) instead of its own B); returns the JSON row."""
+    (databases for `schema`) and `samples_override` completions each instead of its own B and
+    G); returns the JSON row."""
     dist = DISTRIBUTIONS[name]
     if groups_override:
         dist = dataclasses.replace(dist, groups=groups_override)
+    if samples_override:
+        dist = dataclasses.replace(dist, samples=samples_override)
     groups, shared = make_groups(dist, cfg.vocab_size, seed)
     old, adv = _targets(groups)
     row = {"distribution": name, "groups": len(groups), "samples": len(groups[0][1])}
@@ -303,10 +309,12 @@ def main(argv=None):
                          "of the benchmark model; --hidden-size is then ignored")
     ap.add_argument("--groups", type=int, default=0,
                     help="prompts per distribution (B; databases for schema); 0 = the distribution's own")
+    ap.add_argument("--samples", type=int, default=0,
+                    help="completions per prompt (G); 0 = the distribution's own")
     ap.add_argument("--json", default=None, help="write one row per distribution to this path")
     args = ap.parse_args(argv)
-    if args.repeats < 1 or args.groups < 0:
-        ap.error("--repeats must be at least 1 and --groups at least 0")
+    if args.repeats < 1 or args.groups < 0 or args.samples < 0:
+        ap.error("--repeats must be at least 1, --groups and --samples at least 0")
     names = ["uniform", "sql"] if args.preset == "ci" else args.distributions
     if args.model:
         folder = default_folder(args.model)
@@ -323,7 +331,8 @@ def main(argv=None):
     steps = make_steps(graphdef, LossConfig())
     print(f"actor update, {machine_note()}; model {args.model or 'benchmark'} d={cfg.hidden_size} "
           f"L={cfg.num_hidden_layers} H={cfg.num_attention_heads} V={cfg.vocab_size} fp32, xla attention")
-    rows = [run_distribution(params, steps, n, cfg, args.repeats, groups_override=args.groups) for n in names]
+    rows = [run_distribution(params, steps, n, cfg, args.repeats, groups_override=args.groups,
+                             samples_override=args.samples) for n in names]
     print(f"{'distribution':12s} | {'ideal':>6} {'pairs':>6} {'flops':>6} | {'time x packed naive':>19} "
           f"{'mem x packed naive':>18} | {'time x padded naive':>19}")
     for r in rows:

@@ -59,7 +59,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--temperature", type=float, default=1.0, help="GRPO rollout temperature")
     p.add_argument("--compute-dtype", default="float32", choices=("float32", "bfloat16"))
     p.add_argument("--remat", default="none", choices=("none", "block", "attention"))
+    p.add_argument("--lora-rank", type=int, default=0,
+                   help="train LoRA adapters of this rank only (0 = full fine-tuning)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--reuse-sft", default="",
+                   help="an earlier --out folder run with the same SFT and eval settings: its zero-shot "
+                        "figures and finished SFT phase are taken over, so only GRPO runs (GRPO variants)")
     return p.parse_args(argv)
 
 
@@ -80,7 +85,7 @@ def run_configs(args) -> tuple[RunConfig, RunConfig]:
         task="text2sql",
         data=DataConfig(eval_split="dev", eval_limit=args.eval_limit, max_prompt_tokens=args.max_prompt_tokens),
         policy=PolicyConfig(checkpoint=model_folder(args), compute_dtype=args.compute_dtype,
-                            remat=args.remat, seed=args.seed),
+                            remat=args.remat, seed=args.seed, lora_rank=args.lora_rank),
         # A pretrained model needs a small rate: ~1e-3 (the from-scratch quickstart's) wipes
         # out what it knows within a few steps.
         sft=SFTConfig(steps=args.sft_steps, batch_size=args.sft_batch, seed=args.seed,
@@ -103,6 +108,39 @@ def run_configs(args) -> tuple[RunConfig, RunConfig]:
                                     sft=dataclasses.replace(trained.sft, steps=0),
                                     grpo=dataclasses.replace(trained.grpo, steps=0))
     return zero_shot, trained
+
+
+def reuse_sft(src: Path, zero_shot: RunConfig, trained: RunConfig) -> None:
+    """Seed this experiment's run folders with `src`'s zero-shot evaluation and finished SFT
+    phase (its checkpoint, loss rows and after-SFT evaluation), which the pipeline then resumes
+    from. Refuses when anything those figures depend on differs."""
+    import shutil
+
+    old = json.loads((src / "trained" / "config.json").read_text())
+    new = json.loads(json.dumps(dataclasses.asdict(trained), default=str))
+    defaults = json.loads(json.dumps(dataclasses.asdict(RunConfig()), default=str))
+
+    def filled(was, default):
+        # A field added to the config after `src` ran behaved as its default there.
+        if not isinstance(default, dict):
+            return was
+        return {k: filled(was[k], d) if k in was else d for k, d in default.items()}
+
+    for key in ("data", "policy", "sft", "eval_batch_size"):
+        if filled(old[key], defaults[key]) != new[key]:
+            raise SystemExit(f"--reuse-sft {src}: its {key} settings differ from this run's")
+    for cfg in (zero_shot, trained):
+        dst = Path(cfg.run_dir)
+        if (dst / "metrics.jsonl").exists():
+            continue  # seeded (or run) before: the pipeline resumes it as it is
+        origin = src / dst.name
+        dst.mkdir(parents=True)
+        rows = [json.loads(x) for x in (origin / "metrics.jsonl").read_text().splitlines() if x.strip()]
+        keep = [r for r in rows if r.get("phase") == "sft" or (r.get("phase") == "eval" and r["step"] == 0)]
+        (dst / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in keep))
+        shutil.copy(origin / "eval_step0.jsonl", dst / "eval_step0.jsonl")
+        if cfg.sft.steps:
+            shutil.copytree(origin / "ckpt_sft", dst / "ckpt_sft")
 
 
 def eval_row(run_dir: Path, step: int) -> tuple[dict, list[bool]]:
@@ -142,7 +180,7 @@ def report(args, zero_shot: RunConfig, trained: RunConfig, wall: dict) -> dict:
     return {
         "model": Path(trained.policy.checkpoint).name,
         "machine": machine_note(),
-        "settings": {k: v for k, v in vars(args).items() if k not in ("out", "checkpoint")},
+        "settings": {k: v for k, v in vars(args).items() if k not in ("out", "checkpoint", "reuse_sft")},
         "stages": [stage("zero-shot", z_row, z_ok, 0.0),
                    stage(f"after SFT ({trained.sft.steps} steps × {trained.sft.batch_size})", s_row, s_ok,
                          phase_seconds(t_dir, "sft")),
@@ -150,7 +188,7 @@ def report(args, zero_shot: RunConfig, trained: RunConfig, wall: dict) -> dict:
                          f"{trained.grpo.group_size})", g_row, g_ok, phase_seconds(t_dir, "grpo"))],
         "differences": {"sft_vs_zero_shot": paired(z_ok, s_ok), "grpo_vs_sft": paired(s_ok, g_ok)},
         "grpo_steps": [{k: r[k] for k in ("step", "reward_mean", "accuracy", "completion_len_mean",
-                                          "kl", "time_total")} for r in grpo],
+                                          "entropy", "time_total")} for r in grpo],
         "wall_seconds": wall,
     }
 
@@ -162,10 +200,10 @@ def write_report(out: Path, payload: dict) -> None:
               for s in payload["stages"]}
     diffs = {k: f"{d['mean']:+.3f} [{d['lo']:+.3f}, {d['hi']:+.3f}] (fixed {d['fixed']}, broken {d['broken']})"
              for k, d in payload["differences"].items()}
-    curve = ["| GRPO step | rollout reward | rollout accuracy | completion tokens | KL | seconds |",
+    curve = ["| GRPO step | rollout reward | rollout accuracy | completion tokens | entropy | seconds |",
              "|---|---|---|---|---|---|"]
     curve += [f"| {r['step']} | {r['reward_mean']:.3f} | {r['accuracy']:.3f} | {r['completion_len_mean']:.0f} | "
-              f"{r['kl']:.4f} | {r['time_total']:.1f} |" for r in payload["grpo_steps"]]
+              f"{r['entropy']:.3f} | {r['time_total']:.1f} |" for r in payload["grpo_steps"]]
     write_summary(out, f"{payload['model']} on the built-in text-to-SQL benchmark", {
         "Held-out execution accuracy (greedy, dev, ± s.e.)": stages,
         "Paired differences, 95% interval (same tasks)": diffs,
@@ -182,6 +220,8 @@ def main(argv=None) -> dict:
     args = parse_args(argv)
     zero_shot, trained = run_configs(args)
     task_cfg = Text2SQLConfig(source="builtin", prompt_style="ddl")
+    if args.reuse_sft:
+        reuse_sft(Path(args.reuse_sft), zero_shot, trained)
     wall = {}
     for name, cfg in (("zero_shot", zero_shot), ("trained", trained)):
         t0 = time.perf_counter()

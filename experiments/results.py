@@ -118,9 +118,11 @@ def render_real_model(payload: dict) -> list[str]:
     """The real-model experiment (experiments.real_model): held-out accuracy per stage with its
     standard error and seconds, the paired differences, and the GRPO reward per step."""
     st = payload["settings"]
-    lines = [(f"{payload['model']}, full fine-tuning, {st['compute_dtype']}; greedy execution accuracy on "
+    tuned = f"LoRA rank {st['lora_rank']}" if st.get("lora_rank") else "full fine-tuning"
+    lines = [(f"{payload['model']}, {tuned}, {st['compute_dtype']}; greedy execution accuracy on "
               f"the first {payload['stages'][0]['n']} dev tasks, prompts in the `ddl` style through the "
-              f"chat template; {payload['machine']}."), "",
+              f"chat template; {payload['machine']}. SFT lr {st['sft_lr']:g}; GRPO lr {st['grpo_lr']:g}, "
+              f"rollout temperature {st['temperature']:g}, at most {st['max_new_tokens']} new tokens."), "",
              "| stage | held-out accuracy ± s.e. | training s | eval s |", "|---|---|---|---|"]
     for s in payload["stages"]:
         lines.append(f"| {s['stage']} | {s['accuracy']:.3f} ± {s['se']:.3f} | {s['train_seconds']:.0f} | "
@@ -204,6 +206,11 @@ FIGURES = [
                                  "--distributions", "sql", "reasoning", "uniform",
                                  "--json", "{json}"), render_actor_update,
            "bench_actor_update at d=512, the three distributions that fit one step (about 12 minutes)"),
+    Figure("actor_update_smollm2", ("experiments.bench_actor_update", "--model", "smollm2-135m",
+                                    "--distributions", "sql", "--groups", "1", "--samples", "4",
+                                    "--repeats", "1", "--json", "{json}"), render_actor_update,
+           "bench_actor_update on SmolLM2-135M's real weights, one sql group of 4 (the most that fits "
+           "24 GB replicated; about 6 minutes)"),
     Figure("iteration", ("experiments.bench_iteration", "--json", "{json}"), render_iteration,
            "one GRPO iteration, prompt-once vs naive, P=1024 G=8 R=128 (about 5 minutes)"),
     Figure("iteration_schema", ("experiments.bench_iteration", "--schema", "1536", "--questions", "8",

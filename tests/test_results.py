@@ -61,7 +61,7 @@ def _write_run(run_dir, evals: dict, grpo_rewards=()):
     run_dir.mkdir(parents=True)
     rows = [{"phase": "sft", "step": 1, "loss": 1.0, "seconds": 30.0}] if grpo_rewards else []
     rows += [{"phase": "grpo", "step": i + 1, "reward_mean": r, "accuracy": r, "completion_len_mean": 40.0,
-              "kl": 0.001, "time_total": 60.0, "seconds": 61.0} for i, r in enumerate(grpo_rewards)]
+              "entropy": 0.5, "time_total": 60.0, "seconds": 61.0} for i, r in enumerate(grpo_rewards)]
     for step, correct in evals.items():
         rows.append({"phase": "eval", "step": step, "accuracy": sum(correct) / len(correct), "n": len(correct),
                      "seconds": 20.0})
@@ -86,8 +86,42 @@ def test_real_model_report_renders(tmp_path):
                grpo_rewards=(0.1, 0.3))
     payload = real_model.report(args, zero, trained, {"zero_shot": 30.0, "trained": 300.0})
     lines = results.render_real_model(payload)
-    assert "| zero-shot | 0.000 ± 0.000 | 0 | 20 |" in lines
+    assert "| zero-shot | 0.000 ± 0.000 | 0 | 20 |" in lines and ", full fine-tuning, float32;" in lines[0]
+    lora = results.render_real_model({**payload, "settings": {**payload["settings"], "lora_rank": 8}})
+    assert ", LoRA rank 8, float32;" in lora[0]
     assert "| after GRPO (2 steps × 4 × 6) | 0.500 ± 0.250 | 122 | 20 |" in lines
     # Paired on the same tasks: one task fixed, none broken, s.e. 0.25 (unpaired would be 0.33).
     assert "GRPO − SFT +0.250 [-0.240, +0.740] (1 fixed, 0 broken)" in lines[-2]
     assert lines[-1] == "GRPO rollout reward per step: 0.10, 0.30."
+    real_model.write_report(tmp_path / "out", payload)
+    assert "| 2 | 0.300 | 0.300 | 40 | 0.500 | 60.0 |" in (tmp_path / "out" / "summary.md").read_text()
+
+
+def test_real_model_reuses_only_a_matching_sft_phase(tmp_path):
+    import dataclasses
+    import json
+
+    from experiments import real_model
+    from zorro_jax.checkpoints.pretrained import STAMP
+
+    model = tmp_path / "smollm2"
+    model.mkdir()
+    (model / STAMP).write_text("{}")
+    parse = lambda out, *extra: real_model.parse_args(["--out", str(tmp_path / out), "--checkpoint", str(model),
+                                                       "--sft-steps", "1", "--grpo-steps", "2", *extra])
+    _, trained = real_model.run_configs(parse("a"))
+    _write_run(tmp_path / "a" / "zero_shot", {0: [False, False]})
+    _write_run(tmp_path / "a" / "trained", {0: [True, False], 2: [True, True]}, grpo_rewards=(0.1, 0.3))
+    # Written before policy.lora_rank existed: a field it lacks counts as the default it ran with.
+    config = json.loads(json.dumps(dataclasses.asdict(trained), default=str))
+    del config["policy"]["lora_rank"]
+    (tmp_path / "a" / "trained" / "config.json").write_text(json.dumps(config))
+    (tmp_path / "a" / "trained" / "ckpt_sft" / "1").mkdir(parents=True)
+    with pytest.raises(SystemExit, match="sft settings differ"):
+        real_model.reuse_sft(tmp_path / "a", *real_model.run_configs(parse("b", "--sft-lr", "1e-4")))
+    # Other GRPO settings are what a variant changes: the SFT phase and its evaluation carry over.
+    real_model.reuse_sft(tmp_path / "a", *real_model.run_configs(parse("c", "--grpo-lr", "3e-5")))
+    rows = [json.loads(x) for x in (tmp_path / "c" / "trained" / "metrics.jsonl").read_text().splitlines()]
+    assert [(r["phase"], r["step"]) for r in rows] == [("sft", 1), ("eval", 0)]
+    assert (tmp_path / "c" / "trained" / "ckpt_sft" / "1").is_dir()
+    assert not (tmp_path / "c" / "zero_shot" / "ckpt_sft").exists()
