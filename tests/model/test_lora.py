@@ -103,7 +103,7 @@ def _hf_logits(hf, tokens_NxT):
         return hf(input_ids=torch.tensor(tokens_NxT.astype(np.int64))).logits.float().numpy()
 
 
-@pytest.mark.parametrize("name", ["llama3_gqa_untied", "qwen3_qknorm_gqa4"])
+@pytest.mark.parametrize("name", [pytest.param("llama3_gqa_untied", marks=pytest.mark.slow), "qwen3_qknorm_gqa4"])
 def test_peft_adapter_and_merged_export_give_our_logits(name, tmp_path):
     pytest.importorskip("peft")
     from hf_fixtures import CONFIGS, make_hf_model

@@ -28,7 +28,7 @@ def _grads(remat, packed, weights):
     return jax.jit(jax.value_and_grad(loss))(params)
 
 
-@pytest.mark.parametrize("remat", ["block", "attention"])
+@pytest.mark.parametrize("remat", ["block", pytest.param("attention", marks=pytest.mark.slow)])
 def test_remat_gradients_equal_no_remat(remat):
     rng = np.random.default_rng(3)
     _, packed = random_packed(rng, n_groups=2, g=3, block=16, trees_per_row=2, depths=(2, 3))

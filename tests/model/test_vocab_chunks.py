@@ -16,7 +16,7 @@ def dense(hp, wp, hq, wq):
             jnp.sum(jnp.minimum(jnp.exp(logp), jnp.exp(logq)), axis=-1))
 
 
-@pytest.mark.parametrize("chunk", [7, 64, 1000])
+@pytest.mark.parametrize("chunk", [7, pytest.param(64, marks=pytest.mark.slow), pytest.param(1000, marks=pytest.mark.slow)])
 def test_chunked_kl_and_overlap_equal_dense(chunk):
     ks = jax.random.split(jax.random.key(0), 4)
     n, e, v = 5, 8, 61

@@ -42,6 +42,7 @@ def test_kernels_under_shard_map_match_unsharded():
     assert "kernels (1, 2, 4): ok" in out and "rejected as expected" in out
 
 
+@pytest.mark.slow  # interpret-mode kernels in 8-device sharded steps (~30 s)
 def test_pallas_impl_in_sharded_steps_runs_per_device():
     out = run_check("pallas_steps")
     assert "pallas steps (2, 2, 2): ok" in out and "pallas steps (1, 2, 4): ok" in out

@@ -75,7 +75,8 @@ def _dense_loss_and_grads(graphdef, params, packed, old, adv, norm, cfg):
     return jax.value_and_grad(loss_fn)(params)
 
 
-@pytest.mark.parametrize("mode", ["prompt_once", "naive", "three_level"])
+# naive packs the same trees without sharing: the slowest, and no sharing logic of its own.
+@pytest.mark.parametrize("mode", ["prompt_once", pytest.param("naive", marks=pytest.mark.slow), "three_level"])
 def test_micro_batched_gradient_equals_full_batch_and_dense(mode):
     graphdef, params = nnx.split(tiny_model())
     rng = np.random.default_rng(0)

@@ -140,6 +140,7 @@ def count_reward(texts, tasks):
     return np.asarray(r, np.float32), [None] * len(texts)
 
 
+@pytest.mark.slow  # a full GRPO iteration with a KL term (~6 s)
 def test_grpo_kl_reference_is_the_base_and_shares_its_arrays():
     rng = np.random.default_rng(1)
     items = [PromptItem(task=int(rng.integers(3, VOCAB)), prompt_ids=list(rng.integers(3, VOCAB, n)))
