@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
+from tests.rl.test_grpo_iteration import CharTokenizer, count_reward
 from zorro_jax.model.config import ModelConfig
 from zorro_jax.model.lora import (
     LoRAConfig,
@@ -127,17 +128,6 @@ def test_sft_on_adapters_lowers_the_loss():
     assert losses[-1] < 0.1 * losses[0], losses
     base = lambda p: jax.tree.leaves(split_trainable(p)[1])
     assert all(x is y for x, y in zip(base(state["params"]), base(params)))
-
-
-class CharTokenizer:
-    def decode(self, ids, skip_special_tokens=True):
-        return " ".join(str(i) for i in ids)
-
-
-def count_reward(texts, tasks):
-    """Toy reward: how often the task's favourite token id appears."""
-    r = [sum(tok == str(t) for tok in text.split()) / 8 for text, t in zip(texts, tasks)]
-    return np.asarray(r, np.float32), [None] * len(texts)
 
 
 @pytest.mark.slow  # a full GRPO iteration with a KL term (~6 s)
