@@ -89,7 +89,8 @@ def packed_dims(shape, shards: int, tiles=XLA_TREE_TILES) -> dict:
     its keys are seen by queries of the group (before P + G·R) and, as padding, by themselves.
     The list widths M are the largest per-block counts; the pair-list length is their sum over the
     query blocks, rounded up like `build_tree_blocks`. L, the flat loss-token list, holds B·G·R
-    tokens (bucketed like the layout's, then rounded up to a multiple of shards).
+    tokens (bucketed like the layout's, then rounded up to a multiple of shards); M_loss, a row's
+    loss-token list, G·R (bucketed).
     """
     b, p, g, r = shape
     bq, bk = tiles
@@ -117,7 +118,7 @@ def packed_dims(shape, shards: int, tiles=XLA_TREE_TILES) -> dict:
     n_loss = cdiv(coarse_bucket(b * g * r), shards) * shards
     return {"N": n, "T": t, "Q": nq, "K": nk, "M_kv": min(nk, max(kv_counts)),
             "M_q": min(nq, max(q_counts)), "pairs": coarse_bucket(sum(min(nk, c) for c in kv_counts)),
-            "L": n_loss}
+            "L": n_loss, "M_loss": coarse_bucket(g * r)}
 
 
 def abstract_packed(shape, dims: dict, sds) -> PackedTree:
@@ -139,6 +140,8 @@ def abstract_packed(shape, dims: dict, sds) -> PackedTree:
         sample_len_BxG=sds((b, g), i32),
         loss_row_L=sds((n_loss,), i32), loss_col_L=sds((n_loss,), i32),
         loss_live_L=sds((n_loss,), bool_), loss_index_BxGxR=sds((b, g, r), i32),
+        row_loss_col_NxM=sds((n, dims["M_loss"]), i32), row_loss_live_NxM=sds((n, dims["M_loss"]), bool_),
+        loss_slot_BxGxR=sds((b, g, r), i32),
     )
 
 

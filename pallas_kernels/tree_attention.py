@@ -39,6 +39,47 @@ def tree_attention_reference(q_NxTxHxD, k_NxTxKxD, v_NxTxKxD, subtree_end_NxT, *
     return o.astype(q_NxTxHxD.dtype)
 
 
+def _tree_attention_row(q_TxHxD, k_TxKxD, v_TxKxD, end_T, pq_P, pk_P, live_P, *, nq, nk, scale):
+    """`tree_attention_xla` on one packed row (the XLA path vmaps it over the rows)."""
+    t, h, d = q_TxHxD.shape
+    kh = k_TxKxD.shape[1]
+    hg = h // kh
+    bq, bk = t // nq, t // nk
+    f32 = jnp.float32
+
+    # Per pair: its query block [P, K, hg·bq, D] (rows head-major) and key block [P, K, bk, D].
+    q_QxKxIxD = q_TxHxD.reshape(nq, bq, kh, hg, d).transpose(0, 2, 3, 1, 4).reshape(nq, kh, hg * bq, d)
+    q_PxKxIxD = q_QxKxIxD[pq_P]
+
+    def key_blocks(x_TxKxD):
+        return x_TxKxD.reshape(nk, bk, kh, d).transpose(0, 2, 1, 3)[pk_P]
+
+    s_PxKxIxJ = jnp.einsum("pkid,pkjd->pkij", q_PxKxIxD, key_blocks(k_TxKxD),
+                           preferred_element_type=f32) * scale
+    # The tree rule on absolute columns: key j visible to query i iff j <= i < subtree_end[j].
+    i_PxI = pq_P[:, None] * bq + jnp.tile(jnp.arange(bq), hg)[None]
+    j_PxJ = pk_P[:, None] * bk + jnp.arange(bk)[None]
+    end_PxJ = end_T.reshape(nk, bk)[pk_P]
+    mask_PxIxJ = (live_P[:, None, None] & (j_PxJ[:, None, :] <= i_PxI[..., None])
+                  & (i_PxI[..., None] < end_PxJ[:, None, :]))
+    s_PxKxIxJ = jnp.where(mask_PxIxJ[:, None], s_PxKxIxJ, NEG_INF)
+
+    # Softmax over all pairs of a query block (segment = query block); dead pairs go to segment 0
+    # with all scores masked, so they add nothing.
+    m_seg = jax.ops.segment_max(jnp.max(s_PxKxIxJ, axis=-1), pq_P, num_segments=nq,
+                                indices_are_sorted=True)
+    # Every query sees itself, so every query row's max is finite.
+    m_PxKxI = lax.stop_gradient(m_seg)[pq_P]
+    e_PxKxIxJ = jnp.exp(s_PxKxIxJ - m_PxKxI[..., None])
+    l_seg = jax.ops.segment_sum(jnp.sum(e_PxKxIxJ, axis=-1), pq_P, num_segments=nq,
+                                indices_are_sorted=True)
+    o_PxKxIxD = jnp.einsum("pkij,pkjd->pkid", e_PxKxIxJ, key_blocks(v_TxKxD).astype(f32),
+                           preferred_element_type=f32)
+    o_seg = jax.ops.segment_sum(o_PxKxIxD, pq_P, num_segments=nq, indices_are_sorted=True)
+    o_QxKxIxD = o_seg / l_seg[..., None]
+    return o_QxKxIxD.reshape(nq, kh, hg, bq, d).transpose(0, 3, 1, 2, 4).reshape(t, h, d)
+
+
 @functools.partial(jax.jit, static_argnames=("sm_scale",))
 def tree_attention_xla(q_NxTxHxD, k_NxTxKxD, v_NxTxKxD, subtree_end_NxT, blocks: TreeBlocks, *,
                        sm_scale=None):
@@ -51,52 +92,16 @@ def tree_attention_xla(q_NxTxHxD, k_NxTxKxD, v_NxTxKxD, subtree_end_NxT, blocks:
     probabilities are fp32 (p stays fp32 in the PV product). Block sizes come from the shapes:
     T // (query blocks) and T // (key blocks). Differentiable by plain autodiff: the transpose of
     the key-block gather sums a shared segment's dK/dV over all of its descendants' query blocks.
+
+    Written per row and vmapped: every gather and segment sum then carries the row as a batch
+    dimension, so with rows sharded over a mesh XLA partitions attention along them (a row's
+    pairs only index its own blocks); indexing the flattened [N·P] pairs instead made it
+    all-gather every layer's K/V blocks and all-reduce the per-block sums.
     """
-    n, t, h, d = q_NxTxHxD.shape
-    kh = k_NxTxKxD.shape[2]
-    hg = h // kh
     nq, nk = blocks.num_blocks
-    bq, bk = t // nq, t // nk
-    f32 = jnp.float32
-    pq_NxP = blocks.pair_q_NxP.astype(jnp.int32)
-    pk_NxP = blocks.pair_k_NxP.astype(jnp.int32)
-    np_ = pq_NxP.shape[1]
-    rows_Nx1 = jnp.arange(n)[:, None]
-
-    # Per pair: its query block [N, P, K, hg·bq, D] (rows head-major) and key block [N, P, K, bk, D].
-    q_NxQxKxIxD = (q_NxTxHxD.reshape(n, nq, bq, kh, hg, d).transpose(0, 1, 3, 4, 2, 5)
-                   .reshape(n, nq, kh, hg * bq, d))
-    q_NxPxKxIxD = q_NxQxKxIxD[rows_Nx1, pq_NxP]
-
-    def key_blocks(x_NxTxKxD):
-        return x_NxTxKxD.reshape(n, nk, bk, kh, d).transpose(0, 1, 3, 2, 4)[rows_Nx1, pk_NxP]
-
-    s_NxPxKxIxJ = jnp.einsum("npkid,npkjd->npkij", q_NxPxKxIxD, key_blocks(k_NxTxKxD),
-                             preferred_element_type=f32) * _default_scale(d, sm_scale)
-    # The tree rule on absolute columns: key j visible to query i iff j <= i < subtree_end[j].
-    i_NxPxI = pq_NxP[..., None] * bq + jnp.tile(jnp.arange(bq), hg)[None, None]
-    j_NxPxJ = pk_NxP[..., None] * bk + jnp.arange(bk)[None, None]
-    end_NxPxJ = subtree_end_NxT.astype(jnp.int32).reshape(n, nk, bk)[rows_Nx1, pk_NxP]
-    mask_NxPxIxJ = (blocks.pair_live_NxP[..., None, None]
-                    & (j_NxPxJ[:, :, None, :] <= i_NxPxI[..., None])
-                    & (i_NxPxI[..., None] < end_NxPxJ[:, :, None, :]))
-    s_NxPxKxIxJ = jnp.where(mask_NxPxIxJ[:, :, None], s_NxPxKxIxJ, NEG_INF)
-
-    # Softmax over all pairs of a query block: segment = (row, query block); dead pairs go to
-    # segment 0 of their row with all scores masked, so they add nothing.
-    seg = (rows_Nx1 * nq + pq_NxP).reshape(-1)
-    m_pair = jnp.max(s_NxPxKxIxJ, axis=-1).reshape(n * np_, kh, hg * bq)
-    m_seg = jax.ops.segment_max(m_pair, seg, num_segments=n * nq, indices_are_sorted=True)
-    # Every query sees itself, so every query row's max is finite.
-    m_NxPxKxI = lax.stop_gradient(m_seg)[seg].reshape(n, np_, kh, hg * bq)
-    e_NxPxKxIxJ = jnp.exp(s_NxPxKxIxJ - m_NxPxKxI[..., None])
-    l_seg = jax.ops.segment_sum(jnp.sum(e_NxPxKxIxJ, axis=-1).reshape(n * np_, kh, hg * bq), seg,
-                                num_segments=n * nq, indices_are_sorted=True)
-    o_NxPxKxIxD = jnp.einsum("npkij,npkjd->npkid", e_NxPxKxIxJ,
-                             key_blocks(v_NxTxKxD).astype(f32), preferred_element_type=f32)
-    o_seg = jax.ops.segment_sum(o_NxPxKxIxD.reshape(n * np_, kh, hg * bq, d), seg,
-                                num_segments=n * nq, indices_are_sorted=True)
-    o_QxKxIxD = o_seg / l_seg[..., None]
-    o = (o_QxKxIxD.reshape(n, nq, kh, hg, bq, d).transpose(0, 1, 4, 2, 3, 5)
-         .reshape(n, t, h, d))
+    d = q_NxTxHxD.shape[-1]
+    row = functools.partial(_tree_attention_row, nq=nq, nk=nk, scale=_default_scale(d, sm_scale))
+    o = jax.vmap(row)(q_NxTxHxD, k_NxTxKxD, v_NxTxKxD, subtree_end_NxT.astype(jnp.int32),
+                      blocks.pair_q_NxP.astype(jnp.int32), blocks.pair_k_NxP.astype(jnp.int32),
+                      blocks.pair_live_NxP)
     return o.astype(q_NxTxHxD.dtype)

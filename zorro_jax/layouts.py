@@ -88,6 +88,15 @@ class PackedTree(NamedTuple):
     loss_live_L: jnp.ndarray
     # For each loss-view slot (b, g, r < sample_len) its entry in the flat list (0 past a length).
     loss_index_BxGxR: jnp.ndarray
+    # The same loss tokens listed per row: row n's m-th loss token is at column row_loss_col[n, m]
+    # for live entries (M = the fullest row's count, coarse-bucketed; dead entries point at column
+    # 0). Sharded with the rows, it lets each device gather its own rows' predictors and run the
+    # LM head on its own loss tokens only (`forward.packed_logprobs` with a row constraint).
+    row_loss_col_NxM: jnp.ndarray
+    row_loss_live_NxM: jnp.ndarray
+    # For each loss-view slot its entry m in its row's list, row_loss_col[sample_row[b, g], m]
+    # (0 past a length).
+    loss_slot_BxGxR: jnp.ndarray
 
     @property
     def shape(self):
@@ -111,6 +120,14 @@ class PackedTree(NamedTuple):
     def loss_targets(self):
         """Token ids [L] of the flat loss tokens."""
         return self.tokens_NxT[self.loss_row_L, self.loss_col_L]
+
+    def row_loss_predictors(self):
+        """Columns [N, M] of the hidden states that predict each row's listed loss tokens."""
+        return jnp.maximum(jnp.take_along_axis(self.prev_NxT, self.row_loss_col_NxM, axis=1), 0)
+
+    def row_loss_targets(self):
+        """Token ids [N, M] of each row's listed loss tokens."""
+        return jnp.take_along_axis(self.tokens_NxT, self.row_loss_col_NxM, axis=1)
 
     def to_dense(self, pad_id: int = 0) -> Dense:
         """Host-side test oracle: row b·G+g is sample (b, g)'s root path (its ancestors' tokens
@@ -367,6 +384,18 @@ def _layout(segs: _Segments, tree_row, n_rows: int, row_len: int, leaf_b_L, shap
     index_BxGxR[leaf_b_L, segs.leaf_g_L] = np.where(
         r_R[None, :] < len_L[:, None], offset_L[:, None] + r_R[None, :], 0
     )
+    # Per row: its loss tokens in flat-list order, slot = rank among the flat entries of its row.
+    row_of = loss_row[:total]
+    count_N = np.bincount(row_of, minlength=n_rows)
+    by_row = np.argsort(row_of, kind="stable")
+    slot = np.zeros(n_loss, np.int64)
+    slot[by_row] = np.arange(total) - (np.cumsum(count_N) - count_N)[row_of[by_row]]
+    m = coarse_bucket(max(1, int(count_N.max())))
+    row_col = np.zeros((n_rows, m), np.int32)
+    row_live = np.zeros((n_rows, m), bool)
+    row_col[row_of, slot[:total]] = loss_col[:total]
+    row_live[row_of, slot[:total]] = True
+    slot_BxGxR = np.where(r_R < len_BxG[..., None], slot[index_BxGxR], 0).astype(np.int32)
 
     shape = (n_rows, t)
     subtree_end = subtree_end.reshape(shape)
@@ -376,7 +405,8 @@ def _layout(segs: _Segments, tree_row, n_rows: int, row_len: int, leaf_b_L, shap
         jnp.asarray(subtree_end), jnp.asarray(prev.reshape(shape)), blocks,
         jnp.asarray(row_BxG), jnp.asarray(cols_BxGxR), jnp.asarray(len_BxG),
         jnp.asarray(loss_row), jnp.asarray(loss_col), jnp.asarray(np.arange(n_loss) < total),
-        jnp.asarray(index_BxGxR),
+        jnp.asarray(index_BxGxR), jnp.asarray(row_col), jnp.asarray(row_live),
+        jnp.asarray(slot_BxGxR),
     )
 
 

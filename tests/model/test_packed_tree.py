@@ -281,3 +281,28 @@ def test_flat_loss_list_matches_the_loss_view():
     live = np.asarray(p.loss_live_L)
     assert live.sum() == mask.sum() and sorted(idx[mask].tolist()) == list(range(mask.sum()))
     assert not live[mask.sum():].any()
+
+
+@pytest.mark.parametrize("balanced", [False, True])
+def test_row_loss_lists_match_the_loss_view(balanced):
+    """The per-row loss lists name, for every real loss-view slot, the slot's own row and column;
+    each row lists exactly its own loss tokens, once each, live entries first. Balanced packing
+    puts trees in rows out of their order, so a row's entries are not a run of the flat list."""
+    rng = np.random.default_rng(12)
+    trees, p = random_packed(rng, n_groups=6, g=3, block=8, trees_per_row=2)
+    if balanced:
+        p = pack_groups_balanced(trees, token_budget=p.tokens_NxT.shape[1] // 2 + 8, tiles=(8, 8),
+                                 rows_per_batch=4)[0].packed
+    mask = np.asarray(p.sample_mask())
+    row_BxG, slot = np.asarray(p.sample_row_BxG), np.asarray(p.loss_slot_BxGxR)
+    cols, live = np.asarray(p.row_loss_col_NxM), np.asarray(p.row_loss_live_NxM)
+    rows_BxGxR = np.broadcast_to(row_BxG[:, :, None], mask.shape)
+    assert live[rows_BxGxR, slot][mask].all()
+    np.testing.assert_array_equal(cols[rows_BxGxR, slot][mask], np.asarray(p.sample_cols_BxGxR)[mask])
+    for n in range(cols.shape[0]):
+        mine = mask & (rows_BxGxR == n)
+        assert sorted(slot[mine].tolist()) == list(range(mine.sum())), n
+        assert live[n].sum() == mine.sum() and not live[n, mine.sum():].any()
+    assert cols.shape[1] >= live.sum(1).max() and (cols[~live] == 0).all()
+    if balanced:
+        assert len(np.unique(row_BxG)) > 1 and p.tokens_NxT.shape[0] == 4

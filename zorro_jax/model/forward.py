@@ -110,28 +110,51 @@ def dense_decode(model: Transformer, cache: DenseKVCache, token_N, impl=None):
     return model.logits(h[:, 0]), cache
 
 
-def packed_hidden(model: Transformer, batch: PackedTree, impl: str | None = None):
+def packed_hidden(model: Transformer, batch: PackedTree, impl: str | None = None, rows=None):
     """Final-normed hidden states [N, T, E] of packed rows: every position-wise layer runs once
-    per packed token (a shared prompt once for all its samples); attention is the tree rule."""
+    per packed token (a shared prompt once for all its samples); attention is the tree rule.
+
+    rows (optional, a mesh step's `parallel.rules.row_constraint`): pins an array's leading
+    packed-row axis to the devices that hold those rows. Applied to the embeddings and the final
+    hidden states, it makes XLA keep the residual stream split by rows with the width whole (and
+    gather each layer's weights) rather than follow the embedding table's fsdp split of the width,
+    which kept every row on every device.
+    """
+    rows = rows or (lambda x: x)
     attend = lambda i, q, k, v: attention.packed_tree_attention(
         q, k, v, batch.subtree_end_NxT, batch.blocks, impl
     )
-    return model.hidden(batch.tokens_NxT, batch.positions_NxT, attend, model.config.remat)
+    x_NxTxE = rows(model.embed(batch.tokens_NxT))
+    return rows(model.hidden_from_embeddings(x_NxTxE, batch.positions_NxT, attend, model.config.remat))
 
 
 def packed_logprobs(model: Transformer, batch: PackedTree, *, impl=None, chunk_size=8192,
-                    with_entropy=True):
+                    with_entropy=True, rows=None):
     """log-probs of every loss token in the loss view [B, G, R], entropy [B, G, R] and the mask.
 
     A loss token is predicted by the hidden state at its `prev` column (the previous token of its
     segment, or the last token of the parent segment for a segment's first token), so each
     sample's tokens are predicted exactly as in its replicated `Dense` row. The LM head runs once
     per loss token (the flat list), not over the padded [B, G, R] view.
+
+    With `rows` (a mesh step's row constraint, see `packed_hidden`) the LM head runs on the
+    per-row lists [N, M] instead, split with the rows: each device gathers its own rows'
+    predictors and computes only their log-probs, and only those [N, M] floats move into the
+    (replicated) loss view. The flat list's entries are not tied to rows, so on a mesh every
+    device would run the LM head over every loss token of the micro-batch.
     """
-    h_NxTxE = packed_hidden(model, batch, impl)
-    rows_L, cols_L = batch.loss_predictors()
-    logp_L, ent_L = token_logprobs(h_NxTxE[rows_L, cols_L], model.unembedding(),
-                                   batch.loss_targets(), chunk_size=chunk_size,
-                                   with_entropy=with_entropy)
-    index = batch.loss_index_BxGxR
-    return logp_L[index], (ent_L[index] if with_entropy else None), batch.sample_mask()
+    h_NxTxE = packed_hidden(model, batch, impl, rows)
+    if rows is None:
+        rows_L, cols_L = batch.loss_predictors()
+        logp_L, ent_L = token_logprobs(h_NxTxE[rows_L, cols_L], model.unembedding(),
+                                       batch.loss_targets(), chunk_size=chunk_size,
+                                       with_entropy=with_entropy)
+        index = batch.loss_index_BxGxR
+        return logp_L[index], (ent_L[index] if with_entropy else None), batch.sample_mask()
+    pred_NxM = batch.row_loss_predictors()
+    h_NxMxE = rows(jnp.take_along_axis(h_NxTxE, pred_NxM[:, :, None], axis=1))
+    logp_NxM, ent_NxM = token_logprobs(h_NxMxE, model.unembedding(), batch.row_loss_targets(),
+                                       chunk_size=chunk_size, with_entropy=with_entropy)
+    row, slot = batch.sample_row_BxG[:, :, None], batch.loss_slot_BxGxR
+    ent = rows(ent_NxM)[row, slot] if with_entropy else None
+    return rows(logp_NxM)[row, slot], ent, batch.sample_mask()

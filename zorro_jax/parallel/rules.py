@@ -12,6 +12,7 @@ Model weights carry logical axis names in their `out_sharding` metadata ("vocab"
 Batches shard their leading unique-prompt axis B over ("data", "fsdp") in both presets, so a
 group (a prompt and its G completions) never spans devices. A training `PackedTree` shards its
 packed rows N there (a tree lives in one row); its loss view replicates (`packed_shardings`).
+Inside the training forward the activations follow the rows too (`row_constraint`).
 """
 
 from __future__ import annotations
@@ -149,7 +150,21 @@ def packed_shardings(mesh: Mesh):
     rows, r = batch_sharding(mesh), replicated(mesh)
     return PackedTree(tokens_NxT=rows, positions_NxT=rows, subtree_end_NxT=rows, prev_NxT=rows,
                       blocks=rows, sample_row_BxG=r, sample_cols_BxGxR=r, sample_len_BxG=r,
-                      loss_row_L=r, loss_col_L=r, loss_live_L=r, loss_index_BxGxR=r)
+                      loss_row_L=r, loss_col_L=r, loss_live_L=r, loss_index_BxGxR=r,
+                      row_loss_col_NxM=rows, row_loss_live_NxM=rows, loss_slot_BxGxR=r)
+
+
+def row_constraint(mesh: Mesh):
+    """The activation constraint a training forward takes as `rows` (`model.forward.packed_hidden`):
+    an array's leading packed-row axis over data × fsdp, its other axes left to XLA (so a head or
+    MLP axis may still split over "tensor"). The model gets it as a callable and never sees an
+    axis name."""
+
+    def rows(x):
+        spec = P(BATCH_AXES, *([P.UNCONSTRAINED] * (x.ndim - 1)))
+        return jax.lax.with_sharding_constraint(x, NamedSharding(mesh, spec))
+
+    return rows
 
 
 def expand_shardings(shardings, tree):

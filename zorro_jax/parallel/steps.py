@@ -6,7 +6,9 @@ declared in/out shardings: params and optimizer state follow the preset's rules,
 (`rules.packed_shardings`), decode batches split their groups B there, scalars are replicated.
 The apply and train steps donate the params and optimizer state they replace. Inside, XLA's
 sharding propagation places the activations; `constrain_packed` pins the batch layout at the
-step boundary so the propagation starts from row-sharded tokens even for unplaced host arrays.
+step boundary so the propagation starts from row-sharded tokens even for unplaced host arrays,
+and the forward pins its residual stream and LM head to the rows too (`rules.row_constraint`), so
+a device computes and stores only its own rows' activations.
 
 `training_steps` bundles what a training run needs (log-probs, GRPO and SFT gradients, apply,
 rollouts, placement) for one device or a mesh behind one interface (`TrainSteps`), so the GRPO
@@ -38,6 +40,7 @@ from zorro_jax.parallel.rules import (
     param_shardings,
     replicated,
     reshard,
+    row_constraint,
 )
 from zorro_jax.rl.losses import LossConfig
 from zorro_jax.rl.steps import (
@@ -106,7 +109,7 @@ def make_grad_step(graphdef, loss_cfg: LossConfig, sh: StepShardings, *, impl=No
     params, so micro-batch accumulation stays sharded. The per-sample inputs (old / ref
     log-probs [B, G, R], advantages [B, G]) follow the loss view: replicated.
     """
-    grad_fn = make_grpo_grad_fn(graphdef, loss_cfg, impl, mesh=sh.mesh)
+    grad_fn = make_grpo_grad_fn(graphdef, loss_cfg, impl, mesh=sh.mesh, rows=row_constraint(sh.mesh))
 
     def fn(params, batch, old_logp, adv, ref_logp, normaliser):
         return grad_fn(params, constrain_packed(batch, sh.mesh), old_logp, adv, ref_logp, normaliser)
@@ -118,7 +121,7 @@ def make_grad_step(graphdef, loss_cfg: LossConfig, sh: StepShardings, *, impl=No
 def make_sft_grad_step(graphdef, sh: StepShardings, *, impl=None):
     """grad(params, batch, normaliser) -> (loss, {}, grads): teacher forcing
     (`rl.steps.make_sft_grad_fn`) with declared shardings."""
-    grad_fn = make_sft_grad_fn(graphdef, impl, mesh=sh.mesh)
+    grad_fn = make_sft_grad_fn(graphdef, impl, mesh=sh.mesh, rows=row_constraint(sh.mesh))
 
     def fn(params, batch, normaliser):
         return grad_fn(params, constrain_packed(batch, sh.mesh), normaliser)
@@ -148,7 +151,7 @@ def make_train_step(graphdef, optimizer: optax.GradientTransformation, loss_cfg:
     """
     if sh.opt_state is None:
         raise ValueError("make_train_step needs StepShardings built with the optimizer")
-    grad_fn = make_grpo_grad_fn(graphdef, loss_cfg, impl, mesh=sh.mesh)
+    grad_fn = make_grpo_grad_fn(graphdef, loss_cfg, impl, mesh=sh.mesh, rows=row_constraint(sh.mesh))
     apply_fn = make_apply_fn(optimizer)
 
     def step(params, opt_state, batch, old_logp, adv, ref_logp, normaliser):
@@ -168,7 +171,7 @@ def make_train_step(graphdef, optimizer: optax.GradientTransformation, loss_cfg:
 
 def make_logprob_step(graphdef, sh: StepShardings, *, impl=None):
     """logp(params, batch) -> (logp [B, G, R], entropy [B, G, R]), in the (replicated) loss view."""
-    logprob_fn = make_logprob_fn(graphdef, impl, mesh=sh.mesh)
+    logprob_fn = make_logprob_fn(graphdef, impl, mesh=sh.mesh, rows=row_constraint(sh.mesh))
 
     def fn(params, batch):
         return logprob_fn(params, constrain_packed(batch, sh.mesh))
