@@ -1,22 +1,28 @@
-"""Per-device memory of the sharded steps for a ~1.1B-parameter model on a simulated 8-device mesh.
+"""Per-device memory of the sharded steps for a 1.1B- or 1.5B-parameter model on a simulated
+8-device mesh.
 
-    python -m experiments.memory_table [--preset ci] [--json PATH]
+    python -m experiments.memory_table [--model llama-1.1b | qwen2.5-1.5b] [--preset ci]
+        [--train-meshes D,F,T ...] [--sample-meshes D,F,T ...] [--json PATH]
 
 Compile only: parameters, optimizer state and batch are abstract (jax.ShapeDtypeStruct with
 shardings), nothing is allocated. Figures are XLA's `compiled.memory_analysis()` per device:
-arguments, outputs, temporaries, and the bytes of outputs aliased to donated arguments. Rows:
-the training preset (one GRPO train step, grad + AdamW apply, with XLA tree attention on a
-prompt-once `PackedTree` batch) on several (data, fsdp, tensor) meshes, and the sampling preset
-(one shared-prefix decode step).
+arguments, outputs, temporaries, and the bytes of outputs aliased to donated arguments; beside
+them the bytes the compiled program's collectives produce per device (all-gather, all-reduce,
+reduce-scatter, all-to-all, collective-permute; a loop body counted once, as XLA's own cost
+analysis does). Rows: the training preset (one GRPO train step, grad + AdamW apply, with XLA tree
+attention on a prompt-once `PackedTree` batch) on several (data, fsdp, tensor) meshes, and the
+sampling preset (one shared-prefix decode step).
 
 The training batch holds B groups of a P-token prompt and G completions of R tokens, one group per
 packed row: N rows (B rounded up to a multiple of data × fsdp, so every batch array splits evenly)
 of T = P + G·R tokens (rounded up to the attention tiles), the loss view [B, G, R]. Its block-list
-widths M, pair-list length and flat loss-token list length are upper bounds for such rows (any
+widths M, pair-list length and loss-token list lengths are upper bounds for such rows (any
 completion lengths up to R), so the figures bound a real micro-batch of this shape.
 
-Model (Llama-style): vocab 32000, d_model 2048, 16 layers, 16 heads × 128, 8 kv heads,
-MLP 8192, untied embeddings: 1.14B parameters (4.6 GB fp32; AdamW adds 9.1 GB).
+Models: "llama-1.1b" (vocab 32000, d_model 2048, 16 layers, 16 heads × 128, 8 kv heads, MLP
+8192, untied embeddings: 1.14B parameters, 4.6 GB fp32; AdamW adds 9.1 GB) and "qwen2.5-1.5b"
+(Qwen2.5-1.5B's architecture: vocab 151936, d_model 1536, 28 layers, 12 heads × 128, 2 kv heads,
+MLP 8960, QKV bias, tied embeddings: 1.54B parameters).
 """
 
 from __future__ import annotations
@@ -30,6 +36,7 @@ if "xla_force_host_platform_device_count" not in os.environ.get("XLA_FLAGS", "")
 
 import argparse
 import math
+import re
 import time
 
 import jax
@@ -53,10 +60,21 @@ SAMPLE_MESHES = [(8, 1, 1), (2, 1, 4), (1, 1, 8)]
 GIB = 2**30
 
 
-def model_config(layers: int, compute_dtype: str) -> ModelConfig:
-    return ModelConfig(model_type="llama", vocab_size=32000, hidden_size=2048, intermediate_size=8192,
-                       num_hidden_layers=layers, num_attention_heads=16, num_key_value_heads=8,
-                       head_dim=128, compute_dtype=compute_dtype)
+MODELS = {
+    "llama-1.1b": dict(model_type="llama", vocab_size=32000, hidden_size=2048, intermediate_size=8192,
+                       num_hidden_layers=16, num_attention_heads=16, num_key_value_heads=8, head_dim=128),
+    "qwen2.5-1.5b": dict(model_type="qwen2", vocab_size=151936, hidden_size=1536, intermediate_size=8960,
+                         num_hidden_layers=28, num_attention_heads=12, num_key_value_heads=2,
+                         head_dim=128, qkv_bias=True, tie_word_embeddings=True, rope_theta=1e6),
+}
+
+
+def model_config(name: str, compute_dtype: str, layers: int | None = None) -> ModelConfig:
+    """One of MODELS, optionally with fewer layers (a quick check at the same width)."""
+    kw = dict(MODELS[name], compute_dtype=compute_dtype)
+    if layers is not None:
+        kw["num_hidden_layers"] = layers
+    return ModelConfig(**kw)
 
 
 def shard_bytes(tree) -> int:
@@ -64,11 +82,32 @@ def shard_bytes(tree) -> int:
     return sum(math.prod(x.sharding.shard_shape(x.shape)) * x.dtype.itemsize for x in jax.tree.leaves(tree))
 
 
+_COLLECTIVE = re.compile(r"=\s*(\(.*?\)|\S+)\s+(all-gather|all-reduce|reduce-scatter|all-to-all|"
+                         r"collective-permute)(-start)?\(")
+_SHAPE = re.compile(r"(pred|[sfu](\d+)|bf(16))\[([\d,]*)\]")
+
+
+def collective_bytes(hlo_text: str) -> int:
+    """Bytes produced per device by the collectives of a compiled HLO module (the results of
+    every all-gather, all-reduce, reduce-scatter, all-to-all and collective-permute; a loop body
+    counted once)."""
+    total = 0
+    for line in hlo_text.splitlines():
+        m = _COLLECTIVE.search(line)
+        if m:
+            for dtype, bits, bf_bits, dims in _SHAPE.findall(m.group(1)):
+                bits = 8 if dtype == "pred" else int(bits or bf_bits)
+                total += math.prod(int(d) for d in dims.split(",") if d) * bits // 8
+    return total
+
+
 def analyse(lowered) -> dict:
     t0 = time.perf_counter()
-    m = lowered.compile().memory_analysis()
+    compiled = lowered.compile()
+    m = compiled.memory_analysis()
     return {"argument_bytes": int(m.argument_size_in_bytes), "output_bytes": int(m.output_size_in_bytes),
             "temp_bytes": int(m.temp_size_in_bytes), "alias_bytes": int(m.alias_size_in_bytes),
+            "collective_bytes": collective_bytes(compiled.as_text()),
             "compile_s": time.perf_counter() - t0}
 
 
@@ -186,43 +225,62 @@ def print_row(row):
     gib = lambda k: f"{row[k] / GIB:7.2f}"
     print(f"{row['preset']:>8} {tuple(row['mesh'])!s:>10} | {gib('params_bytes')} {gib('opt_state_bytes')} "
           f"{gib('cache_bytes')} | {gib('argument_bytes')} {gib('output_bytes')} {gib('alias_bytes')} "
-          f"{gib('temp_bytes')} | {row['compile_s']:6.1f}", flush=True)
+          f"{gib('temp_bytes')} | {gib('collective_bytes')} | {row['compile_s']:6.1f}", flush=True)
+
+
+def mesh_sizes(text: str) -> tuple[int, int, int]:
+    """'1,8,1' -> (1, 8, 1)."""
+    sizes = tuple(int(x) for x in text.split(","))
+    if len(sizes) != 3:
+        raise argparse.ArgumentTypeError(f"a mesh is data,fsdp,tensor (three sizes), got {text!r}")
+    return sizes
 
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--model", choices=sorted(MODELS), default="llama-1.1b", help="architecture")
     ap.add_argument("--preset", choices=["full", "ci"], default="full",
                     help="ci: 2 layers and one mesh per preset (a quick check of the script)")
     ap.add_argument("--compute-dtype", default="bfloat16", choices=["bfloat16", "float32"],
                     help="activation / matmul dtype (params and optimizer state are fp32)")
+    ap.add_argument("--train-meshes", nargs="*", type=mesh_sizes, default=None,
+                    help="(data, fsdp, tensor) meshes of the training rows (default: the preset's)")
+    ap.add_argument("--sample-meshes", nargs="*", type=mesh_sizes, default=None,
+                    help="meshes of the decode rows (default: the preset's; none: no decode rows)")
     ap.add_argument("--json", default=None, help="write all figures to this path")
     args = ap.parse_args(argv)
     if jax.device_count() != 8:
         raise SystemExit(f"needs 8 (simulated) devices, found {jax.device_count()}; XLA_FLAGS was set "
                          "before this script could set it")
     ci = args.preset == "ci"
-    cfg = model_config(2 if ci else 16, args.compute_dtype)
+    cfg = model_config(args.model, args.compute_dtype, 2 if ci else None)
+    train_meshes = args.train_meshes if args.train_meshes is not None else (
+        TRAIN_MESHES[1:2] if ci else TRAIN_MESHES)
+    sample_meshes = args.sample_meshes if args.sample_meshes is not None else (
+        SAMPLE_MESHES[1:2] if ci else SAMPLE_MESHES)
     graphdef, state = nnx.split(nnx.eval_shape(lambda: init_model(cfg)))
     n_params = sum(x.size for x in jax.tree.leaves(state))
     train_shape, decode_shape = (8, 512, 8, 256), (8, 512, 8, 256)
     print(f"per-device memory, {machine_note()}, 8 simulated devices (compile only)")
-    print(f"model: {n_params / 1e9:.2f}B params (d 2048, {cfg.num_hidden_layers} layers, 16 heads, 8 kv heads, "
-          f"MLP 8192, vocab 32000), fp32 params, {cfg.compute_dtype} compute")
+    print(f"model: {args.model}, {n_params / 1e9:.2f}B params (d {cfg.hidden_size}, {cfg.num_hidden_layers} "
+          f"layers, {cfg.num_attention_heads} heads, {cfg.num_key_value_heads} kv heads, MLP "
+          f"{cfg.intermediate_size}, vocab {cfg.vocab_size}), fp32 params, {cfg.compute_dtype} compute")
     dims = packed_dims(train_shape, 8)
     print("training: GRPO train step (grad + AdamW), prompt-once PackedTree B={} P={} G={} R={}".format(
         *train_shape) + f" (one group a row: N={dims['N']} x T={dims['T']}, XLA tree attention "
         f"{XLA_TREE_TILES} tiles, {dims['pairs']} block pairs a row)")
     print("sampling: one shared-prefix decode step, B={} P={} G={} suffix S={}".format(*decode_shape))
     print(f"{'preset':>8} {'mesh d,f,t':>10} | {'params':>7} {'opt':>7} {'kvcache':>7} | {'args':>7} "
-          f"{'outputs':>7} {'aliased':>7} {'temp':>7} | compile s   (GiB per device)")
+          f"{'outputs':>7} {'aliased':>7} {'temp':>7} | {'collect':>7} | compile s   (GiB per device)")
     rows = []
-    for sizes in TRAIN_MESHES[1:2] if ci else TRAIN_MESHES:
+    for sizes in train_meshes:
         rows.append(train_row(cfg, graphdef, state, sizes, train_shape))
         print_row(rows[-1])
-    for sizes in SAMPLE_MESHES[1:2] if ci else SAMPLE_MESHES:
+    for sizes in sample_meshes:
         rows.append(decode_row(cfg, graphdef, state, sizes, decode_shape))
         print_row(rows[-1])
-    payload = {"machine": machine_note(), "params": int(n_params), "layers": cfg.num_hidden_layers,
+    payload = {"machine": machine_note(), "model": args.model, "params": int(n_params),
+               "layers": cfg.num_hidden_layers, "hidden_size": cfg.hidden_size,
                "compute_dtype": cfg.compute_dtype, "train_shape_BPGR": train_shape,
                "decode_shape_BPGS": decode_shape, "rows": rows}
     write_json(args.json, payload)

@@ -104,6 +104,24 @@ def render_kernels(rows: list) -> list[str]:
     return [f"{ok} / {len(rows)} kernels verify and compile for sm_90 with no spill.", "", *lines]
 
 
+def render_memory(payload: dict) -> list[str]:
+    """Per-device memory and collective bytes of the sharded steps (`experiments.memory_table`)."""
+    gib = lambda x: f"{x / 2**30:.2f}"
+    b, p, g, r = payload["train_shape_BPGR"]
+    about = (f"{payload['model']} ({payload['params'] / 1e9:.2f}B parameters, {payload['layers']} layers, "
+             f"fp32 weights and AdamW, {payload['compute_dtype']} compute); training: one GRPO train step "
+             f"on B={b} groups of P={p} + G={g} × R={r} tokens; GiB per device, compile only "
+             f"({payload['machine']}).")
+    header = ("| preset | mesh (data, fsdp, tensor) | params | optimiser | XLA temporaries | "
+              "collective results (loop bodies once) | compile s |")
+    lines = [about, "", header, "|---|---|---|---|---|---|---|"]
+    for row in payload["rows"]:
+        lines.append(f"| {row['preset']} | {tuple(row['mesh'])} | {gib(row['params_bytes'])} | "
+                     f"{gib(row['opt_state_bytes'])} | **{gib(row['temp_bytes'])}** | "
+                     f"{gib(row['collective_bytes'])} | {row['compile_s']:.0f} |")
+    return lines
+
+
 def render_quickstart(summary: dict) -> list[str]:
     """The quickstart's summary figures (accuracies with standard errors, reward quarters, time)."""
     lines = ["| quickstart (`make run`) | |", "|---|---|"]
@@ -218,6 +236,10 @@ FIGURES = [
            render_iteration_schema, "one GRPO iteration, three- vs two-level (a few minutes)"),
     Figure("rollout", ("experiments.bench_rollout", "--distributions", "fixed", "schema", "--json", "{json}"),
            render_rollout, "rollout tokens/s and KV bytes, fixed shapes and schema prompts (about 10 minutes)"),
+    Figure("memory_fsdp", ("experiments.memory_table", "--model", "qwen2.5-1.5b", "--train-meshes", "1,8,1",
+                           "--sample-meshes", "--json", "{json}"), render_memory,
+           "per-device memory of a 1.5B GRPO train step on an 8-way fsdp mesh (compile only, a few "
+           "minutes)"),
     Figure("kernels", ("experiments.kernel_report", "--json", "{json}"), render_kernels,
            "sm_90 compile of every Pallas kernel (about a minute)"),
     Figure("quickstart", ("experiments.quickstart", "--run_dir", "{run_dir}"), render_quickstart,

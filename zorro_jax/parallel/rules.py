@@ -143,10 +143,10 @@ def batch_shardings(tree, mesh: Mesh):
 
 def packed_shardings(mesh: Mesh):
     """Shardings of a training `PackedTree` (a pytree prefix of it): the per-row arrays (tokens,
-    positions, subtree ends, predictors, block lists: leading axis N) split over data × fsdp, so
-    a tree never spans devices; the loss view ([B, G, R] and flat [L] indices into the rows)
-    replicates, because a micro-batch's group count and loss-token count need not divide the
-    mesh and the view is a few integers per loss token."""
+    positions, subtree ends, predictors, block lists, per-row loss-token lists: leading axis N)
+    split over data × fsdp, so a tree never spans devices; the loss view ([B, G, R] and flat [L]
+    indices into the rows) replicates, because a micro-batch's group count and loss-token count
+    need not divide the mesh and the view is a few integers per loss token."""
     rows, r = batch_sharding(mesh), replicated(mesh)
     return PackedTree(tokens_NxT=rows, positions_NxT=rows, subtree_end_NxT=rows, prev_NxT=rows,
                       blocks=rows, sample_row_BxG=r, sample_cols_BxGxR=r, sample_len_BxG=r,
