@@ -33,6 +33,11 @@ def test_param_and_optimizer_bytes_per_device():
     assert "memory (1, 4, 2): ok" in run_check("memory")
 
 
+def test_activations_are_split_by_rows():
+    out = run_check("rows")
+    assert all(f"rows {mesh}: ok" in out for mesh in ("(8, 1, 1)", "(1, 8, 1)", "(2, 4, 1)"))
+
+
 def test_greedy_generation_matches_single_device():
     assert "generate (2, 2, 2): ok" in run_check("generate")
 

@@ -135,7 +135,8 @@ def packed_logprobs(model: Transformer, batch: PackedTree, *, impl=None, chunk_s
     A loss token is predicted by the hidden state at its `prev` column (the previous token of its
     segment, or the last token of the parent segment for a segment's first token), so each
     sample's tokens are predicted exactly as in its replicated `Dense` row. The LM head runs once
-    per loss token (the flat list), not over the padded [B, G, R] view.
+    per loss token (the flat list), not over the padded [B, G, R] view; log-probs and entropies
+    are 0 past a sample's length.
 
     With `rows` (a mesh step's row constraint, see `packed_hidden`) the LM head runs on the
     per-row lists [N, M] instead, split with the rows: each device gathers its own rows'
@@ -146,15 +147,20 @@ def packed_logprobs(model: Transformer, batch: PackedTree, *, impl=None, chunk_s
     h_NxTxE = packed_hidden(model, batch, impl, rows)
     if rows is None:
         rows_L, cols_L = batch.loss_predictors()
-        logp_L, ent_L = token_logprobs(h_NxTxE[rows_L, cols_L], model.unembedding(),
-                                       batch.loss_targets(), chunk_size=chunk_size,
-                                       with_entropy=with_entropy)
-        index = batch.loss_index_BxGxR
-        return logp_L[index], (ent_L[index] if with_entropy else None), batch.sample_mask()
-    pred_NxM = batch.row_loss_predictors()
-    h_NxMxE = rows(jnp.take_along_axis(h_NxTxE, pred_NxM[:, :, None], axis=1))
-    logp_NxM, ent_NxM = token_logprobs(h_NxMxE, model.unembedding(), batch.row_loss_targets(),
-                                       chunk_size=chunk_size, with_entropy=with_entropy)
-    row, slot = batch.sample_row_BxG[:, :, None], batch.loss_slot_BxGxR
-    ent = rows(ent_NxM)[row, slot] if with_entropy else None
-    return rows(logp_NxM)[row, slot], ent, batch.sample_mask()
+        # The list's log-probs and entropies: [L].
+        logp, ent = token_logprobs(h_NxTxE[rows_L, cols_L], model.unembedding(),
+                                   batch.loss_targets(), chunk_size=chunk_size,
+                                   with_entropy=with_entropy)
+        pick = lambda x_L: x_L[batch.loss_index_BxGxR]
+    else:
+        pred_NxM = batch.row_loss_predictors()
+        h_NxMxE = rows(jnp.take_along_axis(h_NxTxE, pred_NxM[:, :, None], axis=1))
+        # [N, M], split with the rows.
+        logp, ent = token_logprobs(h_NxMxE, model.unembedding(), batch.row_loss_targets(),
+                                   chunk_size=chunk_size, with_entropy=with_entropy)
+        pick = lambda x_NxM: rows(x_NxM)[batch.sample_row_BxG[:, :, None], batch.loss_slot_BxGxR]
+    # Slots past a sample's length read some entry of the list (not the same one on both paths):
+    # zeroed, so the view is one function of the batch whichever list the LM head ran on.
+    mask = batch.sample_mask()
+    view = lambda x: jnp.where(mask, pick(x), 0.0)
+    return view(logp), (view(ent) if with_entropy else None), mask
