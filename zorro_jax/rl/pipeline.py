@@ -25,7 +25,7 @@ from zorro_jax.model.lora import LoRAConfig, add_lora, base_model, reference_sta
 from zorro_jax.model.transformer import init_model
 from zorro_jax.parallel.distributed import is_leader, maybe_initialize_distributed, to_host
 from zorro_jax.parallel.mesh import MeshConfig
-from zorro_jax.parallel.steps import LORA_ON_MESH, training_steps
+from zorro_jax.parallel.steps import training_steps
 from zorro_jax.rl.batches import tiles_for
 from zorro_jax.rl.grpo import GRPOConfig, GRPOTrainer, Policy, PromptItem, evaluate
 from zorro_jax.rl.loop import run_phase
@@ -148,8 +148,6 @@ class RunConfig:
                         ("sft.batch_size", self.sft.batch_size)):
             if n % k:
                 raise ValueError(f"{name} ({n}) must be a multiple of data.questions_per_database ({k})")
-        if self.policy.lora_rank and not self.mesh.single_device:
-            raise ValueError(LORA_ON_MESH)
 
 
 def parse_command_line(argv, defaults: RunConfig = RunConfig(), task_defaults: dict | None = None,
@@ -476,7 +474,7 @@ def _run(cfg: RunConfig, task, t_start: float) -> dict:
 
     # GRPO.
     t0 = time.perf_counter()
-    # The KL reference is the policy as GRPO starts. With LoRA (one device) it is built on the
+    # The KL reference is the policy as GRPO starts. With LoRA it is built on the
     # policy's own base arrays (one copy of the weights, also after a restore): the base with its
     # adapters off when they are fresh, else the base with the SFT adapters.
     ref_graphdef, start_adapters = None, split_trainable(state["params"])[0] if lora.rank else None
