@@ -42,7 +42,17 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from experiments.common import bench_model_of_width, flop_rates, machine_note, write_json
+from experiments.common import (
+    COMPLETION_LENGTHS,
+    QUESTION_LENGTHS,
+    SCHEMA_LENGTHS,
+    SCHEMA_QUESTIONS,
+    SCHEMA_SAMPLES,
+    bench_model_of_width,
+    flop_rates,
+    machine_note,
+    write_json,
+)
 from zorro_jax.attention import XLA_TREE_TILES
 from zorro_jax.checkpoints.hf import load_hf_model
 from zorro_jax.checkpoints.pretrained import PRETRAINED, default_folder, is_fetched
@@ -86,8 +96,8 @@ DISTRIBUTIONS = {
     "reasoning": LengthDist(2, 8, (512, 0.5, 128, 3072), (384, 0.8, 16, 2048)),
     "long-prompt": LengthDist(2, 8, (3072, 0.2, 1024, 6144), (192, 0.8, 8, 1024)),
     # One database: schema ~1536 tokens, k = 8 questions of ~48, G = 8 completions of ~96.
-    "schema": LengthDist(1, 8, (48, 0.4, 8, 256), (96, 0.6, 8, 512), schema=(1536, 0.3, 256, 6144),
-                         questions=8),
+    "schema": LengthDist(1, SCHEMA_SAMPLES, QUESTION_LENGTHS, COMPLETION_LENGTHS,
+                         schema=SCHEMA_LENGTHS, questions=SCHEMA_QUESTIONS),
 }
 # Each packed row holds at most this many tokens (raised to the largest tree when needed).
 TOKEN_BUDGET = 8192

@@ -19,7 +19,7 @@ k = 8 questions each (median 48, σ 0.4), G = 8 samples of R = 96 new tokens (th
 completion distribution: every sample generates exactly R, `ignore_eos`). Three variants on the
 same B = D·k rows: naive (root ++ question replicated G times), two-level (the concatenated
 prompts, each stored once) and three-level (a `PromptTree`: each schema once, each question once
-on top of it). The ideal KV ratios count real (unpadded) tokens; the measured ones the buckets
+on top of it, a schema's questions side by side in one cache row). The ideal KV ratios count real (unpadded) tokens; the measured ones the buckets
 each cache is allocated in.
 
     python -m experiments.bench_rollout [--preset ci] [--distributions fixed schema]
@@ -37,18 +37,23 @@ import time
 import jax
 import numpy as np
 
-from zorro_jax.model.config import ModelConfig
+from experiments.common import (
+    COMPLETION_LENGTHS,
+    QUESTION_LENGTHS,
+    SCHEMA_LENGTHS,
+    SCHEMA_QUESTIONS,
+    SCHEMA_SAMPLES,
+    bench_model_config,
+)
 from zorro_jax.model.transformer import init_model
 from zorro_jax.sampling.sampler import PromptTree, SamplerConfig, generate
 
 ROWS = ((512, 8, 64), (1024, 16, 128), (2048, 16, 128))
 PRESETS = {"full": ROWS, "ci": ROWS[:1]}
 DISTRIBUTIONS = ("fixed", "schema")
-# Lognormal (median, sigma, lo, hi) lengths of the schema rows (as bench_actor_update's "schema"),
-# k questions per database, G samples and R new tokens per sample.
-SCHEMA_LENGTHS = (1536, 0.3, 256, 6144)
-QUESTION_LENGTHS = (48, 0.4, 8, 256)
-SCHEMA_K, SCHEMA_G, SCHEMA_R = 8, 8, 96
+# The schema rows (`experiments.common`, as bench_actor_update's "schema"): k questions per
+# database, G samples per question, each generating the completions' median R new tokens.
+SCHEMA_K, SCHEMA_G, SCHEMA_R = SCHEMA_QUESTIONS, SCHEMA_SAMPLES, int(COMPLETION_LENGTHS[0])
 
 
 @dataclasses.dataclass(frozen=True)
@@ -77,12 +82,6 @@ class BenchConfig:
             raise ValueError(f"distributions must be among {DISTRIBUTIONS}, got {self.distributions!r}")
         if 4 % self.kv_heads:
             raise ValueError(f"kv_heads must divide the 4 query heads, got {self.kv_heads}")
-
-
-def bench_model_config(kv_heads: int) -> ModelConfig:
-    return ModelConfig(model_type="qwen3", vocab_size=2048, hidden_size=256, intermediate_size=1024,
-                       num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=kv_heads,
-                       head_dim=64, qk_norm=True, compute_dtype="float32")
 
 
 def time_variant(model, prompts, g, r, mode, cfg: BenchConfig):
@@ -115,7 +114,7 @@ def time_variant(model, prompts, g, r, mode, cfg: BenchConfig):
 
 def run(cfg: BenchConfig) -> list[dict]:
     """Every row of the chosen distributions, printed as it completes."""
-    model = init_model(bench_model_config(cfg.kv_heads), seed=0)
+    model = init_model(bench_model_config(num_key_value_heads=cfg.kv_heads), seed=0)
     results = []
     if "fixed" in cfg.distributions:
         results += run_fixed(model, cfg)
@@ -238,7 +237,7 @@ def main(argv=None):
     ap.add_argument("--json", dest="json_path", default=None)
     args = ap.parse_args(argv)
     cfg = BenchConfig(**{**vars(args), "distributions": tuple(args.distributions)})
-    print(f"bench_rollout on {jax.default_backend()}: {bench_model_config(cfg.kv_heads)}")
+    print(f"bench_rollout on {jax.default_backend()}: {bench_model_config(num_key_value_heads=cfg.kv_heads)}")
     results = run(cfg)
     if cfg.json_path:
         with open(cfg.json_path, "w") as f:

@@ -21,6 +21,15 @@ def bench_model_config(**overrides) -> ModelConfig:
     return ModelConfig(**kw)
 
 
+# The text-to-SQL "schema" distribution of the rollout and actor-update benchmarks: lognormal
+# (median, sigma, lo, hi) lengths of a database schema, of each of its SCHEMA_QUESTIONS questions
+# and of each of a question's SCHEMA_SAMPLES completions.
+SCHEMA_LENGTHS = (1536, 0.3, 256, 6144)
+QUESTION_LENGTHS = (48, 0.4, 8, 256)
+COMPLETION_LENGTHS = (96, 0.6, 8, 512)
+SCHEMA_QUESTIONS, SCHEMA_SAMPLES = 8, 8
+
+
 def bench_model_of_width(hidden_size: int, layers: int = 4) -> ModelConfig:
     """The benchmark model at another width: head_dim 64, hidden_size // 64 heads, intermediate 4×.
     Wider models spend a smaller share of their FLOPs in attention."""
