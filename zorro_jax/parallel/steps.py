@@ -25,10 +25,10 @@ from flax import nnx
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from zorro_jax.attention import kernel_mesh
 from zorro_jax.layouts import PackedTree, bucket
 from zorro_jax.model.lora import has_lora
 from zorro_jax.parallel.distributed import place, to_host
+from zorro_jax.parallel.kernels import mesh_impl
 from zorro_jax.parallel.mesh import BATCH_AXES, batch_shards, check_batch, check_model
 from zorro_jax.parallel.rules import (
     batch_sharding,
@@ -106,7 +106,7 @@ def make_grad_step(graphdef, loss_cfg: LossConfig, sh: StepShardings, *, impl=No
     params, so micro-batch accumulation stays sharded. The per-sample inputs (old / ref
     log-probs [B, G, R], advantages [B, G]) follow the loss view: replicated.
     """
-    grad_fn = make_grpo_grad_fn(graphdef, loss_cfg, impl, mesh=sh.mesh)
+    grad_fn = make_grpo_grad_fn(graphdef, loss_cfg, mesh_impl(impl, sh.mesh))
 
     def fn(params, batch, old_logp, adv, ref_logp, normaliser):
         return grad_fn(params, constrain_packed(batch, sh.mesh), old_logp, adv, ref_logp, normaliser)
@@ -118,7 +118,7 @@ def make_grad_step(graphdef, loss_cfg: LossConfig, sh: StepShardings, *, impl=No
 def make_sft_grad_step(graphdef, sh: StepShardings, *, impl=None):
     """grad(params, batch, normaliser) -> (loss, {}, grads): teacher forcing
     (`rl.steps.make_sft_grad_fn`) with declared shardings."""
-    grad_fn = make_sft_grad_fn(graphdef, impl, mesh=sh.mesh)
+    grad_fn = make_sft_grad_fn(graphdef, mesh_impl(impl, sh.mesh))
 
     def fn(params, batch, normaliser):
         return grad_fn(params, constrain_packed(batch, sh.mesh), normaliser)
@@ -148,7 +148,7 @@ def make_train_step(graphdef, optimizer: optax.GradientTransformation, loss_cfg:
     """
     if sh.opt_state is None:
         raise ValueError("make_train_step needs StepShardings built with the optimizer")
-    grad_fn = make_grpo_grad_fn(graphdef, loss_cfg, impl, mesh=sh.mesh)
+    grad_fn = make_grpo_grad_fn(graphdef, loss_cfg, mesh_impl(impl, sh.mesh))
     apply_fn = make_apply_fn(optimizer)
 
     def step(params, opt_state, batch, old_logp, adv, ref_logp, normaliser):
@@ -168,7 +168,7 @@ def make_train_step(graphdef, optimizer: optax.GradientTransformation, loss_cfg:
 
 def make_logprob_step(graphdef, sh: StepShardings, *, impl=None):
     """logp(params, batch) -> (logp [B, G, R], entropy [B, G, R]), in the (replicated) loss view."""
-    logprob_fn = make_logprob_fn(graphdef, impl, mesh=sh.mesh)
+    logprob_fn = make_logprob_fn(graphdef, mesh_impl(impl, sh.mesh))
 
     def fn(params, batch):
         return logprob_fn(params, constrain_packed(batch, sh.mesh))
@@ -197,12 +197,12 @@ def make_decode_step(graphdef, sh: StepShardings, *, impl=None, num_levels: int 
     accounting and custom loops.
     """
     cs = cache_shardings(sh.mesh, num_levels)
+    impl = mesh_impl(impl, sh.mesh)
 
     def fn(params, cache, last_BxG, live_BxG):
         model = nnx.merge(graphdef, params)
-        with kernel_mesh(sh.mesh):
-            h_BxGx1xE, cache = shared_prefix_step(model, cache, last_BxG[:, :, None],
-                                                  live_BxG.astype(jnp.int32), impl)
+        h_BxGx1xE, cache = shared_prefix_step(model, cache, last_BxG[:, :, None],
+                                              live_BxG.astype(jnp.int32), impl)
         logits_BxGxV = model.logits(h_BxGx1xE[:, :, 0])
         return jnp.argmax(logits_BxGxV, axis=-1).astype(jnp.int32), logits_BxGxV, cache
 
@@ -238,7 +238,8 @@ def generate_sharded(model, prompts: list[list[int]] | PromptTree, group_size: i
     levels = place(pack_levels(padded, cfg), batch_sharding(mesh))
     graphdef, params = nnx.split(model)
     response_size = bucket(cfg.max_new_tokens, cfg.response_buckets)
-    spec = cfg.draw_spec()
+    # "pallas" becomes the per-device kernels: the mesh enters the compiled programs' key.
+    spec = cfg.draw_spec()._replace(impl=mesh_impl(cfg.attention_impl, mesh))
     cache, tok0, logp0 = shared_prefill(graphdef, params, levels, rng, spec=spec,
                                         group_size=group_size, response_size=response_size)
     kv_bytes = cache.nbytes() * len(rows) // len(flat_prompts(padded))

@@ -10,8 +10,8 @@ part (`zorro_jax.model.lora.split_trainable`: the adapters when the model has Lo
 every parameter), so with LoRA the frozen base gets no gradient and no optimiser state, and its
 arrays come back from `apply` as the very arrays that went in.
 
-`mesh` (optional): the mesh the step will run on, so that "pallas" attention runs its kernels per
-device under `shard_map` (`zorro_jax.parallel.steps` adds the declared shardings).
+`impl`: the attention backend, a name or, for steps on a mesh, the per-device kernels
+(`zorro_jax.parallel.kernels.mesh_impl`; `zorro_jax.parallel.steps` adds the declared shardings).
 """
 
 from __future__ import annotations
@@ -21,33 +21,30 @@ import jax.numpy as jnp
 import optax
 from flax import nnx
 
-from zorro_jax.attention import kernel_mesh
 from zorro_jax.layouts import PackedTree
 from zorro_jax.model.forward import packed_logprobs
 from zorro_jax.model.lora import split_trainable
 from zorro_jax.rl.losses import LossConfig, policy_loss
 
 
-def make_logprob_fn(graphdef, impl=None, mesh=None):
+def make_logprob_fn(graphdef, impl=None):
     """A jitted `fn(params, batch) -> (log-probs [B, G, R], entropy [B, G, R])` of the loss view
     of a PackedTree micro-batch."""
 
     @jax.jit
     def fn(params, batch: PackedTree):
-        with kernel_mesh(mesh):
-            lp, ent, _mask = packed_logprobs(nnx.merge(graphdef, params), batch, impl=impl)
+        lp, ent, _mask = packed_logprobs(nnx.merge(graphdef, params), batch, impl=impl)
         return lp, ent
 
     return fn
 
 
-def make_grpo_grad_fn(graphdef, loss_cfg: LossConfig, impl=None, mesh=None):
+def make_grpo_grad_fn(graphdef, loss_cfg: LossConfig, impl=None):
     """grad(params, batch, old_logp, adv, ref_logp, normaliser) -> (loss, metrics, grads); grads
     of the trainable part of params only."""
 
     def loss_fn(trainable, frozen, batch, old_logp, adv, ref_logp, normaliser):
-        with kernel_mesh(mesh):
-            lp, ent, mask = packed_logprobs(nnx.merge(graphdef, trainable, frozen), batch, impl=impl)
+        lp, ent, mask = packed_logprobs(nnx.merge(graphdef, trainable, frozen), batch, impl=impl)
         loss, metrics = policy_loss(lp, old_logp, adv, mask, normaliser, loss_cfg,
                                     ref_logp if loss_cfg.kl_coef > 0 else None)
         m = mask.astype(jnp.float32)
@@ -63,14 +60,13 @@ def make_grpo_grad_fn(graphdef, loss_cfg: LossConfig, impl=None, mesh=None):
     return fn
 
 
-def make_sft_grad_fn(graphdef, impl=None, mesh=None):
+def make_sft_grad_fn(graphdef, impl=None):
     """Teacher forcing on packed (prompt, answer) trees: Σ -log p(answer token) / normaliser;
     grads of the trainable part of params only."""
 
     def loss_fn(trainable, frozen, batch, normaliser):
-        with kernel_mesh(mesh):
-            lp, _, mask = packed_logprobs(nnx.merge(graphdef, trainable, frozen), batch, impl=impl,
-                                          with_entropy=False)
+        lp, _, mask = packed_logprobs(nnx.merge(graphdef, trainable, frozen), batch, impl=impl,
+                                      with_entropy=False)
         return -jnp.sum(jnp.where(mask, lp, 0.0)) / normaliser
 
     @jax.jit
