@@ -3,8 +3,9 @@ per step for every sample under it.
 
 At a decode (T = 1) or speculative-verify (T = γ+1) step, sample g of row b has T new queries.
 Its keys are, level by level, the entry it hangs under (a database schema, then a question, ...:
-level l holds B_l entries of real lengths [B_l], row b under entry b // (B/B_l)), then its own suffix keys s <= q_start[b, g] + t ([B, G, S, K, D]; the new tokens'
-K/V are already written at q_start .. q_start+T-1). Each part is computed separately and the
+level l holds B_l entries of real lengths [B_l], row b under entry b // (B/B_l)), then its own
+suffix keys s <= q_start[b, g] + t ([B, G, S, K, D]; the new tokens' K/V are already written at
+q_start .. q_start+T-1). Each part is computed separately and the
 parts are merged exactly with the log-sum-exp helpers of `lse_merge`. Two-level decoding (one
 prompt per row) is the cascade with one prefix level.
 
