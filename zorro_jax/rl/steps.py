@@ -82,14 +82,11 @@ def init_opt_state(optimizer: optax.GradientTransformation, params):
     return optimizer.init(split_trainable(params)[0])
 
 
-def make_apply_fn(optimizer: optax.GradientTransformation):
-    """apply(params, opt_state, grads) -> (params, opt_state, grad_norm, finite).
+def make_update_fn(optimizer: optax.GradientTransformation):
+    """update(trainable, opt_state, grads) -> (trainable, opt_state, grad_norm, finite): the
+    optimiser step on the trainable part (pure; `make_apply_fn` jits it). A non-finite gradient
+    leaves the trainable params and the optimiser state untouched (the caller logs the skip)."""
 
-    grads and opt_state are of the trainable part of params (`init_opt_state`). A non-finite
-    gradient leaves params and optimiser state untouched (the caller logs the skip).
-    """
-
-    @jax.jit
     def update(trainable, opt_state, grads):
         gnorm = optax.global_norm(grads)
         finite = jnp.isfinite(gnorm)
@@ -98,9 +95,20 @@ def make_apply_fn(optimizer: optax.GradientTransformation):
         keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(finite, a, b), new, old)
         return keep(new_trainable, trainable), keep(new_opt, opt_state), gnorm, finite
 
+    return update
+
+
+def make_apply_fn(optimizer: optax.GradientTransformation, update=None):
+    """apply(params, opt_state, grads) -> (params, opt_state, grad_norm, finite).
+
+    grads and opt_state are of the trainable part of params (`init_opt_state`); `update` is the
+    jitted `make_update_fn(optimizer)` (a sharded, donating one on a mesh). The frozen part never
+    enters it: its arrays are returned as they came (no copy per step, never donated, and shared
+    with any reference policy taken from the same state).
+    """
+    update = jax.jit(make_update_fn(optimizer)) if update is None else update
+
     def fn(params, opt_state, grads):
-        # The frozen part never enters the jitted update: its arrays are returned as they came
-        # (no copy per step, and shared with any reference policy taken from the same state).
         trainable, frozen = split_trainable(params)
         new_trainable, new_opt, gnorm, finite = update(trainable, opt_state, grads)
         return nnx.merge_state(new_trainable, frozen), new_opt, gnorm, finite
