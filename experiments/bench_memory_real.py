@@ -1,8 +1,9 @@
 """XLA temporary bytes and compile time of one actor-update-shaped forward + backward at
-SmolLM2-135M's shape, per rematerialisation policy.
+SmolLM2-135M's shape, per rematerialisation policy, with the layers in a Python loop or under
+`lax.scan` (ModelConfig.scan_layers).
 
     python -m experiments.bench_memory_real [--prompt 512 --group 8 --response 128]
-        [--compute-dtype bfloat16] [--remat none,block,attention] [--json PATH]
+        [--compute-dtype bfloat16] [--remat none,block,attention] [--scan off,on] [--json PATH]
 
 Compile only (parameters are abstract, nothing is allocated): the gradient of a policy-gradient
 loss Σ A·log p over one prompt-once `PackedTree` row (a P-token prompt and G completions of R
@@ -65,16 +66,25 @@ def measure(cfg: ModelConfig, packed) -> dict:
         return jnp.sum(jnp.where(mask, lp * adv_BxGxR, 0.0))
 
     t0 = time.perf_counter()
-    compiled = jax.jit(jax.grad(loss)).lower(abstract, packed, adv).compile()
-    seconds = time.perf_counter() - t0
+    lowered = jax.jit(jax.grad(loss)).lower(abstract, packed, adv)
+    t1 = time.perf_counter()
+    compiled = lowered.compile()
+    t2 = time.perf_counter()
     mem = compiled.memory_analysis()
-    return {"remat": cfg.remat, "temp_bytes": int(mem.temp_size_in_bytes),
+    return {"remat": cfg.remat, "scan": cfg.scan_layers, "temp_bytes": int(mem.temp_size_in_bytes),
             "argument_bytes": int(mem.argument_size_in_bytes),
-            "output_bytes": int(mem.output_size_in_bytes), "compile_s": round(seconds, 1)}
+            "output_bytes": int(mem.output_size_in_bytes), "lower_s": round(t1 - t0, 2),
+            "compile_s": round(t2 - t0, 1)}
+
+
+def layer_param_bytes(cfg: ModelConfig) -> int:
+    """Bytes of the decoder layers' parameters: what the scan's stacked copy of them holds."""
+    abstract = nnx.state(nnx.eval_shape(lambda: Transformer(cfg, rngs=nnx.Rngs(0))).layers)
+    return sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(abstract))
 
 
 def main(argv=None):
-    """Measure each remat policy and print a table with the ratio to remat none."""
+    """Measure each remat policy × scan setting and print a table with the ratios to the first."""
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--prompt", type=int, default=512)
     p.add_argument("--group", type=int, default=8)
@@ -82,21 +92,30 @@ def main(argv=None):
     p.add_argument("--compute-dtype", default="bfloat16", choices=("float32", "bfloat16"))
     p.add_argument("--remat", default="none,block,attention",
                    help=f"comma-separated policies out of {', '.join(REMAT_POLICIES)}")
+    p.add_argument("--scan", default="off,on", help="comma-separated: off (Python loop), on (scan)")
     p.add_argument("--json", default=None)
     args = p.parse_args(argv)
     packed = actor_batch(args.prompt, args.group, args.response, 49152)
     print(f"SmolLM2-135M shape, {args.compute_dtype} compute, fp32 params; one row P={args.prompt} "
           f"G={args.group} R={args.response} (T={packed.tokens_NxT.shape[1]}); {machine_note()}")
+    scans = {"off": False, "on": True}
+    stack = layer_param_bytes(smollm2_config())
+    print(f"decoder layers' parameters (the scan's stacked copy): {stack / 2**20:.1f} MiB")
     rows = []
     for remat in args.remat.split(","):
-        rows.append(measure(smollm2_config(compute_dtype=args.compute_dtype, remat=remat), packed))
-        base = rows[0]["temp_bytes"]
-        r = rows[-1]
-        print(f"remat {r['remat']:<9} temp {r['temp_bytes'] / 2**20:8.1f} MiB  "
-              f"({r['temp_bytes'] / base:.3f} of {rows[0]['remat']})  compile {r['compile_s']:.1f} s",
-              flush=True)
+        for scan in args.scan.split(","):
+            cfg = smollm2_config(compute_dtype=args.compute_dtype, remat=remat,
+                                 scan_layers=scans[scan])
+            rows.append(measure(cfg, packed))
+            first, r = rows[0], rows[-1]
+            print(f"remat {r['remat']:<9} scan {scan:<3}  temp {r['temp_bytes'] / 2**20:8.1f} MiB "
+                  f"({r['temp_bytes'] / first['temp_bytes']:.3f})  lower {r['lower_s']:5.1f} s  "
+                  f"lower+compile {r['compile_s']:5.1f} s ({r['compile_s'] / first['compile_s']:.2f})"
+                  f"  [ratios to remat {first['remat']} scan {'on' if first['scan'] else 'off'}]",
+                  flush=True)
     write_json(args.json, {"machine": machine_note(), "shape_PGR": [args.prompt, args.group,
-                           args.response], "compute_dtype": args.compute_dtype, "rows": rows})
+                           args.response], "compute_dtype": args.compute_dtype,
+                           "layer_param_bytes": stack, "rows": rows})
 
 
 if __name__ == "__main__":

@@ -66,6 +66,11 @@ class ModelConfig:
     # recomputes the attention core only (its score tiles are the largest activations of the XLA
     # path; the Pallas kernels save only the log-sum-exp anyway).
     remat: str = "none"
+    # Run the layers of the training forward (Dense / PackedTree log-probs and their gradients)
+    # as one `lax.scan` over their stacked parameters instead of a Python loop (not exported):
+    # compile time no longer grows with the depth. The stored parameters stay one module per
+    # layer; the stack is a copy made inside the step. Cache-writing steps always loop.
+    scan_layers: bool = False
 
     def __post_init__(self):
         if self.model_type not in SUPPORTED_MODEL_TYPES:

@@ -192,6 +192,25 @@ def _layer_fn(inv_freq, attend):
     return lambda layer, x_tree, pos_tree: layer(x_tree, pos_tree, inv_freq, attend)
 
 
+def _stacked_layers(layers):
+    """(graphdef, state with a leading [L] axis on every leaf) of identically structured layers.
+
+    The stored model keeps one module per layer (the parameter paths HF loading, LoRA, the
+    sharding rules and checkpoints rely on); the stack is a copy made inside the traced forward,
+    so its gradient is unstacked back onto the per-layer parameters by `jnp.stack`'s transpose.
+    """
+    graphdef, first = nnx.split(layers[0])
+    states = [first]
+    for i, layer in enumerate(layers[1:], start=1):
+        gd, state = nnx.split(layer)
+        if gd != graphdef:
+            # e.g. LoRA adapters on some layers only: one scan body cannot run both structures.
+            raise ValueError(f"scan_layers needs identically structured layers; layer {i} differs "
+                             "from layer 0")
+        states.append(state)
+    return graphdef, jax.tree.map(lambda *xs: jnp.stack(xs), *states)
+
+
 class Transformer(nnx.Module):
     """The decoder. `hidden(tokens_tree, pos_tree, attend)` -> final-normed hidden states."""
 
@@ -223,31 +242,57 @@ class Transformer(nnx.Module):
         w = self.embed_tokens[...].T if self.lm_head is None else self.lm_head[...]
         return w.astype(self.compute_dtype)
 
-    def hidden(self, tokens_tree, pos_tree, attend, remat: str = "none"):
+    def hidden(self, tokens_tree, pos_tree, attend, remat: str = "none", scan: bool = False):
         """attend(layer_index, q_tree, k_tree, v_tree) -> o_tree, implemented per layout."""
         return self.hidden_from_embeddings(jax.tree.map(self.embed, tokens_tree), pos_tree, attend,
-                                           remat)
+                                           remat, scan)
 
-    def hidden_from_embeddings(self, x_tree, pos_tree, attend, remat: str = "none"):
+    def hidden_from_embeddings(self, x_tree, pos_tree, attend, remat: str = "none",
+                               scan: bool = False):
         """Run every layer on a pytree of embeddings with matching position pytree; `attend(layer,
         q, k, v)` does the attention for the layout. Returns final-normed hidden states in the
         compute dtype.
 
-        remat (see ModelConfig.remat) applies only to a pure `attend`: the training layouts pass
-        the config's policy; cache-writing steps (prefill, decode) keep "none".
+        remat (see ModelConfig.remat) and scan (ModelConfig.scan_layers) apply only to a pure
+        `attend`: the training layouts pass the config's settings; cache-writing steps (prefill,
+        decode) keep "none" and the Python loop. Under scan, `attend` gets the layer index as a
+        traced int32 scalar instead of a Python int.
         """
         if remat not in REMAT_POLICIES:
             raise ValueError(f"remat must be one of {REMAT_POLICIES}, got {remat!r}")
         inv_freq = rope_inv_freq(self.config)
-        for i, layer in enumerate(self.layers):
-            attend_i = lambda q, k, v, i=i: attend(i, q, k, v)
+        if scan:
+            x_tree = self._scan(x_tree, pos_tree, inv_freq, attend, remat)
+        else:
+            for i, layer in enumerate(self.layers):
+                attend_i = lambda q, k, v, i=i: attend(i, q, k, v)
+                if remat == "attention":
+                    attend_i = jax.checkpoint(attend_i)
+                if remat == "block":
+                    x_tree = nnx.remat(_layer_fn(inv_freq, attend_i))(layer, x_tree, pos_tree)
+                else:
+                    x_tree = layer(x_tree, pos_tree, inv_freq, attend_i)
+        return jax.tree.map(lambda x: self.norm(x).astype(self.compute_dtype), x_tree)
+
+    def _scan(self, x_tree, pos_tree, inv_freq, attend, remat):
+        """The layers as one `lax.scan` over their stacked states: one layer is traced and compiled
+        once whatever the depth, and the loop carries only the residual stream."""
+        graphdef, stacked = _stacked_layers(self.layers)
+
+        def body(x_tree, xs):
+            i, state = xs
+            attend_i = lambda q, k, v: attend(i, q, k, v)
             if remat == "attention":
                 attend_i = jax.checkpoint(attend_i)
-            if remat == "block":
-                x_tree = nnx.remat(_layer_fn(inv_freq, attend_i))(layer, x_tree, pos_tree)
-            else:
-                x_tree = layer(x_tree, pos_tree, inv_freq, attend_i)
-        return jax.tree.map(lambda x: self.norm(x).astype(self.compute_dtype), x_tree)
+            return nnx.merge(graphdef, state)(x_tree, pos_tree, inv_freq, attend_i), None
+
+        if remat == "block":
+            # The body's inputs are the carry and this layer's slice of the stacked state (already
+            # stored): only the residual stream entering each layer is saved for the backward.
+            body = jax.checkpoint(body)
+        index_L = jnp.arange(len(self.layers), dtype=jnp.int32)
+        x_tree, _ = jax.lax.scan(body, x_tree, (index_L, stacked))
+        return x_tree
 
     def logits(self, h):
         """Hidden states [..., E] -> float32 logits [..., V] (accumulated in float32: a bf16 logit
