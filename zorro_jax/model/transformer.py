@@ -181,7 +181,10 @@ class Block(nnx.Module):
         k_tree = jax.tree.map(lambda t: t[1], qkv, is_leaf=is_triple)
         v_tree = jax.tree.map(lambda t: t[2], qkv, is_leaf=is_triple)
         o_tree = attend(q_tree, k_tree, v_tree)
-        x_tree = jax.tree.map(lambda x, o: x + self.self_attn.output(o).astype(x.dtype), x_tree, o_tree)
+        # o in the compute dtype (what every layout's attention returns; a no-op then): every
+        # Linear's input is, which lets a scan round their weights before stacking them.
+        attn_out = lambda x, o: x + self.self_attn.output(o.astype(cd)).astype(x.dtype)
+        x_tree = jax.tree.map(attn_out, x_tree, o_tree)
         mlp = lambda x: self.mlp(self.post_attention_layernorm(x).astype(cd)).astype(x.dtype)
         return jax.tree.map(lambda x: x + mlp(x), x_tree)
 
@@ -192,17 +195,33 @@ def _layer_fn(inv_freq, attend):
     return lambda layer, x_tree, pos_tree: layer(x_tree, pos_tree, inv_freq, attend)
 
 
-def _stacked_layers(layers):
+def _layer_state(layer, compute_dtype):
+    """(graphdef, state) of one layer, each `Linear`'s kernel and bias rounded to the compute dtype.
+
+    A Linear only ever uses its weights rounded to its input's dtype, and `Block` feeds every
+    Linear (adapters included) in the compute dtype, so rounding before the stack is exact
+    (forward and gradient: the rounding's transpose casts the gradient back) and halves the
+    stacked copy, its gradient and the per-layer rounded weights the scan would otherwise save
+    for the backward, when bf16 compute runs on float32 master weights.
+    """
+    linears = {path for path, m in nnx.iter_modules(layer) if isinstance(m, Linear)}
+    rounded = lambda path, _: path[:-1] in linears and path[-1] in ("kernel", "bias")
+    graphdef, weights, rest = nnx.split(layer, rounded, ...)
+    weights = jax.tree.map(lambda w: w.astype(compute_dtype), weights)
+    return graphdef, nnx.merge_state(weights, rest)
+
+
+def _stacked_layers(layers, compute_dtype):
     """(graphdef, state with a leading [L] axis on every leaf) of identically structured layers.
 
     The stored model keeps one module per layer (the parameter paths HF loading, LoRA, the
     sharding rules and checkpoints rely on); the stack is a copy made inside the traced forward,
     so its gradient is unstacked back onto the per-layer parameters by `jnp.stack`'s transpose.
     """
-    graphdef, first = nnx.split(layers[0])
+    graphdef, first = _layer_state(layers[0], compute_dtype)
     states = [first]
     for i, layer in enumerate(layers[1:], start=1):
-        gd, state = nnx.split(layer)
+        gd, state = _layer_state(layer, compute_dtype)
         if gd != graphdef:
             # e.g. LoRA adapters on some layers only: one scan body cannot run both structures.
             raise ValueError(f"scan_layers needs identically structured layers; layer {i} differs "
@@ -277,7 +296,7 @@ class Transformer(nnx.Module):
     def _scan(self, x_tree, pos_tree, inv_freq, attend, remat):
         """The layers as one `lax.scan` over their stacked states: one layer is traced and compiled
         once whatever the depth, and the loop carries only the residual stream."""
-        graphdef, stacked = _stacked_layers(self.layers)
+        graphdef, stacked = _stacked_layers(self.layers, self.compute_dtype)
 
         def body(x_tree, xs):
             i, state = xs
@@ -289,7 +308,15 @@ class Transformer(nnx.Module):
         if remat == "block":
             # The body's inputs are the carry and this layer's slice of the stacked state (already
             # stored): only the residual stream entering each layer is saved for the backward.
-            body = jax.checkpoint(body)
+            policy = None
+        else:
+            # A scan saves its body's residuals as JAX names them: every float32 upcast and
+            # elementwise intermediate (1.3x the loop's temp bytes at SmolLM2's shape), where the
+            # unrolled loop's XLA fusions recompute them from the matmul outputs. Saving the
+            # matmul outputs only does the same explicitly (0.8x the loop's there).
+            policy = jax.checkpoint_policies.dots_saveable
+        # prevent_cse=False: the scan already keeps the recomputation from being merged away.
+        body = jax.checkpoint(body, policy=policy, prevent_cse=False)
         index_L = jnp.arange(len(self.layers), dtype=jnp.int32)
         x_tree, _ = jax.lax.scan(body, x_tree, (index_L, stacked))
         return x_tree
