@@ -237,7 +237,7 @@ BY_NAME = {f.name: f for f in FIGURES}
 
 def git_commit() -> str:
     """Short HEAD commit, marked when code (not the README or results/) has local changes."""
-    from zorro_jax.rl.pipeline import git_state
+    from zorro_jax.rl.report import git_state
 
     commit, dirty = git_state()
     return (commit[:7] if commit else "unknown") + ("+local changes" if dirty else "")

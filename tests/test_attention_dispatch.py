@@ -47,3 +47,40 @@ def test_interpret_only_on_cpu():
 def test_self_checks_pass_in_interpret_mode(layout):
     """The real checks, run here in interpret mode, so they cannot rot."""
     assert attention.SELF_CHECKS[layout](interpret=True) <= attention.SELF_CHECK_TOLERANCE
+
+
+def test_lower_layers_do_not_import_the_parallel_layer():
+    """The mesh reaches attention as an argument (`MeshKernels`), never by importing parallel/."""
+    from pathlib import Path
+
+    from tests.tasks.test_task_plugins import imported_modules
+
+    root = Path(attention.__file__).parent
+    files = [root / "attention.py", root / "layouts.py", *sorted((root / "model").glob("*.py")),
+             *sorted((root / "sampling").glob("*.py"))]
+    offenders = {p.name: sorted(m for m in imported_modules(p) if m.startswith("zorro_jax.parallel"))
+                 for p in files}
+    assert not {k: v for k, v in offenders.items() if v}
+    assert "zorro_jax.attention" in imported_modules(root / "parallel" / "kernels.py")
+
+
+def test_mesh_impl_wraps_pallas_once_per_mesh():
+    """One `MeshKernels` per mesh (it keys compiled programs); other backends, no mesh and a mesh
+    of one device pass through. The kernels themselves run in tests/parallel (8 devices)."""
+    import dataclasses
+
+    from zorro_jax.parallel.kernels import mesh_impl
+
+    @dataclasses.dataclass(frozen=True)
+    class Mesh:  # what mesh_impl reads of a mesh: its size, and that it hashes
+        size: int
+        shape: tuple
+
+    mesh, other = Mesh(8, (2, 2, 2)), Mesh(8, (1, 2, 4))
+    assert mesh_impl("pallas", None) == "pallas" and mesh_impl("pallas", Mesh(1, (1, 1, 1))) == "pallas"
+    kernels = mesh_impl("pallas", mesh)
+    assert isinstance(kernels, attention.MeshKernels) and kernels.mesh is mesh
+    assert mesh_impl("pallas", mesh) is kernels and mesh_impl(kernels, mesh) is kernels
+    assert mesh_impl("pallas", other) is not kernels and mesh_impl("pallas", other) != kernels
+    assert mesh_impl("xla", mesh) == "xla" and mesh_impl("reference", mesh) == "reference"
+    assert attention.impl_name(kernels) == "pallas" and attention.impl_name("xla") == "xla"

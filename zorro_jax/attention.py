@@ -4,18 +4,19 @@ The model calls these through the layout code and never knows which kernel runs.
 a layout does not support (or that cannot run on this platform) falls back to "xla" with a
 warning, never a crash.
 
-On a mesh, XLA cannot partition a Pallas call (it would gather every operand onto each device).
-The sharded steps of `zorro_jax.parallel.steps` therefore trace the model inside
-`kernel_mesh(mesh)`, and "pallas" attention then runs the kernels per device under `shard_map`
-(`zorro_jax.parallel.kernels`): groups on (data, fsdp), heads on tensor.
+`impl` is a backend name or a `MeshKernels`: on a mesh, XLA cannot partition a Pallas call (it
+would gather every operand onto each device), so the sharded steps pass the kernels wrapped to
+run per device under `shard_map` (`zorro_jax.parallel.kernels.mesh_impl`: groups on (data,
+fsdp), heads on tensor). The mesh reaches this layer as that argument, never as global state.
 """
 
 from __future__ import annotations
 
-import contextlib
+import dataclasses
 import functools
-import threading
 import warnings
+from collections.abc import Callable
+from typing import ClassVar
 
 import jax
 import jax.numpy as jnp
@@ -33,26 +34,24 @@ def default_impl() -> str:
     return "pallas" if jax.default_backend() == "gpu" else "xla"
 
 
-_MESH = threading.local()
+@dataclasses.dataclass(frozen=True, eq=False)
+class MeshKernels:
+    """The "pallas" backend on a mesh: each kernel wrapped to run per device under `shard_map`
+    (built by `zorro_jax.parallel.kernels.mesh_impl`, one object per mesh). It hashes by
+    identity, so as a static argument it keys compiled programs by mesh."""
+
+    name: ClassVar[str] = "pallas"
+    mesh: object
+    # Same signatures as pallas_kernels.tree_attention_pallas.tree_attention and
+    # shared_prefix_decode.shared_prefix_attention / suffix_decode.suffix_attention_pallas.
+    tree_attention: Callable
+    prefix_attention: Callable
+    suffix_attention: Callable
 
 
-@contextlib.contextmanager
-def kernel_mesh(mesh):
-    """While tracing inside this context, "pallas" attention runs its kernels under `shard_map`
-    over `mesh` (a mesh of one device, or None, changes nothing). Set at trace time, so use it
-    inside the function being jitted.
-    """
-    previous = getattr(_MESH, "mesh", None)
-    _MESH.mesh = mesh if mesh is not None and mesh.size > 1 else None
-    try:
-        yield
-    finally:
-        _MESH.mesh = previous
-
-
-def current_kernel_mesh():
-    """The mesh set by the innermost `kernel_mesh`, or None."""
-    return getattr(_MESH, "mesh", None)
+def impl_name(impl) -> str | None:
+    """The backend name of an `impl` argument (a name, None or a `MeshKernels`)."""
+    return impl.name if isinstance(impl, MeshKernels) else impl
 
 
 @functools.cache
@@ -94,7 +93,7 @@ def resolve_impl(impl: str | None, layout: str, supported=IMPLS) -> str:
     """The attention backend to use for `layout`: `impl` or the default, falling back to 'xla' (with
     a warning) where `impl` is not in `supported` or its Pallas kernels fail `pallas_self_check`.
     """
-    impl = impl or default_impl()
+    impl = impl_name(impl) or default_impl()
     if impl not in IMPLS:
         raise ValueError(f"attention impl must be one of {IMPLS}, got {impl!r}")
     if impl not in supported:
@@ -160,7 +159,7 @@ XLA_TREE_TILES = (128, 64)
 def tree_tiles(impl: str | None, heads_per_kv: int, head_dim: int, dtype) -> tuple[int, int]:
     """The (query tokens, key tokens) tiles a `PackedTree` batch is packed with for `impl`: the
     Pallas kernel's defaults (sized for sm_90) or the XLA path's."""
-    if (impl or default_impl()) == "pallas":
+    if (impl_name(impl) or default_impl()) == "pallas":
         from pallas_kernels import tree_attention_pallas as tap
 
         return tap.default_token_blocks(heads_per_kv, head_dim, dtype)
@@ -172,21 +171,16 @@ def packed_tree_attention(q_NxTxHxD, k_NxTxKxD, v_NxTxKxD, subtree_end_NxT, bloc
     `blocks` are the layout's block lists (the XLA and Pallas paths visit only listed tiles)."""
     from pallas_kernels import tree_attention as ta
 
-    impl = resolve_impl(impl, "PackedTree")
-    if impl == "reference":
+    name = resolve_impl(impl, "PackedTree")
+    if name == "reference":
         return ta.tree_attention_reference(q_NxTxHxD, k_NxTxKxD, v_NxTxKxD, subtree_end_NxT)
-    if impl == "xla":
+    if name == "xla":
         return ta.tree_attention_xla(q_NxTxHxD, k_NxTxKxD, v_NxTxKxD, subtree_end_NxT, blocks)
     from pallas_kernels import tree_attention_pallas as tap
 
     kw.setdefault("interpret", interpret_mode())
-    mesh = current_kernel_mesh()
-    if mesh is not None:
-        from zorro_jax.parallel.kernels import tree_attention_sharded
-
-        return tree_attention_sharded(mesh, q_NxTxHxD, k_NxTxKxD, v_NxTxKxD, subtree_end_NxT,
-                                      blocks, **kw)
-    return tap.tree_attention(q_NxTxHxD, k_NxTxKxD, v_NxTxKxD, subtree_end_NxT, blocks, **kw)
+    fn = impl.tree_attention if isinstance(impl, MeshKernels) else tap.tree_attention
+    return fn(q_NxTxHxD, k_NxTxKxD, v_NxTxKxD, subtree_end_NxT, blocks, **kw)
 
 
 def shared_prefix_decode_attention(
@@ -197,19 +191,16 @@ def shared_prefix_decode_attention(
     under each entry) ⊕ each sample's own suffix ("pallas": only its written keys)."""
     from pallas_kernels import shared_prefix_decode as spd
 
-    impl = resolve_impl(impl, "SharedPrefixDecode")
-    if impl == "reference":
+    name = resolve_impl(impl, "SharedPrefixDecode")
+    if name == "reference":
         return spd.shared_prefix_decode_reference(
             q_BxGxTxHxD, prefix_levels, k_suffix, v_suffix, q_start_BxG
         )
-    if impl == "pallas":
+    if name == "pallas":
         kw.setdefault("interpret", interpret_mode())
-    mesh = current_kernel_mesh()
-    if impl == "pallas" and mesh is not None:
-        from zorro_jax.parallel import kernels
-
-        kw["prompt_fn"] = functools.partial(kernels.shared_prefix_attention_sharded, mesh)
-        kw["suffix_fn"] = functools.partial(kernels.suffix_attention_sharded, mesh)
+    if name == "pallas" and isinstance(impl, MeshKernels):
+        kw["prompt_fn"] = impl.prefix_attention
+        kw["suffix_fn"] = impl.suffix_attention
     return spd.shared_prefix_decode_attention(
-        q_BxGxTxHxD, prefix_levels, k_suffix, v_suffix, q_start_BxG, impl=impl, **kw
+        q_BxGxTxHxD, prefix_levels, k_suffix, v_suffix, q_start_BxG, impl=name, **kw
     )

@@ -28,6 +28,14 @@ from sharded_checks import RTOL, assert_close
 
 from experiments.quickstart import QUICKSTART
 from zorro_jax.model.config import ModelConfig
+from zorro_jax.model.lora import (
+    LoRAConfig,
+    add_lora,
+    base_model,
+    projections,
+    reference_state,
+    split_trainable,
+)
 from zorro_jax.model.transformer import init_model
 from zorro_jax.parallel.mesh import MeshConfig
 from zorro_jax.parallel.steps import training_steps
@@ -36,7 +44,7 @@ from zorro_jax.rl.grpo import GRPOTrainer, Policy, PromptItem
 from zorro_jax.rl.losses import compute_advantages
 from zorro_jax.rl.optim import make_optimizer
 from zorro_jax.rl.sft import make_sft_step
-from zorro_jax.rl.steps import make_apply_fn
+from zorro_jax.rl.steps import init_opt_state, make_apply_fn
 from zorro_jax.sampling.sampler import SamplerConfig
 
 MESHES = [(8, 1, 1), (2, 2, 2), (1, 2, 4)]
@@ -164,7 +172,78 @@ def check_sft():
         print(f"sft {sizes}: ok")
 
 
-CHECKS = {"grpo": check_grpo, "sft": check_sft}
+def lora_policy():
+    """The check's model with rank-4 adapters whose B is non-zero (as after an SFT phase)."""
+    model = add_lora(init_model(model_config(), seed=0), LoRAConfig(rank=4, alpha=8.0), seed=1)
+    rng = np.random.default_rng(2)
+    for _name, lin in projections(model).values():
+        lin.lora.lora_b.set_value(jnp.asarray(rng.normal(0, 0.05, lin.lora.lora_b.shape), jnp.float32))
+    return nnx.split(model)
+
+
+def run_grpo_lora(mesh, reference: str):
+    """Two GRPO iterations of a LoRA policy with a KL term against `reference`: "base" (the base
+    graph on the policy's frozen arrays) or "start" (the policy graph, frozen arrays + the
+    starting adapters)."""
+    cfg = grpo_config()
+    cfg = dataclasses.replace(cfg, loss=dataclasses.replace(cfg.loss, kl_coef=0.05))
+    graphdef, params = lora_policy()
+    opt = make_optimizer(cfg.optim)
+    if mesh is not None:
+        steps = training_steps(graphdef, params, opt, loss_cfg=cfg.loss, mesh=mesh, impl="xla",
+                               rows_per_micro_batch=cfg.packing.rows_per_micro_batch)
+        # Placed first, as after an SFT phase on the mesh: the reference's adapters are then the
+        # very arrays the first update donates, unless the trainer copies them.
+        params = steps.place_params(params)
+    ref_graphdef = nnx.graphdef(base_model(nnx.merge(graphdef, params))) if reference == "base" else None
+    ref = reference_state(params, None if reference == "base" else split_trainable(params)[0])
+    policy = Policy(graphdef, params)
+    if mesh is None:
+        trainer = GRPOTrainer(policy, opt, make_apply_fn(opt), IdTokenizer(), items(), count_reward, cfg,
+                              ref_params=ref, ref_graphdef=ref_graphdef)
+        opt_state = init_opt_state(opt, policy.params)
+    else:
+        trainer = GRPOTrainer(policy, opt, None, IdTokenizer(), items(), count_reward, cfg, steps=steps,
+                              ref_params=ref, ref_graphdef=ref_graphdef)
+        opt_state = steps.init_opt(policy.params)
+    frozen0 = jax.device_get(split_trainable(policy.params)[1])
+    rows = []
+    for step in range(cfg.steps):
+        row, opt_state, _ = trainer.iteration(step, opt_state)
+        rows.append(row)
+    # One copy of the base: the reference's frozen arrays are the policy's, alive and unchanged.
+    frozen = jax.tree.leaves(split_trainable(policy.params)[1])
+    ref_frozen = jax.tree.leaves(split_trainable(trainer.ref_params)[1] if reference == "start"
+                                 else trainer.ref_params)
+    assert all(x is y for x, y in zip(frozen, ref_frozen, strict=True)), "the base was copied"
+    assert_close(f"{reference} frozen base", jax.device_get(split_trainable(policy.params)[1]), frozen0,
+                 rtol=0.0)
+    # Optimiser state of the adapters only.
+    adapters = sum(x.size for x in jax.tree.leaves(split_trainable(policy.params)[0]))
+    assert sum(np.size(x) for x in jax.tree.leaves(opt_state)) <= 2 * adapters + 8
+    return rows, jax.device_get(policy.params), jax.device_get(opt_state)
+
+
+def check_lora():
+    for reference in ("base", "start"):
+        want_rows, want_params, want_opt = run_grpo_lora(None, reference)
+        if reference == "base":  # the adapters' B ≠ 0: the reference is in the loss from step 0
+            assert all(r["kl"] > 1e-6 for r in want_rows), want_rows
+        a0 = split_trainable(lora_policy()[1])[0]
+        moved = max(float(np.abs(np.asarray(a) - np.asarray(b)).max())
+                    for a, b in zip(jax.tree.leaves(split_trainable(want_params)[0]), jax.tree.leaves(a0)))
+        assert moved > 1e-6, moved
+        sizes = (2, 2, 2)
+        rows, params, opt_state = run_grpo_lora(MeshConfig(*sizes).make(), reference)
+        for step, (row, want) in enumerate(zip(rows, want_rows)):
+            for k in ("reward_mean", "kl", "grad_norm"):
+                assert_close(f"{sizes} {reference} step {step} {k}", np.float64(row[k]), np.float64(want[k]))
+        assert_close(f"{sizes} {reference} params", params, want_params)
+        assert_close(f"{sizes} {reference} opt_state", opt_state, want_opt)
+        print(f"lora {reference} reference {sizes}: ok")
+
+
+CHECKS = {"grpo": check_grpo, "sft": check_sft, "lora": check_lora}
 
 if __name__ == "__main__":
     assert jax.device_count() == 8, jax.devices()

@@ -6,6 +6,7 @@ conftest has already initialised jax in the parent process) and exits non-zero o
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import sys
 
@@ -307,6 +308,21 @@ def check_pallas_steps():
             _tok, logits, new_cache = decode(sparams, placed, tok0, live)
             assert_close(f"{sizes} {levels}-level pallas decode logits", logits, want_logits)
             assert_close(f"{sizes} {levels}-level pallas decode cache", new_cache, want_cache)
+        if sizes == (2, 2, 2):
+            # The sampler's jitted prefill and decode loop on the mesh run the kernels per device
+            # too, and give the single-device XLA rollouts.
+            pcfg = dataclasses.replace(scfg, attention_impl="pallas")
+            want = generate(model, tree, 2, dataclasses.replace(scfg, attention_impl="xla"),
+                            jax.random.key(1))
+            got = steps.generate_sharded(nnx.merge(graphdef, sparams), tree, 2, pcfg,
+                                         jax.random.key(1), mesh)
+            np.testing.assert_array_equal(got.tokens_BxGxR, want.tokens_BxGxR)
+            assert_close(f"{sizes} pallas rollout logp", got.logp_BxGxR, want.logp_BxGxR)
+            spec = pcfg.draw_spec()._replace(impl=kernels.mesh_impl("pallas", mesh))
+            prefill = lambda p, lv, spec=spec: shared_prefill(graphdef, p, lv, jax.random.key(1),
+                                                              spec=spec, group_size=2, response_size=8)
+            jaxpr = str(jax.make_jaxpr(prefill)(sparams, pack_levels(tree, scfg)))
+            assert "shard_map" in jaxpr and "pallas_call" in jaxpr, "sampler gathered the kernels"
         print(f"pallas steps {sizes}: ok")
 
 

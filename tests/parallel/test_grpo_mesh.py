@@ -23,3 +23,10 @@ def test_sft_steps_on_meshes_match_single_device():
     out = run_check("sft")
     for mesh in ("(8, 1, 1)", "(2, 2, 2)", "(1, 2, 4)"):
         assert f"sft {mesh}: ok" in out, out
+
+
+@pytest.mark.slow  # ~40 s: two references, one device and a (2, 2, 2) mesh each
+def test_lora_grpo_on_a_mesh_matches_single_device_and_shares_the_base():
+    out = run_check("lora")
+    for reference in ("base", "start"):
+        assert f"lora {reference} reference (2, 2, 2): ok" in out, out

@@ -22,13 +22,10 @@ from zorro_jax.model.lora import (
     split_trainable,
 )
 from zorro_jax.model.transformer import init_model
-from zorro_jax.parallel.mesh import MeshConfig
-from zorro_jax.parallel.steps import training_steps
 from zorro_jax.rl.batches import PackingConfig, pack_groups
 from zorro_jax.rl.grpo import GRPOConfig, GRPOTrainer, Policy, PromptItem
 from zorro_jax.rl.losses import LossConfig
 from zorro_jax.rl.optim import OptimConfig, make_optimizer
-from zorro_jax.rl.pipeline import PolicyConfig, RunConfig
 from zorro_jax.rl.sft import SFTConfig, make_sft_step
 from zorro_jax.rl.steps import init_opt_state, make_apply_fn, make_sft_grad_fn
 from zorro_jax.sampling.sampler import SamplerConfig
@@ -176,25 +173,3 @@ def test_grpo_kl_reference_is_the_base_and_shares_its_arrays():
     _, start_frozen = split_trainable(with_start)
     assert all(x is y for x, y in zip(jax.tree.leaves(start_frozen), frozen, strict=True))
     np.testing.assert_array_equal(trainer.steps.logprob(with_start, mb.packed)[0], fresh_lp)
-
-
-def test_lora_on_a_mesh_is_refused():
-    """The mesh steps grad and place the whole state and the trainer copies the reference off the
-    donated policy: a model with adapters is refused by the steps, the trainer and the run's
-    config, not trained on a wrong layout (one device keeps working: the tests above)."""
-    mesh = MeshConfig(data=1, fsdp=1, tensor=1).make(jax.devices()[:1])
-    graphdef, params = nnx.split(lora_model(random_b=False))
-    opt = make_optimizer(OptimConfig())
-    with pytest.raises(ValueError, match="LoRA on a mesh is not supported yet"):
-        training_steps(graphdef, params, opt, mesh=mesh)
-    # Mesh steps built for the plain model, handed a policy with adapters.
-    steps = training_steps(*nnx.split(tiny_model()), opt, mesh=mesh)
-    items = [PromptItem(task=3, prompt_ids=[4, 5, 6])] * 2
-    cfg = GRPOConfig(steps=1, prompts_per_step=2, group_size=2, attention_impl="xla",
-                     sampler=SamplerConfig(max_new_tokens=4, eos_token_ids=(2,), attention_impl="xla"))
-    with pytest.raises(ValueError, match="LoRA on a mesh is not supported yet"):
-        GRPOTrainer(Policy(graphdef, params), opt, None, CharTokenizer(), items, count_reward, cfg, steps=steps)
-    with pytest.raises(ValueError, match="LoRA on a mesh is not supported yet"):
-        RunConfig(policy=PolicyConfig(lora_rank=4), mesh=MeshConfig(data=2, fsdp=1, tensor=1))
-    RunConfig(policy=PolicyConfig(lora_rank=4))
-    RunConfig(mesh=MeshConfig(data=2, fsdp=1, tensor=1))

@@ -80,9 +80,9 @@ def test_summary_reports_quarters_and_a_paired_interval():
 
 
 def test_provenance_names_the_commit_packages_and_seeds():
-    from zorro_jax.rl.pipeline import RunConfig, provenance
+    from zorro_jax.rl.report import provenance
 
-    p = provenance(RunConfig())
+    p = provenance({"policy": 0, "sft": 1, "grpo": 2, "speculative": 3})
     assert p["git_commit"] is None or len(p["git_commit"]) == 40
     assert p["packages"]["jax"] and p["packages"]["flax"]
     assert set(p["seeds"]) == {"policy", "sft", "grpo", "speculative"}

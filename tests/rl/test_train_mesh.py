@@ -67,3 +67,30 @@ def test_train_on_fsdp_mesh_matches_one_device_and_exports_for_transformers(tmp_
     ours = np.asarray(dense_logits(load_hf_model(folder), tokens.astype(np.int32)))
     # The tolerance of the transformers parity tests (two fp32 implementations, tests/model).
     assert max_rel(ours, ref) <= 1e-4, max_rel(ours, ref)
+
+
+@pytest.mark.slow  # ~3 min on two busy cores: two short runs
+def test_lora_run_on_fsdp_mesh_matches_one_device(tmp_path):
+    """LoRA with a KL term through the run on an fsdp mesh (adapters sharded, trained by SFT and
+    donated; the reference on the policy's base arrays): the same rollouts, SFT losses and
+    exported adapter as one device. This tiny policy's groups score alike: its GRPO gradients are
+    rounding noise (~1e-10), which Adam's normalisation would turn into lr-sized steps that differ
+    between reduction orders, so GRPO runs at lr 1e-12 here (steps ~1e-8 of the adapters' size;
+    every step still runs: rollouts, reference log-probs, gradients, the donating apply). The
+    GRPO updates' exactness on meshes is checked with real advantages in
+    tests/parallel/test_grpo_mesh.py."""
+    from safetensors.numpy import load_file
+
+    lora = ("--policy.lora_rank", "4", "--grpo.loss.kl_coef", "0.05", "--grpo.optim.lr", "1e-12")
+    one = train(tmp_path / "one", *lora)
+    mesh = train(tmp_path / "mesh", *lora, "--mesh.fsdp", "8")
+    phase = lambda rows, name: [r for r in rows if r["phase"] == name]
+    assert len(phase(mesh, "grpo")) == 2
+    for a, b in zip(phase(mesh, "grpo"), phase(one, "grpo")):
+        assert a["reward_mean"] == b["reward_mean"] and a["generated_tokens"] == b["generated_tokens"]
+    for a, b in zip(phase(mesh, "sft"), phase(one, "sft")):
+        assert max_rel(a["loss"], b["loss"]) <= 1e-5
+    got, want = (load_file(tmp_path / d / "adapter" / "adapter_model.safetensors") for d in ("mesh", "one"))
+    assert got.keys() == want.keys() and len(want) > 0
+    for k in want:
+        assert max_rel(got[k], want[k]) <= 1e-5, k

@@ -24,6 +24,7 @@ from jax.sharding import PartitionSpec as P
 from pallas_kernels import shared_prefix_decode as spd
 from pallas_kernels import suffix_decode as sd
 from pallas_kernels import tree_attention_pallas as tap
+from zorro_jax.attention import MeshKernels, default_impl, impl_name
 from zorro_jax.parallel.mesh import BATCH_AXES, batch_shards
 
 _DECODE_BLOCKS = spd.BlockSizes()
@@ -103,3 +104,20 @@ def tree_attention_sharded(mesh: Mesh, q_NxTxHxD, k_NxTxKxD, v_NxTxKxD, subtree_
                        in_specs=(heads, heads, heads, P(BATCH_AXES, None), rows),
                        out_specs=heads, check_vma=False)
     return fn(q_NxTxHxD, k_NxTxKxD, v_NxTxKxD, subtree_end_NxT, blocks)
+
+
+@functools.cache
+def _mesh_kernels(mesh: Mesh) -> MeshKernels:
+    return MeshKernels(mesh, functools.partial(tree_attention_sharded, mesh),
+                       functools.partial(shared_prefix_attention_sharded, mesh),
+                       functools.partial(suffix_attention_sharded, mesh))
+
+
+def mesh_impl(impl, mesh: Mesh | None):
+    """The `impl` argument for attention traced for `mesh`: "pallas" (asked for, or the platform
+    default) becomes the per-device kernels of this module, one `MeshKernels` per mesh so that
+    compiled programs are keyed by it; any other backend, or no mesh / one device, is unchanged.
+    """
+    if mesh is None or mesh.size == 1 or (impl_name(impl) or default_impl()) != "pallas":
+        return impl
+    return _mesh_kernels(mesh)

@@ -25,10 +25,10 @@ from flax import nnx
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from zorro_jax.attention import kernel_mesh
 from zorro_jax.layouts import PackedTree, bucket
-from zorro_jax.model.lora import has_lora
+from zorro_jax.model.lora import split_trainable
 from zorro_jax.parallel.distributed import place, to_host
+from zorro_jax.parallel.kernels import mesh_impl
 from zorro_jax.parallel.mesh import BATCH_AXES, batch_shards, check_batch, check_model
 from zorro_jax.parallel.rules import (
     batch_sharding,
@@ -46,6 +46,7 @@ from zorro_jax.rl.steps import (
     make_grpo_grad_fn,
     make_logprob_fn,
     make_sft_grad_fn,
+    make_update_fn,
 )
 from zorro_jax.sampling.cache import PrefixLevel, SharedPrefixKVCache, shared_prefix_step
 from zorro_jax.sampling.sampler import (
@@ -60,18 +61,15 @@ from zorro_jax.sampling.sampler import (
     to_rollouts,
 )
 
-# The sharded steps declare the whole state's shardings for the gradients and the optimiser, and
-# the GRPO trainer copies its KL reference off the donated policy arrays: neither is adapted to a
-# trainable part yet, so a model with adapters is refused rather than trained on a wrong layout.
-LORA_ON_MESH = ("LoRA on a mesh is not supported yet: run LoRA on one device (mesh 1 x 1 x 1, one "
-                "process) or drop the adapters (policy.lora_rank 0)")
-
 
 class StepShardings(NamedTuple):
     """Everything a caller needs to place inputs for the sharded steps."""
 
     mesh: Mesh
     params: object
+    # The trainable part of `params` (`model.lora.split_trainable`): what gradients and the
+    # optimiser state are laid out like (the adapters alone for a model with LoRA adapters).
+    trainable: object
     opt_state: object
     batch: NamedSharding
     replicated: NamedSharding
@@ -82,10 +80,13 @@ class StepShardings(NamedTuple):
 def step_shardings(mesh: Mesh, params, preset: str = "training",
                    optimizer: optax.GradientTransformation | None = None) -> StepShardings:
     """Shardings for a (concrete or abstract) params state under a preset; optimizer state
-    shardings too when an optimizer is given."""
+    shardings (of the trainable part) too when an optimizer is given."""
     ps = param_shardings(params, mesh, preset)
-    os_ = opt_state_shardings(optimizer, params, ps, mesh) if optimizer is not None else None
-    return StepShardings(mesh, ps, os_, batch_sharding(mesh), replicated(mesh), packed_shardings(mesh))
+    ts = split_trainable(ps)[0]
+    os_ = (opt_state_shardings(optimizer, split_trainable(params)[0], ts, mesh)
+           if optimizer is not None else None)
+    return StepShardings(mesh, ps, ts, os_, batch_sharding(mesh), replicated(mesh),
+                         packed_shardings(mesh))
 
 
 def constrain_batch(tree, mesh: Mesh):
@@ -102,40 +103,42 @@ def constrain_packed(batch: PackedTree, mesh: Mesh) -> PackedTree:
 def make_grad_step(graphdef, loss_cfg: LossConfig, sh: StepShardings, *, impl=None):
     """grad(params, batch, old_logp, adv, ref_logp, normaliser) -> (loss, metrics, grads).
 
-    The single-device GRPO gradient with declared shardings; grads come back sharded like the
-    params, so micro-batch accumulation stays sharded. The per-sample inputs (old / ref
+    The single-device GRPO gradient with declared shardings; grads (of the trainable part) come
+    back sharded like those params, so micro-batch accumulation stays sharded. The per-sample inputs (old / ref
     log-probs [B, G, R], advantages [B, G]) follow the loss view: replicated.
     """
-    grad_fn = make_grpo_grad_fn(graphdef, loss_cfg, impl, mesh=sh.mesh)
+    grad_fn = make_grpo_grad_fn(graphdef, loss_cfg, mesh_impl(impl, sh.mesh))
 
     def fn(params, batch, old_logp, adv, ref_logp, normaliser):
         return grad_fn(params, constrain_packed(batch, sh.mesh), old_logp, adv, ref_logp, normaliser)
 
     r = sh.replicated
-    return jax.jit(fn, in_shardings=(sh.params, sh.packed, r, r, r, r), out_shardings=(r, r, sh.params))
+    return jax.jit(fn, in_shardings=(sh.params, sh.packed, r, r, r, r), out_shardings=(r, r, sh.trainable))
 
 
 def make_sft_grad_step(graphdef, sh: StepShardings, *, impl=None):
     """grad(params, batch, normaliser) -> (loss, {}, grads): teacher forcing
     (`rl.steps.make_sft_grad_fn`) with declared shardings."""
-    grad_fn = make_sft_grad_fn(graphdef, impl, mesh=sh.mesh)
+    grad_fn = make_sft_grad_fn(graphdef, mesh_impl(impl, sh.mesh))
 
     def fn(params, batch, normaliser):
         return grad_fn(params, constrain_packed(batch, sh.mesh), normaliser)
 
     r = sh.replicated
-    return jax.jit(fn, in_shardings=(sh.params, sh.packed, r), out_shardings=(r, r, sh.params))
+    return jax.jit(fn, in_shardings=(sh.params, sh.packed, r), out_shardings=(r, r, sh.trainable))
 
 
 def make_apply_step(optimizer: optax.GradientTransformation, sh: StepShardings):
     """apply(params, opt_state, grads) -> (params, opt_state, grad_norm, finite); donates the
-    params and optimizer state."""
+    trainable params and the optimizer state (a frozen LoRA base passes through, not donated,
+    so a KL reference can share its arrays)."""
     if sh.opt_state is None:
         raise ValueError("make_apply_step needs StepShardings built with the optimizer")
     r = sh.replicated
-    return jax.jit(make_apply_fn(optimizer),
-                   in_shardings=(sh.params, sh.opt_state, sh.params),
-                   out_shardings=(sh.params, sh.opt_state, r, r), donate_argnums=(0, 1))
+    update = jax.jit(make_update_fn(optimizer),
+                     in_shardings=(sh.trainable, sh.opt_state, sh.trainable),
+                     out_shardings=(sh.trainable, sh.opt_state, r, r), donate_argnums=(0, 1))
+    return make_apply_fn(optimizer, update)
 
 
 def make_train_step(graphdef, optimizer: optax.GradientTransformation, loss_cfg: LossConfig,
@@ -144,18 +147,18 @@ def make_train_step(graphdef, optimizer: optax.GradientTransformation, loss_cfg:
     -> (params, opt_state, loss, metrics, grad_norm, finite).
 
     One GRPO update on a PackedTree micro-batch: the grad and apply steps fused into one program.
-    params and opt_state are donated.
+    params (all of them, a LoRA base too) and opt_state are donated.
     """
     if sh.opt_state is None:
         raise ValueError("make_train_step needs StepShardings built with the optimizer")
-    grad_fn = make_grpo_grad_fn(graphdef, loss_cfg, impl, mesh=sh.mesh)
+    grad_fn = make_grpo_grad_fn(graphdef, loss_cfg, mesh_impl(impl, sh.mesh))
     apply_fn = make_apply_fn(optimizer)
 
     def step(params, opt_state, batch, old_logp, adv, ref_logp, normaliser):
         batch = constrain_packed(batch, sh.mesh)
         loss, metrics, grads = grad_fn(params, batch, old_logp, adv, ref_logp, normaliser)
         # Reduce-scatter the gradients into the params' layout before the optimizer touches them.
-        grads = jax.lax.with_sharding_constraint(grads, sh.params)
+        grads = jax.lax.with_sharding_constraint(grads, sh.trainable)
         params, opt_state, gnorm, finite = apply_fn(params, opt_state, grads)
         return params, opt_state, loss, metrics, gnorm, finite
 
@@ -168,7 +171,7 @@ def make_train_step(graphdef, optimizer: optax.GradientTransformation, loss_cfg:
 
 def make_logprob_step(graphdef, sh: StepShardings, *, impl=None):
     """logp(params, batch) -> (logp [B, G, R], entropy [B, G, R]), in the (replicated) loss view."""
-    logprob_fn = make_logprob_fn(graphdef, impl, mesh=sh.mesh)
+    logprob_fn = make_logprob_fn(graphdef, mesh_impl(impl, sh.mesh))
 
     def fn(params, batch):
         return logprob_fn(params, constrain_packed(batch, sh.mesh))
@@ -196,12 +199,12 @@ def make_decode_step(graphdef, sh: StepShardings, *, impl=None, num_levels: int 
     accounting and custom loops.
     """
     cs = cache_shardings(sh.mesh, num_levels)
+    impl = mesh_impl(impl, sh.mesh)
 
     def fn(params, cache, last_BxG, live_BxG):
         model = nnx.merge(graphdef, params)
-        with kernel_mesh(sh.mesh):
-            h_BxGx1xE, cache = shared_prefix_step(model, cache, last_BxG[:, :, None],
-                                                  live_BxG.astype(jnp.int32), impl)
+        h_BxGx1xE, cache = shared_prefix_step(model, cache, last_BxG[:, :, None],
+                                              live_BxG.astype(jnp.int32), impl)
         logits_BxGxV = model.logits(h_BxGx1xE[:, :, 0])
         return jnp.argmax(logits_BxGxV, axis=-1).astype(jnp.int32), logits_BxGxV, cache
 
@@ -237,7 +240,8 @@ def generate_sharded(model, prompts: list[list[int]] | PromptTree, group_size: i
     levels = place(pack_levels(padded, cfg), batch_sharding(mesh))
     graphdef, params = nnx.split(model)
     response_size = bucket(cfg.max_new_tokens, cfg.response_buckets)
-    spec = cfg.draw_spec()
+    # "pallas" becomes the per-device kernels: the mesh enters the compiled programs' key.
+    spec = cfg.draw_spec()._replace(impl=mesh_impl(cfg.attention_impl, mesh))
     cache, tok0, logp0 = shared_prefill(graphdef, params, levels, rng, spec=spec,
                                         group_size=group_size, response_size=response_size)
     kv_bytes = cache.nbytes() * len(rows) // len(flat_prompts(padded))
@@ -256,9 +260,11 @@ class TrainSteps(NamedTuple):
 
     logprob(params, packed) -> (logp, entropy) [B, G, R]; grad(params, packed, old, adv, ref,
     normaliser) -> (loss, metrics, grads); sft_grad(params, packed, normaliser); apply(params,
-    opt_state, grads) -> (params, opt_state, grad_norm, finite), donating params and opt_state on
-    a mesh; place_params / init_opt / place_batch / place_host put host values where the steps
-    want them; generate(params, prompts, G, sampler, key, mode) -> host `Rollouts`.
+    opt_state, grads) -> (params, opt_state, grad_norm, finite), donating the trainable params
+    and opt_state on a mesh; place_params / init_opt / place_batch / place_host put host values
+    where the steps want them; generate(params, prompts, G, sampler, key, mode) -> host
+    `Rollouts`; logprob_for(graphdef, params) -> a `logprob` step for another graph on the same
+    placement (a LoRA policy's KL reference: the base graph on the policy's frozen arrays).
     """
 
     mesh: Mesh | None
@@ -271,10 +277,11 @@ class TrainSteps(NamedTuple):
     place_batch: Callable
     place_host: Callable
     generate: Callable
+    logprob_for: Callable
 
     @property
     def donates(self) -> bool:
-        """Whether `apply` consumes the params and optimiser state passed to it."""
+        """Whether `apply` consumes the trainable params and optimiser state passed to it."""
         return self.mesh is not None
 
 
@@ -298,10 +305,9 @@ def training_steps(graphdef, params, optimizer: optax.GradientTransformation, *,
         ident = lambda x: x
         return TrainSteps(None, make_logprob_fn(graphdef, impl), make_grpo_grad_fn(graphdef, loss_cfg, impl),
                           make_sft_grad_fn(graphdef, impl), make_apply_fn(optimizer), ident,
-                          lambda p: init_opt_state(optimizer, p), ident, ident, sample)
+                          lambda p: init_opt_state(optimizer, p), ident, ident, sample,
+                          lambda gd, _params: make_logprob_fn(gd, impl))
 
-    if has_lora(params):
-        raise ValueError(LORA_ON_MESH)
     check_model(mesh, nnx.merge(graphdef, params).config)
     if rows_per_micro_batch is not None:
         check_batch(mesh, rows_per_micro_batch)
@@ -317,9 +323,13 @@ def training_steps(graphdef, params, optimizer: optax.GradientTransformation, *,
     return TrainSteps(
         mesh, make_logprob_step(graphdef, sh, impl=impl), make_grad_step(graphdef, loss_cfg, sh, impl=impl),
         make_sft_grad_step(graphdef, sh, impl=impl), make_apply_step(optimizer, sh),
-        place_params=lambda p: place(p, sh.params),
+        # By each state's own names: the policy's, or a reference graph's (a subset of them).
+        place_params=lambda p: place(p, param_shardings(p, mesh, "training")),
         # Built straight into its shardings: the moments never exist whole on one device.
-        init_opt=jax.jit(optimizer.init, in_shardings=(sh.params,), out_shardings=sh.opt_state),
+        init_opt=jax.jit(lambda p: init_opt_state(optimizer, p), in_shardings=(sh.params,),
+                         out_shardings=sh.opt_state),
         place_batch=lambda packed: place(packed, sh.packed),
         place_host=lambda x: place(x, sh.replicated),
-        generate=sample)
+        generate=sample,
+        logprob_for=lambda gd, p: make_logprob_step(
+            gd, sh._replace(params=param_shardings(p, mesh, "training")), impl=impl))

@@ -27,10 +27,11 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
+from flax import nnx
 
-from zorro_jax.model.lora import has_lora
+from zorro_jax.model.lora import split_trainable
 from zorro_jax.parallel.distributed import allgather_host, host_bounds, to_host
-from zorro_jax.parallel.steps import LORA_ON_MESH, TrainSteps, training_steps
+from zorro_jax.parallel.steps import TrainSteps, training_steps
 from zorro_jax.rl.batches import (
     MODES,
     PackingConfig,
@@ -42,7 +43,7 @@ from zorro_jax.rl.batches import (
 )
 from zorro_jax.rl.losses import LossConfig, compute_advantages, loss_normaliser
 from zorro_jax.rl.optim import OptimConfig
-from zorro_jax.rl.steps import add_grads, make_logprob_fn
+from zorro_jax.rl.steps import add_grads
 from zorro_jax.sampling.sampler import PromptTree, SamplerConfig, generate, pack_prompts
 
 # rewards, details = reward_fn(completion texts, tasks)
@@ -207,8 +208,6 @@ class Policy:
 
     def model(self):
         """The current policy as an NNX module (graphdef merged with the latest params)."""
-        from flax import nnx
-
         return nnx.merge(self.graphdef, self.params)
 
 
@@ -314,8 +313,9 @@ class GRPOTrainer:
 
     The KL reference is `ref_params` on the policy's graph, or on `ref_graphdef` when given: with
     LoRA, the base model without adapters (`zorro_jax.model.lora.base_model`), whose arrays are
-    the policy's frozen ones (one copy of the weights). LoRA runs on one device only: with mesh
-    `steps` a policy with adapters is refused (`parallel.steps.LORA_ON_MESH`).
+    the policy's frozen ones (one copy of the weights), on one device or a mesh alike: a mesh's
+    apply step donates only the trainable part, so only that part of a reference on the policy's
+    graph is copied.
     """
 
     def __init__(self, policy: Policy, optimizer, apply_fn, tokenizer, items: list[PromptItem],
@@ -349,15 +349,21 @@ class GRPOTrainer:
             if cfg.mode != "prompt_once":
                 raise ValueError("on a mesh GRPO runs prompt-once (shared-prefix rollouts); the naive "
                                  "baseline runs on one device")
-            if ref_graphdef is not None or has_lora(policy.params):
-                raise ValueError(LORA_ON_MESH)
         self.steps, self.optimizer = steps, optimizer
+        frozen = jax.tree.leaves(split_trainable(policy.params)[1])
         policy.params = steps.place_params(policy.params)
-        if ref_params is not None and steps.donates:  # the policy's arrays will be donated
-            ref_params = jax.tree.map(jnp.copy, ref_params)
+        if ref_params is not None:
+            # A reference built on the policy's frozen arrays (LoRA) keeps sharing them once placed.
+            placed = dict(zip(map(id, frozen), jax.tree.leaves(split_trainable(policy.params)[1])))
+            ref_params = jax.tree.map(lambda x: placed.get(id(x), x), ref_params)
+        if ref_params is not None and steps.donates and ref_graphdef is None:
+            # The policy's trainable arrays will be donated: the reference keeps its own copy of
+            # that part (all of it without LoRA; the adapters with it, the base stays shared).
+            trainable, frozen = split_trainable(ref_params)
+            ref_params = nnx.merge_state(jax.tree.map(jnp.copy, trainable), frozen)
         self.ref_params = None if ref_params is None else steps.place_params(ref_params)
         self.ref_logprob = (steps.logprob if ref_graphdef is None
-                            else make_logprob_fn(ref_graphdef, cfg.attention_impl))
+                            else steps.logprob_for(ref_graphdef, self.ref_params))
         self.tiles = tiles_for(policy.model().config, cfg.attention_impl)
 
     @property

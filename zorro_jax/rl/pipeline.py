@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 import time
 from pathlib import Path
 
@@ -25,12 +24,12 @@ from zorro_jax.model.lora import LoRAConfig, add_lora, base_model, reference_sta
 from zorro_jax.model.transformer import init_model
 from zorro_jax.parallel.distributed import is_leader, maybe_initialize_distributed, to_host
 from zorro_jax.parallel.mesh import MeshConfig
-from zorro_jax.parallel.steps import LORA_ON_MESH, training_steps
+from zorro_jax.parallel.steps import training_steps
 from zorro_jax.rl.batches import tiles_for
 from zorro_jax.rl.grpo import GRPOConfig, GRPOTrainer, Policy, PromptItem, evaluate
 from zorro_jax.rl.loop import run_phase
 from zorro_jax.rl.optim import make_optimizer
-from zorro_jax.rl.report import MetricsLog, plot_metrics, run_summary, write_summary
+from zorro_jax.rl.report import MetricsLog, plot_metrics, provenance, run_summary, write_summary
 from zorro_jax.rl.sft import SFTConfig, make_sft_step
 from zorro_jax.rl.steps import init_opt_state, make_apply_fn
 from zorro_jax.rl.task import PromptFit, make_task
@@ -151,8 +150,6 @@ class RunConfig:
                         ("sft.batch_size", self.sft.batch_size)):
             if n % k:
                 raise ValueError(f"{name} ({n}) must be a multiple of data.questions_per_database ({k})")
-        if self.policy.lora_rank and not self.mesh.single_device:
-            raise ValueError(LORA_ON_MESH)
 
 
 def parse_command_line(argv, defaults: RunConfig = RunConfig(), task_defaults: dict | None = None,
@@ -280,51 +277,35 @@ def warm_up_draft(cfg: RunConfig, grpo_cfg: GRPOConfig, policy: Policy, examples
     return trainer
 
 
-PACKAGES = ("jax", "jaxlib", "flax", "optax", "orbax-checkpoint", "numpy", "transformers", "tokenizers",
-            "duckdb", "sqlglot")
+def load_items(task, data: DataConfig, encoder: PromptEncoder, fit: PromptFit, say):
+    """The task's train / grpo / eval examples as encoded `PromptItem`s: (items by split, what the
+    task dropped by split (reason -> count), how many were skipped by split).
 
-
-def git_state() -> tuple[str | None, bool]:
-    """(HEAD commit or None outside a git checkout, whether tracked files other than the README
-    and results/ — which `make results` rewrites while it runs — have local changes)."""
-    import subprocess
-
-    root = Path(__file__).resolve().parents[2]
-
-    def git(*args):
-        try:
-            return subprocess.run(["git", *args], cwd=root, capture_output=True, text=True,
-                                  timeout=10, check=True).stdout.strip()
-        except (OSError, subprocess.SubprocessError):
-            return None
-
-    status = git("status", "--porcelain", "--untracked-files=no", "--", ".", ":!README.md", ":!results")
-    return git("rev-parse", "HEAD"), bool(status)
-
-
-def provenance(cfg: RunConfig) -> dict:
-    """What a run's figures depend on: the code's git commit (and whether the tree had local
-    changes), package versions, Python and machine, and every seed of the config."""
-    import importlib.metadata
-    import platform
-
-    def version(name):
-        try:
-            return importlib.metadata.version(name)
-        except importlib.metadata.PackageNotFoundError:
-            return None
-
-    commit, dirty = git_state()
-    return {
-        "git_commit": commit,
-        "git_dirty": dirty,
-        "packages": {name: version(name) for name in PACKAGES},
-        "python": platform.python_version(),
-        "machine": f"{platform.machine()} {platform.system()}, {os.cpu_count()} cores, "
-                   f"jax backend {jax.default_backend()}",
-        "seeds": {"policy": cfg.policy.seed, "sft": cfg.sft.seed, "grpo": cfg.grpo.seed,
-                  "speculative": cfg.grpo.speculative.seed},
-    }
+    Examples the task cannot score (a failing gold query) are dropped before anything trains on
+    them; prompts over the budget even after shortening are skipped. Both are counted and said.
+    """
+    grpo_split = data.grpo_split or data.train_split
+    split_examples = {"train": task.examples(data.train_split, fit), "eval": task.examples(data.eval_split, fit)}
+    split_examples["grpo"] = (split_examples["train"] if grpo_split == data.train_split
+                              else task.examples(grpo_split, fit))
+    dropped, skipped = {}, {}
+    items = {}
+    for split, exs in split_examples.items():
+        kept, reasons = task.check(exs)
+        if reasons:
+            dropped[split] = reasons
+            say(f"{split}: dropped {len(exs) - len(kept)} of {len(exs)} examples the task cannot score: "
+                f"{reasons}")
+        its = [PromptItem(exs[i], *encode_example(encoder, exs[i]), group_key=exs[i].group_key) for i in kept]
+        fits = [it for it in its if len(it.prompt_ids) <= data.max_prompt_tokens]
+        if len(fits) < len(its):
+            skipped[split] = len(its) - len(fits)
+            say(f"{split}: {skipped[split]} of {len(exs)} examples skipped (prompt over "
+                f"{data.max_prompt_tokens} tokens after shortening)")
+        if not fits:
+            raise ValueError(f"no {split} example fits data.max_prompt_tokens = {data.max_prompt_tokens}")
+        items[split] = fits
+    return items, dropped, skipped
 
 
 def run(cfg: RunConfig, task_config=None) -> dict:
@@ -352,7 +333,9 @@ def _run(cfg: RunConfig, task, t_start: float) -> dict:
     if leader:
         (run_dir / "config.json").write_text(json.dumps(
             {**dataclasses.asdict(cfg), cfg.task: dataclasses.asdict(task.config)}, indent=2, default=str))
-        (run_dir / "provenance.json").write_text(json.dumps(provenance(cfg), indent=2))
+        seeds = {"policy": cfg.policy.seed, "sft": cfg.sft.seed, "grpo": cfg.grpo.seed,
+                 "speculative": cfg.grpo.speculative.seed}
+        (run_dir / "provenance.json").write_text(json.dumps(provenance(seeds), indent=2))
     say = (lambda *a: None) if cfg.quiet or not leader else (lambda *a: print(*a, flush=True))
     mesh = None if cfg.mesh.single_device and jax.process_count() == 1 else cfg.mesh.make()
     data = cfg.data
@@ -366,28 +349,7 @@ def _run(cfg: RunConfig, task, t_start: float) -> dict:
     stop_ids = stop_token_ids(tok, cfg.policy.checkpoint or None)
     encoder = PromptEncoder(tok, data.chat_template)
     fit = prompt_fit(encoder, data.max_prompt_tokens)
-    split_examples = {"train": task.examples(data.train_split, fit), "eval": task.examples(data.eval_split, fit)}
-    split_examples["grpo"] = (split_examples["train"] if grpo_split == data.train_split
-                              else task.examples(grpo_split, fit))
-    # Examples the task cannot score (a failing gold query) are dropped before anything trains on
-    # them; prompts over the budget even after shortening are skipped. Both are counted.
-    dropped, skipped = {}, {}
-    items = {}
-    for split, exs in split_examples.items():
-        kept, reasons = task.check(exs)
-        if reasons:
-            dropped[split] = reasons
-            say(f"{split}: dropped {len(exs) - len(kept)} of {len(exs)} examples the task cannot score: "
-                f"{reasons}")
-        its = [PromptItem(exs[i], *encode_example(encoder, exs[i]), group_key=exs[i].group_key) for i in kept]
-        fits = [it for it in its if len(it.prompt_ids) <= data.max_prompt_tokens]
-        if len(fits) < len(its):
-            skipped[split] = len(its) - len(fits)
-            say(f"{split}: {skipped[split]} of {len(exs)} examples skipped (prompt over "
-                f"{data.max_prompt_tokens} tokens after shortening)")
-        if not fits:
-            raise ValueError(f"no {split} example fits data.max_prompt_tokens = {data.max_prompt_tokens}")
-        items[split] = fits
+    items, dropped, skipped = load_items(task, data, encoder, fit, say)
     train_items, grpo_items = items["train"], items["grpo"]
     eval_items = items["eval"][: data.eval_limit] if data.eval_limit else items["eval"]
     examples = [(it.prompt_ids, answer_ids(tok, it.task.answer)) for it in train_items]
@@ -480,7 +442,7 @@ def _run(cfg: RunConfig, task, t_start: float) -> dict:
 
     # GRPO.
     t0 = time.perf_counter()
-    # The KL reference is the policy as GRPO starts. With LoRA (one device) it is built on the
+    # The KL reference is the policy as GRPO starts. With LoRA it is built on the
     # policy's own base arrays (one copy of the weights, also after a restore): the base with its
     # adapters off when they are fresh, else the base with the SFT adapters.
     ref_graphdef, start_adapters = None, split_trainable(state["params"])[0] if lora.rank else None

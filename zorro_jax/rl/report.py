@@ -1,4 +1,5 @@
-"""Run reporting: metrics.jsonl (one line per step), PNG plots, summary figures and summary.md.
+"""Run reporting: metrics.jsonl (one line per step), PNG plots, summary figures, summary.md and
+provenance (commit, package versions, machine, seeds).
 
 On resume, zorro_jax.rl.loop drops rows logged after the restored step so a restarted run's file
 reads exactly like an uninterrupted one.
@@ -8,7 +9,10 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from pathlib import Path
+
+import jax
 
 
 class MetricsLog:
@@ -201,3 +205,50 @@ def write_summary(out_dir: str | Path, title: str, sections: dict[str, dict | li
     path = Path(out_dir) / "summary.md"
     path.write_text("\n".join(lines))
     return path
+
+
+# The packages a run's provenance records the versions of.
+PACKAGES = ("jax", "jaxlib", "flax", "optax", "orbax-checkpoint", "numpy", "transformers", "tokenizers",
+            "duckdb", "sqlglot")
+
+
+def git_state() -> tuple[str | None, bool]:
+    """(HEAD commit or None outside a git checkout, whether tracked files other than the README
+    and results/ — which `make results` rewrites while it runs — have local changes)."""
+    import subprocess
+
+    root = Path(__file__).resolve().parents[2]
+
+    def git(*args):
+        try:
+            return subprocess.run(["git", *args], cwd=root, capture_output=True, text=True,
+                                  timeout=10, check=True).stdout.strip()
+        except (OSError, subprocess.SubprocessError):
+            return None
+
+    status = git("status", "--porcelain", "--untracked-files=no", "--", ".", ":!README.md", ":!results")
+    return git("rev-parse", "HEAD"), bool(status)
+
+
+def provenance(seeds: dict) -> dict:
+    """What a run's figures depend on: the code's git commit (and whether the tree had local
+    changes), package versions, Python and machine, and the run's seeds (name -> seed)."""
+    import importlib.metadata
+    import platform
+
+    def version(name):
+        try:
+            return importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            return None
+
+    commit, dirty = git_state()
+    return {
+        "git_commit": commit,
+        "git_dirty": dirty,
+        "packages": {name: version(name) for name in PACKAGES},
+        "python": platform.python_version(),
+        "machine": f"{platform.machine()} {platform.system()}, {os.cpu_count()} cores, "
+                   f"jax backend {jax.default_backend()}",
+        "seeds": dict(seeds),
+    }

@@ -10,8 +10,8 @@ part (`zorro_jax.model.lora.split_trainable`: the adapters when the model has Lo
 every parameter), so with LoRA the frozen base gets no gradient and no optimiser state, and its
 arrays come back from `apply` as the very arrays that went in.
 
-`mesh` (optional): the mesh the step will run on, so that "pallas" attention runs its kernels per
-device under `shard_map` (`zorro_jax.parallel.steps` adds the declared shardings).
+`impl`: the attention backend, a name or, for steps on a mesh, the per-device kernels
+(`zorro_jax.parallel.kernels.mesh_impl`; `zorro_jax.parallel.steps` adds the declared shardings).
 """
 
 from __future__ import annotations
@@ -21,33 +21,30 @@ import jax.numpy as jnp
 import optax
 from flax import nnx
 
-from zorro_jax.attention import kernel_mesh
 from zorro_jax.layouts import PackedTree
 from zorro_jax.model.forward import packed_logprobs
 from zorro_jax.model.lora import split_trainable
 from zorro_jax.rl.losses import LossConfig, policy_loss
 
 
-def make_logprob_fn(graphdef, impl=None, mesh=None):
+def make_logprob_fn(graphdef, impl=None):
     """A jitted `fn(params, batch) -> (log-probs [B, G, R], entropy [B, G, R])` of the loss view
     of a PackedTree micro-batch."""
 
     @jax.jit
     def fn(params, batch: PackedTree):
-        with kernel_mesh(mesh):
-            lp, ent, _mask = packed_logprobs(nnx.merge(graphdef, params), batch, impl=impl)
+        lp, ent, _mask = packed_logprobs(nnx.merge(graphdef, params), batch, impl=impl)
         return lp, ent
 
     return fn
 
 
-def make_grpo_grad_fn(graphdef, loss_cfg: LossConfig, impl=None, mesh=None):
+def make_grpo_grad_fn(graphdef, loss_cfg: LossConfig, impl=None):
     """grad(params, batch, old_logp, adv, ref_logp, normaliser) -> (loss, metrics, grads); grads
     of the trainable part of params only."""
 
     def loss_fn(trainable, frozen, batch, old_logp, adv, ref_logp, normaliser):
-        with kernel_mesh(mesh):
-            lp, ent, mask = packed_logprobs(nnx.merge(graphdef, trainable, frozen), batch, impl=impl)
+        lp, ent, mask = packed_logprobs(nnx.merge(graphdef, trainable, frozen), batch, impl=impl)
         loss, metrics = policy_loss(lp, old_logp, adv, mask, normaliser, loss_cfg,
                                     ref_logp if loss_cfg.kl_coef > 0 else None)
         m = mask.astype(jnp.float32)
@@ -63,14 +60,13 @@ def make_grpo_grad_fn(graphdef, loss_cfg: LossConfig, impl=None, mesh=None):
     return fn
 
 
-def make_sft_grad_fn(graphdef, impl=None, mesh=None):
+def make_sft_grad_fn(graphdef, impl=None):
     """Teacher forcing on packed (prompt, answer) trees: Σ -log p(answer token) / normaliser;
     grads of the trainable part of params only."""
 
     def loss_fn(trainable, frozen, batch, normaliser):
-        with kernel_mesh(mesh):
-            lp, _, mask = packed_logprobs(nnx.merge(graphdef, trainable, frozen), batch, impl=impl,
-                                          with_entropy=False)
+        lp, _, mask = packed_logprobs(nnx.merge(graphdef, trainable, frozen), batch, impl=impl,
+                                      with_entropy=False)
         return -jnp.sum(jnp.where(mask, lp, 0.0)) / normaliser
 
     @jax.jit
@@ -86,14 +82,11 @@ def init_opt_state(optimizer: optax.GradientTransformation, params):
     return optimizer.init(split_trainable(params)[0])
 
 
-def make_apply_fn(optimizer: optax.GradientTransformation):
-    """apply(params, opt_state, grads) -> (params, opt_state, grad_norm, finite).
+def make_update_fn(optimizer: optax.GradientTransformation):
+    """update(trainable, opt_state, grads) -> (trainable, opt_state, grad_norm, finite): the
+    optimiser step on the trainable part (pure; `make_apply_fn` jits it). A non-finite gradient
+    leaves the trainable params and the optimiser state untouched (the caller logs the skip)."""
 
-    grads and opt_state are of the trainable part of params (`init_opt_state`). A non-finite
-    gradient leaves params and optimiser state untouched (the caller logs the skip).
-    """
-
-    @jax.jit
     def update(trainable, opt_state, grads):
         gnorm = optax.global_norm(grads)
         finite = jnp.isfinite(gnorm)
@@ -102,9 +95,20 @@ def make_apply_fn(optimizer: optax.GradientTransformation):
         keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(finite, a, b), new, old)
         return keep(new_trainable, trainable), keep(new_opt, opt_state), gnorm, finite
 
+    return update
+
+
+def make_apply_fn(optimizer: optax.GradientTransformation, update=None):
+    """apply(params, opt_state, grads) -> (params, opt_state, grad_norm, finite).
+
+    grads and opt_state are of the trainable part of params (`init_opt_state`); `update` is the
+    jitted `make_update_fn(optimizer)` (a sharded, donating one on a mesh). The frozen part never
+    enters it: its arrays are returned as they came (no copy per step, never donated, and shared
+    with any reference policy taken from the same state).
+    """
+    update = jax.jit(make_update_fn(optimizer)) if update is None else update
+
     def fn(params, opt_state, grads):
-        # The frozen part never enters the jitted update: its arrays are returned as they came
-        # (no copy per step, and shared with any reference policy taken from the same state).
         trainable, frozen = split_trainable(params)
         new_trainable, new_opt, gnorm, finite = update(trainable, opt_state, grads)
         return nnx.merge_state(new_trainable, frozen), new_opt, gnorm, finite
