@@ -39,7 +39,7 @@ from experiments.common import machine_note, write_json
 from zorro_jax.layouts import group_tree, pack_trees
 from zorro_jax.model.config import REMAT_POLICIES, ModelConfig
 from zorro_jax.model.forward import packed_logprobs
-from zorro_jax.model.transformer import Transformer
+from zorro_jax.model.transformer import Transformer, stack_layers
 
 
 def smollm2_config(**overrides) -> ModelConfig:
@@ -83,10 +83,16 @@ def measure(cfg: ModelConfig, packed) -> dict:
             "compile_s": round(t2 - t0, 1)}
 
 
-def layer_param_bytes(cfg: ModelConfig) -> int:
-    """Bytes of the decoder layers' parameters: what the scan's stacked copy of them holds."""
-    abstract = nnx.state(nnx.eval_shape(lambda: Transformer(cfg, rngs=nnx.Rngs(0))).layers)
-    return sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(abstract))
+def stacked_bytes(cfg: ModelConfig) -> tuple[int, int]:
+    """(bytes of the decoder layers' parameters, bytes of the scan's stacked copy of them: Linear
+    weights in the compute dtype, the rest as stored)."""
+    graphdef, abstract = nnx.split(nnx.eval_shape(lambda: Transformer(cfg, rngs=nnx.Rngs(0))))
+    stored = nnx.state(nnx.merge(graphdef, abstract).layers)
+    stacked = jax.eval_shape(
+        lambda p: stack_layers(nnx.merge(graphdef, p).layers, jnp.dtype(cfg.compute_dtype))[1],
+        abstract)
+    nbytes = lambda tree: sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(tree))
+    return nbytes(stored), nbytes(stacked)
 
 
 def main(argv=None):
@@ -99,29 +105,41 @@ def main(argv=None):
     p.add_argument("--remat", default="none,block,attention",
                    help=f"comma-separated policies out of {', '.join(REMAT_POLICIES)}")
     p.add_argument("--scan", default="off,on", help="comma-separated: off (Python loop), on (scan)")
+    p.add_argument("--repeats", type=int, default=1,
+                   help="compile every variant this many times, interleaved; report the median")
     p.add_argument("--json", default=None)
     args = p.parse_args(argv)
     packed = actor_batch(args.prompt, args.group, args.response, 49152)
     print(f"SmolLM2-135M shape, {args.compute_dtype} compute, fp32 params; one row P={args.prompt} "
           f"G={args.group} R={args.response} (T={packed.tokens_NxT.shape[1]}); {machine_note()}")
     scans = {"off": False, "on": True}
-    stack = layer_param_bytes(smollm2_config())
-    print(f"decoder layers' parameters (the scan's stacked copy): {stack / 2**20:.1f} MiB")
-    rows = []
-    for remat in args.remat.split(","):
-        for scan in args.scan.split(","):
+    stored, stacked = stacked_bytes(smollm2_config(compute_dtype=args.compute_dtype))
+    print(f"decoder layers' parameters {stored / 2**20:.1f} MiB; the scan's stacked copy "
+          f"{stacked / 2**20:.1f} MiB (Linear weights in {args.compute_dtype})")
+    variants = [(remat, scan) for remat in args.remat.split(",") for scan in args.scan.split(",")]
+    runs = {v: [] for v in variants}
+    # Interleaved, so that the load of a busy machine spreads over every variant alike.
+    for _ in range(args.repeats):
+        for remat, scan in variants:
             cfg = smollm2_config(compute_dtype=args.compute_dtype, remat=remat,
                                  scan_layers=scans[scan])
-            rows.append(measure(cfg, packed))
-            first, r = rows[0], rows[-1]
-            print(f"remat {r['remat']:<9} scan {scan:<3}  temp {r['temp_bytes'] / 2**20:8.1f} MiB "
-                  f"({r['temp_bytes'] / first['temp_bytes']:.3f})  lower {r['lower_s']:5.1f} s  "
-                  f"lower+compile {r['compile_s']:5.1f} s ({r['compile_s'] / first['compile_s']:.2f})"
-                  f"  [ratios to remat {first['remat']} scan {'on' if first['scan'] else 'off'}]",
-                  flush=True)
+            runs[remat, scan].append(measure(cfg, packed))
+    rows = []
+    for v in variants:
+        r = dict(runs[v][0], lower_s=float(np.median([x["lower_s"] for x in runs[v]])),
+                 compile_s=float(np.median([x["compile_s"] for x in runs[v]])),
+                 compile_s_all=[x["compile_s"] for x in runs[v]])
+        rows.append(r)
+        first = rows[0]
+        print(f"remat {r['remat']:<9} scan {v[1]:<3}  temp {r['temp_bytes'] / 2**20:8.1f} MiB "
+              f"({r['temp_bytes'] / first['temp_bytes']:.3f})  lower {r['lower_s']:5.1f} s  "
+              f"lower+compile {r['compile_s']:5.1f} s ({r['compile_s'] / first['compile_s']:.2f})"
+              f"  [ratios to remat {first['remat']} scan {'on' if first['scan'] else 'off'}; "
+              f"median of {len(runs[v])}]", flush=True)
     write_json(args.json, {"machine": machine_note(), "shape_PGR": [args.prompt, args.group,
                            args.response], "compute_dtype": args.compute_dtype,
-                           "layer_param_bytes": stack, "rows": rows})
+                           "layer_param_bytes": stored, "stacked_bytes": stacked,
+                           "repeats": args.repeats, "rows": rows})
 
 
 if __name__ == "__main__":

@@ -6,7 +6,8 @@ refused rather than run with layer 0's structure.
 The model has three layers of distinct random weights (and adapters with random B), so a scan
 that ran the layers out of order, ran one layer's weights everywhere, or dropped an adapter would
 be off by far more than the tolerance. The scanned and looped programs fuse differently, which
-reassociates a few float32 sums (measured: log-probs bitwise equal, gradients ≤ ~3e-7 relative).
+reassociates a few float32 sums (measured with LoRA: log-probs ≤ 1.1e-7 and gradients ≤ 1.7e-6
+relative; bf16 log-probs bitwise equal).
 """
 
 import jax

@@ -211,7 +211,7 @@ def _layer_state(layer, compute_dtype):
     return graphdef, nnx.merge_state(weights, rest)
 
 
-def _stacked_layers(layers, compute_dtype):
+def stack_layers(layers, compute_dtype):
     """(graphdef, state with a leading [L] axis on every leaf) of identically structured layers.
 
     The stored model keeps one module per layer (the parameter paths HF loading, LoRA, the
@@ -296,7 +296,7 @@ class Transformer(nnx.Module):
     def _scan(self, x_tree, pos_tree, inv_freq, attend, remat):
         """The layers as one `lax.scan` over their stacked states: one layer is traced and compiled
         once whatever the depth, and the loop carries only the residual stream."""
-        graphdef, stacked = _stacked_layers(self.layers, self.compute_dtype)
+        graphdef, stacked = stack_layers(self.layers, self.compute_dtype)
 
         def body(x_tree, xs):
             i, state = xs
