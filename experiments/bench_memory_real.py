@@ -17,10 +17,12 @@ none, 4458 MiB block (0.944), 4724 MiB attention. The JAX-level residuals do shr
 remat (`jax.ad_checkpoint.print_saved_residuals`: per layer only its input is saved), but across
 an unrolled loop XLA:CPU's buffer assignment still grows ~140 MiB a layer.
 
-Under scan (2026-12-01, a busy machine, one process): temp 3905 MiB none (0.826 of the loop's),
-1151 MiB block (0.244), 3905 MiB attention; lower + compile 9.4 s vs 17.4 s (none), 13.3 s vs
-24.1 s (block). A scan makes the saved activations explicit loop outputs, so block remat really
-drops to each layer's input (~22 MiB a layer, most of it the stacked weights' copy and gradient);
+Under scan (2026-12-01, a busy machine, `--repeats 3`, medians): temp 3905 MiB none (0.826 of
+the loop's), 1151 MiB block (0.244), 3905 MiB attention; lower + compile 10.3 s vs 13.2 s (none),
+10.2 s vs 17.7 s (block), of which lowering 0.6 s vs 1.6 s and 0.3 s vs 2.2 s. fp32 compute: temp
+0.876 (none) and 0.292 (block) of the loop's without remat. A scan makes the saved activations
+explicit loop outputs, so block remat really drops to each layer's input (~22 MiB a layer, most
+of it the stacked weights' copy and their gradient accumulators, which XLA:CPU keeps in float32);
 without remat the body saves its matmul outputs only (the loop's XLA fusions recompute the
 elementwise rest the same way).
 """
