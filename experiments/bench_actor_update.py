@@ -42,10 +42,25 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from experiments.common import bench_model_of_width, flop_rates, machine_note, write_json
+from experiments.common import (
+    COMPLETION_LENGTHS,
+    QUESTION_LENGTHS,
+    SCHEMA_LENGTHS,
+    SCHEMA_QUESTIONS,
+    SCHEMA_SAMPLES,
+    SQL_COMPLETION_LENGTHS,
+    SQL_GROUPS,
+    SQL_PROMPT_LENGTHS,
+    SQL_SAMPLES,
+    bench_model_of_width,
+    flop_rates,
+    load_benchmark_model,
+    lognormal_lengths,
+    machine_note,
+    write_json,
+)
 from zorro_jax.attention import XLA_TREE_TILES
-from zorro_jax.checkpoints.hf import load_hf_model
-from zorro_jax.checkpoints.pretrained import PRETRAINED, default_folder, is_fetched
+from zorro_jax.checkpoints.pretrained import PRETRAINED
 from zorro_jax.layouts import pack_groups_balanced
 from zorro_jax.model.forward import dense_logprobs, packed_logprobs
 from zorro_jax.model.transformer import init_model
@@ -69,12 +84,7 @@ class LengthDist:
     def draw(self, seed: int = 0):
         """(schema lengths [D] or None, prompt lengths [B], completion lengths [B, G])."""
         rng = np.random.default_rng(seed)
-
-        def lognormal(spec, size):
-            median, sigma, lo, hi = spec
-            x = np.exp(rng.normal(np.log(median), sigma, size)) if sigma else np.full(size, median)
-            return np.clip(np.round(x), lo, hi).astype(np.int64)
-
+        lognormal = lambda spec, size: lognormal_lengths(rng, spec, size)
         b = self.groups * self.questions
         schema = None if self.schema is None else lognormal(self.schema, self.groups)
         return schema, lognormal(self.prompt, b), lognormal(self.completion, (b, self.samples))
@@ -82,12 +92,12 @@ class LengthDist:
 
 DISTRIBUTIONS = {
     "uniform": LengthDist(2, 8, (1024, 0.0, 1024, 1024), (128, 0.0, 128, 128)),
-    "sql": LengthDist(4, 8, (768, 0.5, 128, 3072), (96, 0.6, 8, 512)),
+    "sql": LengthDist(SQL_GROUPS, SQL_SAMPLES, SQL_PROMPT_LENGTHS, SQL_COMPLETION_LENGTHS),
     "reasoning": LengthDist(2, 8, (512, 0.5, 128, 3072), (384, 0.8, 16, 2048)),
     "long-prompt": LengthDist(2, 8, (3072, 0.2, 1024, 6144), (192, 0.8, 8, 1024)),
     # One database: schema ~1536 tokens, k = 8 questions of ~48, G = 8 completions of ~96.
-    "schema": LengthDist(1, 8, (48, 0.4, 8, 256), (96, 0.6, 8, 512), schema=(1536, 0.3, 256, 6144),
-                         questions=8),
+    "schema": LengthDist(1, SCHEMA_SAMPLES, QUESTION_LENGTHS, COMPLETION_LENGTHS,
+                         schema=SCHEMA_LENGTHS, questions=SCHEMA_QUESTIONS),
 }
 # Each packed row holds at most this many tokens (raised to the largest tree when needed).
 TOKEN_BUDGET = 8192
@@ -317,10 +327,10 @@ def main(argv=None):
         ap.error("--repeats must be at least 1, --groups and --samples at least 0")
     names = ["uniform", "sql"] if args.preset == "ci" else args.distributions
     if args.model:
-        folder = default_folder(args.model)
-        if not is_fetched(folder):
-            ap.error(f"no converted model in {folder}: run `python -m experiments.fetch_model {args.model}` first")
-        model = load_hf_model(folder, compute_dtype="float32")
+        try:
+            model = load_benchmark_model(args.model)
+        except FileNotFoundError as e:
+            ap.error(str(e))
     else:
         try:
             model = init_model(bench_model_of_width(args.hidden_size), seed=0)

@@ -19,11 +19,16 @@ k = 8 questions each (median 48, σ 0.4), G = 8 samples of R = 96 new tokens (th
 completion distribution: every sample generates exactly R, `ignore_eos`). Three variants on the
 same B = D·k rows: naive (root ++ question replicated G times), two-level (the concatenated
 prompts, each stored once) and three-level (a `PromptTree`: each schema once, each question once
-on top of it). The ideal KV ratios count real (unpadded) tokens; the measured ones the buckets
-each cache is allocated in.
+on top of it, a schema's questions side by side in one cache row). The ideal KV ratios count
+real (unpadded) tokens; the measured ones the buckets each cache is allocated in.
 
-    python -m experiments.bench_rollout [--preset ci] [--distributions fixed schema]
-                                        [--schema-databases D] [--json PATH]
+`--distributions sql` runs B = 4 text-to-SQL prompts with their schema inline (lognormal, median
+768, σ 0.5), G = 8 samples of R = 96 tokens each, shared vs naive. `--model smollm2-135m` runs a
+fetched pretrained model (`python -m experiments.fetch_model NAME`, its real weights and shape,
+fp32) instead of the benchmark model.
+
+    python -m experiments.bench_rollout [--preset ci] [--distributions fixed schema sql]
+                                        [--schema-databases D] [--model NAME] [--json PATH]
 """
 
 from __future__ import annotations
@@ -37,25 +42,38 @@ import time
 import jax
 import numpy as np
 
-from zorro_jax.model.config import ModelConfig
+from experiments.common import (
+    COMPLETION_LENGTHS,
+    QUESTION_LENGTHS,
+    SCHEMA_LENGTHS,
+    SCHEMA_QUESTIONS,
+    SCHEMA_SAMPLES,
+    SQL_COMPLETION_LENGTHS,
+    SQL_GROUPS,
+    SQL_PROMPT_LENGTHS,
+    SQL_SAMPLES,
+    bench_model_config,
+    load_benchmark_model,
+    lognormal_lengths,
+)
+from zorro_jax.checkpoints.pretrained import PRETRAINED
 from zorro_jax.model.transformer import init_model
 from zorro_jax.sampling.sampler import PromptTree, SamplerConfig, generate
 
 ROWS = ((512, 8, 64), (1024, 16, 128), (2048, 16, 128))
 PRESETS = {"full": ROWS, "ci": ROWS[:1]}
-DISTRIBUTIONS = ("fixed", "schema")
-# Lognormal (median, sigma, lo, hi) lengths of the schema rows (as bench_actor_update's "schema"),
-# k questions per database, G samples and R new tokens per sample.
-SCHEMA_LENGTHS = (1536, 0.3, 256, 6144)
-QUESTION_LENGTHS = (48, 0.4, 8, 256)
-SCHEMA_K, SCHEMA_G, SCHEMA_R = 8, 8, 96
+DISTRIBUTIONS = ("fixed", "schema", "sql")
+# The schema rows (`experiments.common`, as bench_actor_update's "schema"): k questions per
+# database, G samples per question, each generating the completions' median R new tokens.
+SCHEMA_K, SCHEMA_G, SCHEMA_R = SCHEMA_QUESTIONS, SCHEMA_SAMPLES, int(COMPLETION_LENGTHS[0])
 
 
 @dataclasses.dataclass(frozen=True)
 class BenchConfig:
     # Which (P, G, R) rows to run: "full" (all three) or "ci" (the first, under a minute).
     preset: str = "full"
-    # "fixed": the (P, G, R) rows of the preset; "schema": databases with k questions each.
+    # "fixed": the (P, G, R) rows of the preset; "schema": databases with k questions each;
+    # "sql": prompts with their schema inline.
     distributions: tuple[str, ...] = ("fixed",)
     # Databases D of the schema rows (B = D·k rows).
     schema_databases: int = 1
@@ -66,6 +84,8 @@ class BenchConfig:
     # Timed runs per variant; the median is reported.
     repeats: int = 2
     attention_impl: str = "xla"
+    # A fetched pretrained model's name (e.g. "smollm2-135m") instead of the benchmark model.
+    model: str = ""
     json_path: str | None = None
 
     def __post_init__(self):
@@ -75,14 +95,10 @@ class BenchConfig:
             raise ValueError("batch, repeats and schema_databases must be >= 1")
         if not self.distributions or set(self.distributions) - set(DISTRIBUTIONS):
             raise ValueError(f"distributions must be among {DISTRIBUTIONS}, got {self.distributions!r}")
+        if self.model and self.model not in PRETRAINED:
+            raise ValueError(f"model must be one of {sorted(PRETRAINED)}, got {self.model!r}")
         if 4 % self.kv_heads:
             raise ValueError(f"kv_heads must divide the 4 query heads, got {self.kv_heads}")
-
-
-def bench_model_config(kv_heads: int) -> ModelConfig:
-    return ModelConfig(model_type="qwen3", vocab_size=2048, hidden_size=256, intermediate_size=1024,
-                       num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=kv_heads,
-                       head_dim=64, qk_norm=True, compute_dtype="float32")
 
 
 def time_variant(model, prompts, g, r, mode, cfg: BenchConfig):
@@ -113,14 +129,19 @@ def time_variant(model, prompts, g, r, mode, cfg: BenchConfig):
             "tokens_per_s": out.lengths_BxG.sum() / seconds, "kv_bytes": out.kv_cache_bytes}
 
 
-def run(cfg: BenchConfig) -> list[dict]:
-    """Every row of the chosen distributions, printed as it completes."""
-    model = init_model(bench_model_config(cfg.kv_heads), seed=0)
+def run(cfg: BenchConfig, model=None) -> list[dict]:
+    """Every row of the chosen distributions, printed as it completes (on `model`, or the one
+    `cfg` names)."""
+    if model is None:
+        model = (load_benchmark_model(cfg.model) if cfg.model
+                 else init_model(bench_model_config(num_key_value_heads=cfg.kv_heads), seed=0))
     results = []
     if "fixed" in cfg.distributions:
         results += run_fixed(model, cfg)
     if "schema" in cfg.distributions:
         results.append(run_schema(model, cfg))
+    if "sql" in cfg.distributions:
+        results.append(run_sql(model, cfg))
     return results
 
 
@@ -151,10 +172,7 @@ def run_fixed(model, cfg: BenchConfig) -> list[dict]:
 def schema_tree(rng, databases: int, vocab: int) -> PromptTree:
     """D random schemas with k random questions each, lengths from the lognormal specs."""
 
-    def lengths(spec, size):
-        median, sigma, lo, hi = spec
-        return np.clip(np.round(np.exp(rng.normal(np.log(median), sigma, size))), lo, hi).astype(int)
-
+    lengths = lambda spec, size: lognormal_lengths(rng, spec, size)
     ids = lambda n: rng.integers(0, vocab, n).tolist()
     roots = [ids(n) for n in lengths(SCHEMA_LENGTHS, databases)]
     questions = lengths(QUESTION_LENGTHS, (databases, SCHEMA_K))
@@ -193,6 +211,36 @@ def run_schema(model, cfg: BenchConfig) -> dict:
     return row
 
 
+def run_sql(model, cfg: BenchConfig) -> dict:
+    """Shared vs naive sampling of B prompts of the "sql" lengths (G samples of R tokens each)."""
+    rng = np.random.default_rng(0)
+    plen = lognormal_lengths(rng, SQL_PROMPT_LENGTHS, SQL_GROUPS)
+    prompts = [rng.integers(3, model.config.vocab_size, int(n)).tolist() for n in plen]
+    g, r = SQL_SAMPLES, int(SQL_COMPLETION_LENGTHS[0])
+    shared = time_variant(model, prompts, g, r, "shared", cfg)
+    naive = time_variant(model, prompts, g, r, "naive", cfg)
+    p_sum, b = int(plen.sum()), len(prompts)
+    row = {"distribution": "sql", "model": cfg.model or "benchmark", "B": b, "G": g, "R": r,
+           "prompt_lengths": plen.tolist(),
+           # KV entries at real lengths: each prompt once + every sample's suffix, over replicated.
+           "ideal_ratio": g * (p_sum + b * r) / (p_sum + b * g * r),
+           "kv_bytes_shared": shared["kv_bytes"], "kv_bytes_naive": naive["kv_bytes"],
+           "kv_ratio": naive["kv_bytes"] / shared["kv_bytes"],
+           "tok_s_shared": float(shared["tokens_per_s"]), "tok_s_naive": float(naive["tokens_per_s"]),
+           "s_shared": shared["seconds"], "s_naive": naive["seconds"],
+           "prefill_s_shared": shared["prefill_seconds"], "prefill_s_naive": naive["prefill_seconds"],
+           "speedup": naive["seconds"] / shared["seconds"],
+           "decode_speedup": (naive["seconds"] - naive["prefill_seconds"])
+           / (shared["seconds"] - shared["prefill_seconds"])}
+    print(f"sql rows ({row['model']}): B={b} prompts of {row['prompt_lengths']} tokens, G={g}, R={r}")
+    print(f"tok/s shared {row['tok_s_shared']:.1f} vs naive {row['tok_s_naive']:.1f}: "
+          f"{row['speedup']:.2f}x (decode alone {row['decode_speedup']:.2f}x); prefill s "
+          f"{row['prefill_s_shared']:.2f} vs {row['prefill_s_naive']:.2f}; KV MiB "
+          f"{row['kv_bytes_shared'] / 2**20:.1f} vs {row['kv_bytes_naive'] / 2**20:.1f} "
+          f"({row['kv_ratio']:.2f}x, ideal {row['ideal_ratio']:.2f})", flush=True)
+    return row
+
+
 def print_schema_row(row):
     print(f"schema rows: D={row['D']} databases (schema lengths {row['root_lengths']}) x k={row['k']} "
           f"questions (mean {np.mean(row['question_lengths']):.0f} tokens), G={row['G']}, R={row['R']}")
@@ -228,18 +276,26 @@ def main(argv=None):
     ap.add_argument("--preset", default="full", choices=sorted(PRESETS))
     ap.add_argument("--distributions", nargs="+", default=list(BenchConfig.distributions),
                     choices=DISTRIBUTIONS, help="fixed: the preset's (P, G, R) rows; schema: "
-                    "databases with k questions each (naive, two-level, three-level)")
+                    "databases with k questions each (naive, two-level, three-level); sql: "
+                    "prompts with their schema inline (naive, shared)")
     ap.add_argument("--schema-databases", type=int, default=BenchConfig.schema_databases,
                     help="databases D of the schema rows")
     ap.add_argument("--batch", type=int, default=BenchConfig.batch)
     ap.add_argument("--kv-heads", type=int, default=BenchConfig.kv_heads)
     ap.add_argument("--repeats", type=int, default=BenchConfig.repeats)
     ap.add_argument("--attention-impl", default=BenchConfig.attention_impl)
+    ap.add_argument("--model", default="", choices=["", *sorted(PRETRAINED)],
+                    help="a fetched pretrained model instead of the benchmark model")
     ap.add_argument("--json", dest="json_path", default=None)
     args = ap.parse_args(argv)
     cfg = BenchConfig(**{**vars(args), "distributions": tuple(args.distributions)})
-    print(f"bench_rollout on {jax.default_backend()}: {bench_model_config(cfg.kv_heads)}")
-    results = run(cfg)
+    try:
+        model = load_benchmark_model(cfg.model) if cfg.model else None
+    except FileNotFoundError as e:
+        ap.error(str(e))
+    print(f"bench_rollout on {jax.default_backend()}: "
+          f"{cfg.model or bench_model_config(num_key_value_heads=cfg.kv_heads)}")
+    results = run(cfg, model)
     if cfg.json_path:
         with open(cfg.json_path, "w") as f:
             json.dump({"config": dataclasses.asdict(cfg), "rows": results}, f, indent=2)

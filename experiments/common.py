@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 
 import jax
+import numpy as np
 
 from zorro_jax.model.config import ModelConfig
 
@@ -19,6 +20,40 @@ def bench_model_config(**overrides) -> ModelConfig:
               qk_norm=True, compute_dtype="float32")
     kw.update(overrides)
     return ModelConfig(**kw)
+
+
+# The text-to-SQL "schema" distribution of the rollout and actor-update benchmarks: lognormal
+# (median, sigma, lo, hi) lengths of a database schema, of each of its SCHEMA_QUESTIONS questions
+# and of each of a question's SCHEMA_SAMPLES completions.
+SCHEMA_LENGTHS = (1536, 0.3, 256, 6144)
+QUESTION_LENGTHS = (48, 0.4, 8, 256)
+COMPLETION_LENGTHS = (96, 0.6, 8, 512)
+SCHEMA_QUESTIONS, SCHEMA_SAMPLES = 8, 8
+# The "sql" distribution (text-to-SQL prompts with their schema inline, one question each):
+# SQL_GROUPS prompts of lognormal length, SQL_SAMPLES completions each.
+SQL_PROMPT_LENGTHS = (768, 0.5, 128, 3072)
+SQL_COMPLETION_LENGTHS = COMPLETION_LENGTHS
+SQL_GROUPS, SQL_SAMPLES = 4, 8
+
+
+def lognormal_lengths(rng, spec, size):
+    """Integer lengths of shape `size` from a (median, sigma, lo, hi) spec (sigma 0: the median)."""
+    median, sigma, lo, hi = spec
+    x = np.exp(rng.normal(np.log(median), sigma, size)) if sigma else np.full(size, median)
+    return np.clip(np.round(x), lo, hi).astype(np.int64)
+
+
+def load_benchmark_model(name: str):
+    """A fetched pretrained model (`python -m experiments.fetch_model NAME`) in fp32;
+    FileNotFoundError saying how to fetch it when it has not been."""
+    from zorro_jax.checkpoints.hf import load_hf_model
+    from zorro_jax.checkpoints.pretrained import default_folder, is_fetched
+
+    folder = default_folder(name)
+    if not is_fetched(folder):
+        raise FileNotFoundError(f"no converted model in {folder}: run `python -m experiments.fetch_model "
+                                f"{name}` first")
+    return load_hf_model(folder, compute_dtype="float32")
 
 
 def bench_model_of_width(hidden_size: int, layers: int = 4) -> ModelConfig:

@@ -212,7 +212,7 @@ def decode_row(cfg, graphdef, state, sizes, shape) -> dict:
     check_batch(mesh, b)
     sh = steps.step_shardings(mesh, state, "sampling")
     params = rules.abstract_params(state, sh.params)
-    cache = SharedPrefixKVCache.abstract(cfg, [(b, p)], g, s)
+    cache = SharedPrefixKVCache.abstract(cfg, [(b, b, p)], g, s)
     cache = rules.abstract_params(cache, steps.cache_shardings(mesh))
     tok = jax.ShapeDtypeStruct((b, g), jnp.int32, sharding=sh.batch)
     live = jax.ShapeDtypeStruct((b, g), jnp.bool_, sharding=sh.batch)

@@ -214,6 +214,15 @@ def render_rollout(payload: dict) -> list[str]:
                       f"{r['kv_bytes_ratio'] / r['ideal_kv_ratio']:.2f} of it); vs naive "
                       f"{r['three_vs_naive_ratio']:.1f}× tokens/s, KV {r['kv_bytes_ratio_vs_naive']:.1f}× "
                       f"(ideal {r['ideal_kv_ratio_vs_naive']:.1f}).")]
+    for r in (r for r in payload["rows"] if r.get("distribution") == "sql"):
+        lines += [(f"`sql` prompts on {r['model']}: B={r['B']} prompts of {r['prompt_lengths']} tokens × "
+                   f"G={r['G']} samples of R={r['R']} tokens:"), "",
+                  "| variant | tok/s (prefill included) | seconds (prefill) | KV MiB |", "|---|---|---|---|"]
+        for v in ("naive", "shared"):
+            lines.append(f"| {v} | {r[f'tok_s_{v}']:.0f} | {r[f's_{v}']:.2f} ({r[f'prefill_s_{v}']:.2f}) | "
+                         f"{r[f'kv_bytes_{v}'] / 2**20:.0f} |")
+        lines += ["", (f"Shared vs naive: **{r['speedup']:.2f}×** tokens/s ({r['decode_speedup']:.2f}× "
+                       f"decode alone), KV bytes {r['kv_ratio']:.2f}× (ideal {r['ideal_ratio']:.2f}).")]
     return lines
 
 
@@ -236,6 +245,10 @@ FIGURES = [
            render_iteration_schema, "one GRPO iteration, three- vs two-level (a few minutes)"),
     Figure("rollout", ("experiments.bench_rollout", "--distributions", "fixed", "schema", "--json", "{json}"),
            render_rollout, "rollout tokens/s and KV bytes, fixed shapes and schema prompts (about 10 minutes)"),
+    Figure("rollout_smollm2", ("experiments.bench_rollout", "--model", "smollm2-135m", "--distributions",
+                               "sql", "--repeats", "1", "--json", "{json}"), render_rollout,
+           "rollout tokens/s and KV bytes on SmolLM2-135M's real weights, sql prompts, shared vs "
+           "naive (about 10 minutes; needs `python -m experiments.fetch_model smollm2-135m` first)"),
     Figure("memory_fsdp", ("experiments.memory_table", "--model", "qwen2.5-1.5b", "--train-meshes", "1,8,1",
                            "--sample-meshes", "--json", "{json}"), render_memory,
            "per-device memory of a 1.5B GRPO train step on an 8-way fsdp mesh (compile only, a few "

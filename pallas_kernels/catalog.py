@@ -44,16 +44,21 @@ def _struct(shape, dtype):
 
 
 def _decode_case(name, family, levels, g, t, h, k, d, dtype, block_sizes=None, suffix=None):
-    """Decode attention over prefix `levels` ((entries, length) each, the last one's entries are
-    the rows B) and G suffixes per row of `suffix` slots (default 2T + 8); the program holds the
-    prefix kernel once per level and the suffix kernel."""
+    """Decode attention over prefix `levels` ((entries, length) each, or (entries, rows, length)
+    for a level packed side by side; the last one's entries are the rows B) and G suffixes per
+    row of `suffix` slots (default 2T + 8); the program holds the prefix kernel once per level
+    and the suffix kernel."""
     block_sizes = block_sizes or spd.BlockSizes()
     s = suffix or 2 * t + 8
     b = levels[-1][0]
-    prefix = tuple(
-        (_struct((n, p, k, d), dtype), _struct((n, p, k, d), dtype), _struct((n,), jnp.int32))
-        for n, p in levels
-    )
+
+    def level(n, *shape):
+        r, p = shape if len(shape) == 2 else (n, *shape)
+        kv = _struct((r, p, k, d), dtype)
+        per_entry = (_struct((n,), jnp.int32),) * (2 if len(shape) == 2 else 1)
+        return (kv, kv, *per_entry)
+
+    prefix = tuple(level(*shape) for shape in levels)
     args = (
         _struct((b, g, t, h, d), dtype), prefix,
         _struct((b, g, s, k, d), dtype), _struct((b, g, s, k, d), dtype),
@@ -108,6 +113,9 @@ def kernel_cases(family: str = "all") -> list[KernelCase]:
         # A schema of 200 tokens under 4 questions of 48: the schema level stacks 4·G rows.
         _decode_case("cascade T1 fp32 H4/K2 D64 (1 x 200, 4 x 48)", "small",
                      ((1, 200), (4, 48)), 8, 1, 4, 2, 64, f32),
+        # The same questions packed side by side in one row of 192 slots, read by key windows.
+        _decode_case("cascade packed T5 bf16 H4/K2 D64 (1 x 200, 4 in 1 x 192)", "small",
+                     ((1, 200), (4, 1, 192)), 8, 5, 4, 2, 64, bf16),
     ]
     realistic = [
         # 8 trees of a 4096-token prompt and 16 completions of 1024 tokens, one tree per row.
@@ -120,6 +128,9 @@ def kernel_cases(family: str = "all") -> list[KernelCase]:
                      ((8, 4096),), 16, 5, 32, 8, 128, bf16, suffix=1024),
         _decode_case("T5 bf16 B1 P4096 G16 S1024 H64/K8 D128", "realistic",
                      ((1, 4096),), 16, 5, 64, 8, 128, bf16, suffix=1024),
+        # A 4096-token schema under 8 questions packed side by side in one row of 512 slots.
+        _decode_case("cascade packed T1 bf16 (1 x 4096, 8 in 1 x 512) G16 S1024 H32/K8 D128",
+                     "realistic", ((1, 4096), (8, 1, 512)), 16, 1, 32, 8, 128, bf16, suffix=1024),
     ]
     return {"small": small, "realistic": realistic, "all": small + realistic}[family]
 
@@ -137,10 +148,13 @@ def _rel_err(a, b):
 
 
 def _check_shared_prefix_decode(interpret: bool = False):
-    keys = jax.random.split(jax.random.key(1), 5)
-    b, p, g, t, s, h, k, d = 2, 100, 4, 3, 16, 8, 2, 64
-    prefix = ((_rand(keys[1], (b, p, k, d), jnp.bfloat16), _rand(keys[2], (b, p, k, d), jnp.bfloat16),
-               jnp.asarray([100, 37], jnp.int32)),)
+    keys = jax.random.split(jax.random.key(1), 7)
+    n, p, b, g, t, s, h, k, d = 2, 100, 4, 4, 3, 16, 8, 2, 64
+    # Two prompts, then two questions under each packed side by side in one row of 48 slots.
+    prefix = ((_rand(keys[1], (n, p, k, d), jnp.bfloat16), _rand(keys[2], (n, p, k, d), jnp.bfloat16),
+               jnp.asarray([100, 37], jnp.int32)),
+              (_rand(keys[5], (n, 48, k, d), jnp.bfloat16), _rand(keys[6], (n, 48, k, d), jnp.bfloat16),
+               jnp.asarray([30, 17, 1, 40], jnp.int32), jnp.asarray([0, 30, 0, 1], jnp.int32)))
     args = (_rand(keys[0], (b, g, t, h, d), jnp.bfloat16), prefix,
             _rand(keys[3], (b, g, s, k, d), jnp.bfloat16),
             _rand(keys[4], (b, g, s, k, d), jnp.bfloat16), jnp.full((b, g), 5, jnp.int32))

@@ -47,9 +47,12 @@ def test_schema_distribution_shares_three_levels():
 def test_model_option_without_a_fetched_model_says_how_to_fetch(tmp_path, monkeypatch, capsys):
     import pytest
 
-    from experiments import bench_actor_update
+    from experiments import bench_actor_update, bench_rollout
 
     monkeypatch.setenv("ZORRO_JAX_CACHE", str(tmp_path))
     with pytest.raises(SystemExit):
         bench_actor_update.main(["--model", "smollm2-135m", "--distributions", "sql", "--groups", "1"])
+    assert "python -m experiments.fetch_model smollm2-135m" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        bench_rollout.main(["--model", "smollm2-135m", "--distributions", "sql"])
     assert "python -m experiments.fetch_model smollm2-135m" in capsys.readouterr().err

@@ -52,6 +52,13 @@ def test_other_renderers():
                                           "hidden_size": 256, "machine": "m",
                                           "phases": {"two_level": phases, "three_level": phases}})
     assert it[-1].startswith("| **ratio** | 1.00×")
+    sql = {"distribution": "sql", "model": "m", "B": 2, "G": 8, "R": 96, "prompt_lengths": [700, 800],
+           "tok_s_naive": 100.0, "tok_s_shared": 400.0, "s_naive": 8.0, "s_shared": 2.0,
+           "prefill_s_naive": 4.0, "prefill_s_shared": 0.5, "kv_bytes_naive": 5 * 2**20,
+           "kv_bytes_shared": 2**20, "speedup": 4.0, "decode_speedup": 2.67, "kv_ratio": 5.0,
+           "ideal_ratio": 4.8}
+    roll = results.render_rollout({"rows": [sql]})
+    assert "| shared | 400 | 2.00 (0.50) | 1 |" in roll and "**4.00×** tokens/s" in roll[-1]
     memory = results.render_memory({
         "model": "qwen2.5-1.5b", "params": 1.54e9, "layers": 28, "compute_dtype": "bfloat16",
         "machine": "m", "train_shape_BPGR": [8, 512, 8, 256],

@@ -180,6 +180,87 @@ def test_cascade_equals_causal_attention_over_ancestors(num_levels):
     assert_rel_close(run_decode(*args, impl="xla", sm_scale=sm_scale), expected, 1e-5)
 
 
+def pack_level(k_NxPxKxD, v_NxPxKxD, len_N, per_row, width, fill=1e4):
+    """A rectangular level with its entries packed side by side, `per_row` to a cache row of
+    `width` slots (NumPy): (k [N/per_row, width, K, D], v, len [N], start [N]); the slots
+    between and after the windows hold `fill` (keys) and -fill (values)."""
+    k, v, lens = (np.asarray(x) for x in (k_NxPxKxD, v_NxPxKxD, len_N))
+    n, _, kh, d = k.shape
+    k_p = np.full((n // per_row, width, kh, d), fill, k.dtype)
+    v_p = np.full((n // per_row, width, kh, d), -fill, v.dtype)
+    starts = np.zeros(n, np.int32)
+    for e in range(n):
+        row, j = divmod(e, per_row)
+        starts[e] = 0 if j == 0 else starts[e - 1] + lens[e - 1]
+        k_p[row, starts[e]:starts[e] + lens[e]] = k[e, :lens[e]]
+        v_p[row, starts[e]:starts[e] + lens[e]] = v[e, :lens[e]]
+    assert starts[-1] + lens[-1] <= width
+    return jnp.asarray(k_p), jnp.asarray(v_p), jnp.asarray(lens), jnp.asarray(starts)
+
+
+@pytest.mark.parametrize("impl", ["xla", "pallas"])
+def test_packed_level_equals_its_rectangular_cascade(impl):
+    """Level 1 (two questions under the schema) and level 2 (a tail per row) packed side by side:
+    each row masked to its entry's window == the rectangular cascade == float64 attention over the
+    row's ancestors. The fill between windows (1e4) would dominate any row that saw it."""
+    q, levels, k_s, v_s, q_start = make_cascade(3, ratio=2, seed=41)
+    packed = (levels[0], pack_level(*levels[1], per_row=2, width=32),
+              pack_level(*levels[2], per_row=4, width=32))
+    sm_scale = 0.3
+    expected = causal_attention_numpy(q, levels, k_s, v_s, q_start, sm_scale)
+    args = (q, packed, k_s, v_s, q_start)
+    assert_rel_close(run_decode(*args, impl=impl, sm_scale=sm_scale), expected, 1e-5)
+    assert_rel_close(jax.jit(shared_prefix_decode_reference, static_argnames="sm_scale")(
+        *args, sm_scale=sm_scale), expected, 1e-5)
+
+
+# One cache row of 96 keys holding four entries side by side (a schema's questions), two query
+# group rows under each; T = 2, H/K = 2, so 32 query rows per KV head: two row blocks of 16 whose
+# windows' unions are [0, 27) and [27, 78). Keys 78.. belong to no window.
+WINDOW_LENS, WINDOW_STARTS = [20, 7, 33, 18], [0, 20, 27, 60]
+WINDOW_BLOCKS = BlockSizes(block_k=16, num_splits=3, block_m=16)
+
+
+def windowed_case(seed):
+    ks = jax.random.split(jax.random.key(seed), 3)
+    q = jax.random.normal(ks[0], (2, 8, 2, 2 * K, D), jnp.float32)
+    k_p, v_p = (jax.random.normal(x, (2, 96, K, D), jnp.float32) for x in ks[1:])
+    lens = jnp.asarray(np.repeat([WINDOW_LENS, [5, 9, 1, 16]], 2, axis=1), jnp.int32)
+    starts = jnp.asarray(np.repeat([WINDOW_STARTS, [0, 5, 14, 15]], 2, axis=1), jnp.int32)
+    return q, k_p, v_p, lens, starts
+
+
+def test_prompt_kernel_with_key_windows_matches_xla():
+    q, k_p, v_p, lens, starts = windowed_case(60)
+    kernel = functools.partial(shared_prefix_attention, block_sizes=WINDOW_BLOCKS, interpret=True)
+    o, lse = jax.jit(kernel)(q, k_p, v_p, lens, starts)
+    o_x, lse_x = jax.jit(shared_prefix_attention_xla)(q, k_p, v_p, lens, starts)
+    assert_rel_close(o, o_x, 1e-5)
+    assert_rel_close(lse, lse_x, 1e-5)
+    # Group row g sees exactly its window: the same rows against the sliced keys.
+    for b, g in [(0, 0), (0, 5), (1, 6)]:
+        window = slice(int(starts[b, g]), int(starts[b, g] + lens[b, g]))
+        o_w, _ = shared_prefix_attention_xla(q[b:b + 1, g:g + 1], k_p[b:b + 1, window],
+                                             v_p[b:b + 1, window], lens[b:b + 1, g])
+        assert_rel_close(o[b, g], o_w[0, 0], 1e-5)
+
+
+def test_prompt_kernel_never_reads_key_blocks_outside_the_windows():
+    """NaN in every key block that meets no window of its cache row (row 0: blocks of 16 from 80,
+    row 1: from 32): a kernel that visited one would return NaN, as the XLA path over all keys
+    does."""
+    q, k_p, v_p, lens, starts = windowed_case(61)
+    first_unread = jnp.asarray([80, 32])[:, None, None, None]
+    unread = jnp.arange(96)[None, :, None, None] >= first_unread
+    k_nan, v_nan = (jnp.where(unread, jnp.nan, x) for x in (k_p, v_p))
+    kernel = functools.partial(shared_prefix_attention, block_sizes=WINDOW_BLOCKS, interpret=True)
+    o, lse = jax.jit(kernel)(q, k_nan, v_nan, lens, starts)
+    o_x, lse_x = jax.jit(shared_prefix_attention_xla)(q, k_p, v_p, lens, starts)
+    assert_rel_close(o, o_x, 1e-5)
+    assert_rel_close(lse, lse_x, 1e-5)
+    assert not np.isfinite(np.asarray(shared_prefix_attention_xla(q, k_nan, v_nan, lens, starts)[0])).all()
+
+
 def test_cascade_rejects_levels_that_do_not_nest():
     q, levels, k_s, v_s, q_start = make_cascade(1, ratio=1, seed=0)
     k3, v3, _ = levels[2]
@@ -188,6 +269,9 @@ def test_cascade_rejects_levels_that_do_not_nest():
         shared_prefix_decode_attention(q, bad, k_s, v_s, q_start)
     with pytest.raises(ValueError, match="at least one prefix level"):
         shared_prefix_decode_attention(q, (), k_s, v_s, q_start)
+    k2, v2, len2 = levels[1]
+    with pytest.raises(ValueError, match="need their key starts"):
+        shared_prefix_decode_attention(q, (levels[0], (k2[:1], v2[:1], len2)), k_s, v_s, q_start)
 
 
 @pytest.mark.parametrize(

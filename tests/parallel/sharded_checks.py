@@ -251,6 +251,9 @@ def check_kernels():
     plen = jnp.asarray([16, 5, 9, 1], jnp.int32)
     q_d = f(b, 2, 1, h, d)
     want_d = spd.shared_prefix_attention(q_d, k_p, v_p, plen, interpret=True)
+    # Per-row key windows (a packed level): every window inside the 16 keys.
+    w_start, w_len = (jnp.asarray(rng.integers(lo, 9, (b, 2)), jnp.int32) for lo in (0, 1))
+    want_w = spd.shared_prefix_attention(q_d, k_p, v_p, w_len, w_start, interpret=True)
     q_s, k_s, v_s = f(b, 2, 3, h, d), f(b, 2, 8, k, d), f(b, 2, 8, k, d)
     q_start = jnp.asarray([[0, 5], [2, 1], [5, 0], [3, 4]], jnp.int32)
     want_s = sd.suffix_attention_pallas(q_s, k_s, v_s, q_start, interpret=True)
@@ -267,6 +270,9 @@ def check_kernels():
         assert got.sharding.spec == kernels.prompt_spec(), got.sharding
         got_d = kernels.shared_prefix_attention_sharded(mesh, q_d, k_p, v_p, plen, interpret=True)
         assert_close(f"{sizes} shared_prefix_attention", got_d, want_d)
+        got_w = kernels.shared_prefix_attention_sharded(mesh, q_d, k_p, v_p, w_len, w_start,
+                                                        interpret=True)
+        assert_close(f"{sizes} shared_prefix_attention with key windows", got_w, want_w)
         got_s = kernels.suffix_attention_sharded(mesh, q_s, k_s, v_s, q_start, interpret=True)
         assert_close(f"{sizes} suffix_attention", got_s, want_s)
         # The fused backward (a prompt's dK/dV summed over its samples) runs per device too.

@@ -17,14 +17,14 @@ from sampling_fixtures import VOCAB, ragged_prompts, tiny_model
 from zorro_jax.layouts import pack_dense
 from zorro_jax.model.forward import dense_logits, dense_logprobs
 from zorro_jax.sampling.processors import top_p_filter
-from zorro_jax.sampling.sampler import PromptTree, SamplerConfig, generate
+from zorro_jax.sampling.sampler import PromptTree, SamplerConfig, generate, pack_levels
 
 G = 3
 MAX_NEW = 10
 PROMPTS = ragged_prompts((5, 2, 13))
 ROW_LEN = 32  # every prompt ++ completion fits; one compiled Dense program
-# Two roots (20, 13 tokens: a 32-token bucket) with three questions each (a 16-token bucket);
-# the concatenated prompts (up to 26 tokens) fall in the 32 bucket as well.
+# Two roots (20, 13 tokens: a 32-token bucket) with three questions each (9 tokens side by side:
+# a 16-token bucket); the concatenated prompts (up to 26 tokens) fall in the 32 bucket as well.
 TREE = PromptTree(ragged_prompts((20, 13), seed=5),
                   [ragged_prompts((3, 1, 5), seed=6), ragged_prompts((2, 6, 1), seed=7)])
 
@@ -189,10 +189,11 @@ def test_prompt_tree_greedy_equals_concatenated_prompts(model, greedy):
     assert_same_rollouts(generate(model, TREE, G, cfg, key, mode="naive"), flat)
     assert tree.tokens_BxGxR.shape[0] == 6
     np.testing.assert_array_equal(tree.prompt_lengths_B, [23, 21, 25, 15, 19, 14])
-    # KV held: each root once (32-token bucket), each question once (16), 6·G suffixes (16).
+    # KV held: each root once (32-token bucket), each root's questions side by side once (9
+    # tokens: one 16-token row), 6·G suffixes (16).
     c = model.config
     per_token = c.num_hidden_layers * c.num_key_value_heads * c.head_dim * 2 * 4
-    assert tree.kv_cache_bytes == per_token * (2 * 32 + 6 * 16 + 6 * G * 16)
+    assert tree.kv_cache_bytes == per_token * (2 * 32 + 2 * 16 + 6 * G * 16)
     assert flat.kv_cache_bytes == per_token * 6 * (32 + G * 16) > tree.kv_cache_bytes
 
 
@@ -203,6 +204,21 @@ def test_prompt_tree_samples_equal_concatenated_prompts(model, nucleus):
     assert_same_rollouts(tree, flat)
     assert len(set(tree.lengths_BxG.ravel().tolist())) > 1, "want ragged completion lengths"
     assert all(len({tuple(c) for c in group}) == G for group in tree.completions)
+
+
+def test_questions_are_packed_side_by_side_under_their_root():
+    """Host-side packing: slot c of root d's row holds the c-th token of its questions
+    concatenated; each question's window is its run of slots; the padding slots lie after them."""
+    questions = [[[5, 6, 7], [8], [9, 10]], [[11] * 12, [12, 13], [14]]]
+    roots, level = pack_levels(PromptTree([[1], [2, 3]], questions), SamplerConfig())
+    assert roots.pack_RxC is None and level.stored_shape() == (6, 2, 16)
+    np.testing.assert_array_equal(level.start_N, [0, 3, 4, 0, 12, 14])
+    np.testing.assert_array_equal(level.len_N, [3, 1, 2, 12, 2, 1])
+    slots = np.take_along_axis(level.tokens_NxP.reshape(2, -1), level.pack_RxC, axis=1)
+    for d, qs in enumerate(questions):
+        row = [t for q in qs for t in q]
+        np.testing.assert_array_equal(slots[d, : len(row)], row)
+    assert (level.pack_RxC[0, 6:] == 0).all() and (level.pack_RxC[1, 15:] == 0).all()
 
 
 @pytest.mark.parametrize(

@@ -46,16 +46,17 @@ def _prefill_and_two_steps(graphdef, impl, state, levels, n_new_1, x1_BxGx3, x2_
     return h_last_BxE, h1, h2, cache
 
 
-def run_two_steps(model, impl, prompts=None, n_new_1=N_NEW_1):
-    """Prefill (a list of prompts, or a PromptTree) and two steps; returns the rows' whole
-    prompts, the step tokens, the hidden states and the cache."""
+def run_two_steps(model, impl, prompts=None, n_new_1=N_NEW_1, levels=None):
+    """Prefill (a list of prompts, or a PromptTree; `levels` overrides their packing) and two
+    steps; returns the rows' whole prompts, the step tokens, the hidden states and the cache."""
     prompts = ragged_prompts((5, 11)) if prompts is None else prompts
     rows = prompts.prompts() if isinstance(prompts, PromptTree) else prompts
     rng = np.random.default_rng(1)
     x1_BxGx3 = rng.integers(0, VOCAB, (len(rows), G, 3)).astype(np.int32)
     x2_BxGx2 = rng.integers(0, VOCAB, (len(rows), G, 2)).astype(np.int32)
     graphdef, state = nnx.split(model)
-    out = _prefill_and_two_steps(graphdef, impl, state, pack_levels(prompts, SamplerConfig()),
+    levels = pack_levels(prompts, SamplerConfig()) if levels is None else levels
+    out = _prefill_and_two_steps(graphdef, impl, state, levels,
                                  jnp.asarray(n_new_1), x1_BxGx3, x2_BxGx2)
     return (rows, x1_BxGx3, x2_BxGx2, *out)
 
@@ -88,12 +89,31 @@ def test_multi_token_steps_equal_dense_forward(model):
 
 
 def test_three_level_prefill_and_steps_equal_dense_forward(model):
-    """Each question prefilled on top of its root, then steps over root ⊕ question ⊕ suffix."""
+    """Each question prefilled on top of its root and packed beside its siblings, then steps over
+    root ⊕ own question's window ⊕ suffix."""
     run = run_two_steps(model, "xla", TREE, N_NEW_TREE_1)
     cache = run[-1]
-    assert [lv.k_LxNxPxKxD.shape[1] for lv in cache.levels] == [2, 4]
+    # One cache row per root holding its questions side by side: 3 ++ 1 and 6 ++ 2 tokens.
+    assert [lv.k_LxRxCxKxD.shape[1] for lv in cache.levels] == [2, 2]
     np.testing.assert_array_equal(np.asarray(cache.levels[1].len_N), [3, 1, 6, 2])
+    np.testing.assert_array_equal(np.asarray(cache.levels[1].start_N), [0, 3, 0, 6])
     check_against_dense(model, run, N_NEW_TREE_1)
+
+
+def test_packed_question_level_holds_the_rectangular_kv(model):
+    """The packed level's window of each question == that question's K/V prefilled as a row of
+    its own (the same prefill, written into its slots), and both cascades step alike."""
+    packed = pack_levels(TREE, SamplerConfig())
+    rectangular = (packed[0], packed[1]._replace(pack_RxC=None, start_N=None))
+    *_, h1, h2, cache = run_two_steps(model, "xla", TREE, N_NEW_TREE_1)
+    *_, r1, r2, rect = run_two_steps(model, "xla", TREE, N_NEW_TREE_1, levels=rectangular)
+    assert rect.levels[1].k_LxRxCxKxD.shape[1] == 4
+    for n, (start, length) in enumerate(zip([0, 3, 0, 6], [3, 1, 6, 2])):
+        for name in ("k_LxRxCxKxD", "v_LxRxCxKxD"):
+            window = getattr(cache.levels[1], name)[:, n // 2, start:start + length]
+            np.testing.assert_array_equal(window, getattr(rect.levels[1], name)[:, n, :length])
+    assert rel_err(h1, r1) <= 1e-5
+    assert rel_err(h2, r2) <= 1e-5
 
 
 def test_cache_bytes_are_each_prefix_once_plus_suffixes(model):
@@ -102,8 +122,9 @@ def test_cache_bytes_are_each_prefix_once_plus_suffixes(model):
     *_, two_level = run_two_steps(model, "xla")
     assert two_level.nbytes() == per_token * 2 * (16 + G * S)
     *_, three_level = run_two_steps(model, "xla", TREE, N_NEW_TREE_1)
-    # Two roots and four questions, each once in its 16-token bucket, and 4·G suffixes.
-    assert three_level.nbytes() == per_token * (2 * 16 + 4 * 16 + 4 * G * S)
+    # Two roots, each once in its 16-token bucket, their questions side by side in one 16-token
+    # row per root (4 and 8 tokens), and 4·G suffixes.
+    assert three_level.nbytes() == per_token * (2 * 16 + 2 * 16 + 4 * G * S)
     *_, concatenated = run_two_steps(model, "xla", TREE.prompts(), N_NEW_TREE_1)
     # The same rows as one level of concatenated prompts (32-token bucket) hold more.
     assert concatenated.nbytes() == per_token * 4 * (32 + G * S) > three_level.nbytes()

@@ -23,7 +23,7 @@ def dense_hidden(model: Transformer, tokens_NxT, impl: str | None = None):
     pos = jnp.broadcast_to(jnp.arange(t, dtype=jnp.int32)[None, :], (n, t))
     zeros = jnp.zeros((n,), jnp.int32)
     attend = lambda i, q, k, v: attention.dense_attention(q, k, v, zeros, impl)
-    return model.hidden(tokens_NxT, pos, attend, model.config.remat)
+    return model.hidden(tokens_NxT, pos, attend, model.config.remat, model.config.scan_layers)
 
 
 def dense_logits(model: Transformer, tokens_NxT, impl: str | None = None):
@@ -125,7 +125,8 @@ def packed_hidden(model: Transformer, batch: PackedTree, impl: str | None = None
         q, k, v, batch.subtree_end_NxT, batch.blocks, impl
     )
     x_NxTxE = rows(model.embed(batch.tokens_NxT))
-    return rows(model.hidden_from_embeddings(x_NxTxE, batch.positions_NxT, attend, model.config.remat))
+    return rows(model.hidden_from_embeddings(x_NxTxE, batch.positions_NxT, attend, model.config.remat,
+                                             model.config.scan_layers))
 
 
 def packed_logprobs(model: Transformer, batch: PackedTree, *, impl=None, chunk_size=8192,

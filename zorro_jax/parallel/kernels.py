@@ -21,6 +21,7 @@ import jax
 from jax.sharding import Mesh
 from jax.sharding import PartitionSpec as P
 
+from pallas_kernels import prefix_decode as pd
 from pallas_kernels import shared_prefix_decode as spd
 from pallas_kernels import suffix_decode as sd
 from pallas_kernels import tree_attention_pallas as tap
@@ -54,22 +55,25 @@ def _check(mesh: Mesh, batch: int, heads: int, kv_heads: int):
 
 
 def shared_prefix_attention_sharded(mesh: Mesh, q_BxGxTxHxD, k_prompt_BxPxKxD, v_prompt_BxPxKxD,
-                                    prompt_len_B, *, sm_scale=None,
+                                    prompt_len, key_start=None, *, sm_scale=None,
                                     block_sizes: spd.BlockSizes = _DECODE_BLOCKS,
                                     interpret: bool = False, out_dtype=None):
     """`pallas_kernels.shared_prefix_attention` (one prefix level's part of decode attention) per
-    device: B is that level's entries, each with the stacked queries of the rows under it.
+    device: B is that level's cache rows, each with the stacked queries of the rows under it and
+    their key windows (`prefix_decode.key_windows`: prompt_len [B] or [B, G], key_start None or [B, G]).
 
     Returns (o [B, G, T, H, D], lse [B, G, T, H]), sharded on B and H like the queries; merge
     with the other parts (`lse_merge.merge_attention`) is elementwise and needs no collective.
     """
-    _check(mesh, q_BxGxTxHxD.shape[0], q_BxGxTxHxD.shape[3], k_prompt_BxPxKxD.shape[2])
+    b, g = q_BxGxTxHxD.shape[:2]
+    _check(mesh, b, q_BxGxTxHxD.shape[3], k_prompt_BxPxKxD.shape[2])
+    start_BxG, len_BxG = pd.key_windows(prompt_len, key_start, b, g)
     kernel = functools.partial(spd.shared_prefix_attention, sm_scale=sm_scale,
                                block_sizes=block_sizes, interpret=interpret, out_dtype=out_dtype)
-    pp, cp = prompt_spec(), completion_spec()
-    fn = jax.shard_map(kernel, mesh=mesh, in_specs=(cp, pp, pp, P(BATCH_AXES)),
+    pp, cp, rows = prompt_spec(), completion_spec(), P(BATCH_AXES, None)
+    fn = jax.shard_map(kernel, mesh=mesh, in_specs=(cp, pp, pp, rows, rows),
                        out_specs=(cp, P(BATCH_AXES, None, None, "tensor")), check_vma=False)
-    return fn(q_BxGxTxHxD, k_prompt_BxPxKxD, v_prompt_BxPxKxD, prompt_len_B)
+    return fn(q_BxGxTxHxD, k_prompt_BxPxKxD, v_prompt_BxPxKxD, len_BxG, start_BxG)
 
 
 def suffix_attention_sharded(mesh: Mesh, q_BxGxTxHxD, k_suffix_BxGxSxKxD, v_suffix_BxGxSxKxD,

@@ -185,12 +185,13 @@ def make_logprob_step(graphdef, sh: StepShardings, *, impl=None):
 
 def cache_shardings(mesh: Mesh, num_levels: int = 1) -> SharedPrefixKVCache:
     """A shared-prefix cache of `num_levels` prefix levels split over entries / rows (on
-    data × fsdp) and kv heads (tensor). Every level's entries must divide over data × fsdp, so
-    that the rows under an entry live on the entry's device."""
+    data × fsdp) and kv heads (tensor). Every level's cache rows and entries must divide over
+    data × fsdp, so that the rows under an entry live on the entry's device (a packed level's
+    rows are its parents' entries, which `_pad_to_shards` makes divide)."""
     kv_p = NamedSharding(mesh, P(None, BATCH_AXES, None, "tensor", None))
     kv_s = NamedSharding(mesh, P(None, BATCH_AXES, None, None, "tensor", None))
     b = batch_sharding(mesh)
-    levels = tuple(PrefixLevel(kv_p, kv_p, b) for _ in range(num_levels))
+    levels = tuple(PrefixLevel(kv_p, kv_p, b, b) for _ in range(num_levels))
     return SharedPrefixKVCache(levels, kv_s, kv_s, b)
 
 

@@ -100,6 +100,9 @@ class PolicyConfig:
     # Rematerialisation in the training forward: none | block (recompute each layer in the
     # backward) | attention (recompute the attention core only).
     remat: str = "none"
+    # The training forward's layers as one lax.scan (faster compiles, less memory; see
+    # ModelConfig.scan_layers) or, false, a Python loop over them.
+    scan_layers: bool = True
     # LoRA: adapters of this rank on every attention and MLP projection, and only they train in
     # SFT and GRPO (0 = the whole model trains). One device only for now.
     lora_rank: int = 0
@@ -358,7 +361,8 @@ def _run(cfg: RunConfig, task, t_start: float) -> dict:
         model = load_hf_model(cfg.policy.checkpoint, compute_dtype=cfg.policy.compute_dtype)
     else:
         model = init_model(new_model_config(cfg, tok), seed=cfg.policy.seed)
-    model.config = dataclasses.replace(model.config, remat=cfg.policy.remat)
+    model.config = dataclasses.replace(model.config, remat=cfg.policy.remat,
+                                       scan_layers=cfg.policy.scan_layers)
     lora = LoRAConfig(rank=cfg.policy.lora_rank, alpha=cfg.policy.lora_alpha)
     if lora.rank:
         add_lora(model, lora, seed=cfg.policy.seed)

@@ -5,7 +5,8 @@ schemas, with k questions each: B = D·k prompts root ++ question, ordered root-
 with the same interface and the same random draws:
 - "shared": a cascade of shared prefixes (`SharedPrefixKVCache`). A list of prompts is one prefix
   level (each prompt prefilled once, its KV stored once per group); a PromptTree is two (each
-  root once, each question once on top of it). Every decode step reads each level's KV once for
+  root once, each question once on top of it, the questions of a root packed side by side in one
+  cache row). Every decode step reads each level's KV once for
   all the samples under it.
 - "naive": each (concatenated) prompt is replicated G times into B·G rows of a `DenseKVCache`
   (the baseline every replicated-prompt RL stack uses), prefilled and decoded with `dense_step`.
@@ -139,18 +140,9 @@ class PromptTree:
         if min(map(len, self.roots)) < 1 or min(len(q) for qs in self.questions for q in qs) < 1:
             raise ValueError("every root and every question needs at least one token")
 
-    def levels(self) -> list[list[list[int]]]:
-        """The token lists of each prefix level: [roots, every question root-major]."""
-        return [list(self.roots), [q for qs in self.questions for q in qs]]
-
     def prompts(self) -> list[list[int]]:
         """The B concatenated prompts, root-major."""
         return [list(r) + list(q) for r, qs in zip(self.roots, self.questions) for q in qs]
-
-
-def prompt_levels(prompts: list[list[int]] | PromptTree) -> list[list[list[int]]]:
-    """The token lists of each prefix level: a list of prompts is one level."""
-    return prompts.levels() if isinstance(prompts, PromptTree) else [list(prompts)]
 
 
 def flat_prompts(prompts: list[list[int]] | PromptTree) -> list[list[int]]:
@@ -337,9 +329,34 @@ def pack_prompts(prompts: list[list[int]], cfg: SamplerConfig) -> tuple[np.ndarr
     return tokens, lengths
 
 
+def pack_side_by_side(groups: list[list[list[int]]], cfg: SamplerConfig) -> PromptLevel:
+    """A packed prefix level: the entries of each group (the k questions of one root) side by
+    side in one cache row, with no padding between them; the rows are padded to the length bucket
+    of the longest group. The entries are also right-padded rows (`pack_prompts`) for the
+    prefill, which writes them into their slots."""
+    tokens_NxP, len_N = pack_prompts([e for group in groups for e in group], cfg)
+    r, p = len(groups), tokens_NxP.shape[1]
+    len_RxJ = len_N.reshape(r, -1)
+    start_RxJ = np.cumsum(len_RxJ, axis=1) - len_RxJ
+    slots = bucket(int(len_RxJ.sum(axis=1).max()), cfg.prompt_buckets)
+    c_C = np.arange(slots)
+    # Slot c of a row belongs to the last entry starting at or before it; slots past the row's
+    # last entry are padding (they gather token 0 and lie outside every window).
+    entry_RxC = (c_C[None, :, None] >= start_RxJ[:, None, :]).sum(axis=2) - 1
+    offset_RxC = c_C[None, :] - np.take_along_axis(start_RxJ, entry_RxC, axis=1)
+    real_RxC = c_C[None, :] < len_RxJ.sum(axis=1, keepdims=True)
+    pack_RxC = np.where(real_RxC, entry_RxC * p + offset_RxC, 0).astype(np.int32)
+    return PromptLevel(tokens_NxP, len_N, pack_RxC, start_RxJ.reshape(-1).astype(np.int32))
+
+
 def pack_levels(prompts: list[list[int]] | PromptTree, cfg: SamplerConfig) -> tuple[PromptLevel, ...]:
-    """Every prefix level right-padded to its own length bucket (`pack_prompts` per level)."""
-    return tuple(PromptLevel(*pack_prompts(level, cfg)) for level in prompt_levels(prompts))
+    """Every prefix level in its own length bucket: a list of prompts (or a PromptTree's roots)
+    as right-padded rows (`pack_prompts`), a PromptTree's questions packed side by side under
+    their root (`pack_side_by_side`)."""
+    if isinstance(prompts, PromptTree):
+        return (PromptLevel(*pack_prompts(prompts.roots, cfg)),
+                pack_side_by_side(prompts.questions, cfg))
+    return (PromptLevel(*pack_prompts(list(prompts), cfg)),)
 
 
 def generate(model: Transformer, prompts: list[list[int]] | PromptTree, group_size: int,

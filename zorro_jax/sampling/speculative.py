@@ -280,7 +280,7 @@ def generate_speculative(policy_model: Transformer, draft_model: Transformer,
         pgraph, pstate, dgraph, dstate, levels, rng, jnp.int32(cfg.max_new_tokens),
         spec=cfg.draw_spec(), group_size=group_size, response_size=response_size, gamma=gamma,
         wrong_rule=_wrong_rule)
-    level_shapes = [level.tokens_NxP.shape for level in levels]
+    level_shapes = [level.stored_shape() for level in levels]
     kv = sum(SharedPrefixKVCache.abstract(m.config, level_shapes, group_size, response_size).nbytes()
              for m in (policy_model, draft_model))
     out = to_rollouts(tokens, logp, lengths, flat_prompts(prompts), cfg.max_new_tokens, kv)
