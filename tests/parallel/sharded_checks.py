@@ -160,34 +160,38 @@ def check_memory():
 
 def check_rows():
     """The sharded gradient step keeps a device's activations to its own rows: on meshes with
-    data × fsdp = 8 its XLA temporaries stay under 0.2 of the single-device step's on the same
-    8-row batch (1/8 of the rows, plus the gathered weights). Before the residual stream and the
-    LM head followed the rows, XLA split the hidden width instead and kept every row everywhere
-    (0.40 on (8, 1, 1), 0.70 on (1, 8, 1))."""
+    data × fsdp = 8, an 8-row batch's step needs at most twice the XLA temporaries of the
+    single-device step on one of its rows (the gathered weights and full-size gradient buffers
+    are the rest). Before the residual stream and the LM head followed the rows, XLA split the
+    hidden width instead and kept every row on every device: 3.5× on (8, 1, 1), 6.1× on (1, 8, 1).
+    """
     from experiments.memory_table import abstract_packed, packed_dims
 
     cfg = tiny_config(vocab_size=4096, hidden_size=256, intermediate_size=1024, num_attention_heads=4,
                       num_key_value_heads=4, head_dim=64)
     graphdef, state = nnx.split(nnx.eval_shape(lambda: init_model(cfg)))
-    shape = b, _, g, r = (8, 128, 4, 64)
-    f32 = jnp.float32
+    sds, f32 = jax.ShapeDtypeStruct, jnp.float32
+
+    def inputs(shape, shards):
+        b, _, g, r = shape
+        per_sample = (sds((b, g, r), f32), sds((b, g), f32), sds((b, g, r), f32), sds((), f32))
+        return abstract_packed(shape, packed_dims(shape, shards), sds), per_sample
 
     def temp_bytes(lowered):
         return lowered.compile().memory_analysis().temp_size_in_bytes
 
-    sds = jax.ShapeDtypeStruct
-    batch = abstract_packed(shape, packed_dims(shape, 1), sds)
-    per_sample = (sds((b, g, r), f32), sds((b, g), f32), sds((b, g, r), f32), sds((), f32))
-    one = temp_bytes(make_grpo_grad_fn(graphdef, LossConfig(), "xla").lower(state, batch, *per_sample))
+    batch, per_sample = inputs((1, 128, 4, 64), 1)
+    one_row = temp_bytes(make_grpo_grad_fn(graphdef, LossConfig(), "xla").lower(state, batch, *per_sample))
+    batch, per_sample = inputs((8, 128, 4, 64), 8)
     for sizes in [(8, 1, 1), (1, 8, 1), (2, 4, 1)]:
         sh = steps.step_shardings(MeshConfig(*sizes).make(), state, "training")
         placed = lambda tree, shardings: rules.abstract_params(tree, rules.expand_shardings(shardings, tree))
-        inputs = [placed(x, sh.replicated) for x in per_sample]
         lowered = steps.make_grad_step(graphdef, LossConfig(), sh, impl="xla").lower(
-            rules.abstract_params(state, sh.params), placed(batch, sh.packed), *inputs)
-        ratio = temp_bytes(lowered) / one
-        assert ratio < 0.2, (sizes, ratio)
-        print(f"rows {sizes}: ok ({ratio:.3f} of one device)")
+            rules.abstract_params(state, sh.params), placed(batch, sh.packed),
+            *(placed(x, sh.replicated) for x in per_sample))
+        ratio = temp_bytes(lowered) / one_row
+        assert ratio <= 2, (sizes, ratio)
+        print(f"rows {sizes}: ok ({ratio:.2f}× one row on one device)")
 
 
 def check_generate():
