@@ -2,14 +2,15 @@
 8-device mesh.
 
     python -m experiments.memory_table [--model llama-1.1b | qwen2.5-1.5b] [--preset ci]
-        [--train-meshes D,F,T ...] [--sample-meshes D,F,T ...] [--json PATH]
+        [--train-meshes D,F,T ...] [--sample-meshes D,F,T ...] [--layer-loops scan unrolled]
+        [--json PATH]
 
 Compile only: parameters, optimizer state and batch are abstract (jax.ShapeDtypeStruct with
 shardings), nothing is allocated. Figures are XLA's `compiled.memory_analysis()` per device:
 arguments, outputs, temporaries, and the bytes of outputs aliased to donated arguments; beside
 them the bytes the compiled program's collectives produce per device (all-gather, all-reduce,
 reduce-scatter, all-to-all, collective-permute; a loop body counted once, as XLA's own cost
-analysis does). Rows: the training preset (one GRPO train step, grad + AdamW apply, with XLA tree
+analysis does, so under `scan_layers` one layer's collectives stand for all of them). Rows: the training preset (one GRPO train step, grad + AdamW apply, with XLA tree
 attention on a prompt-once `PackedTree` batch) on several (data, fsdp, tensor) meshes, and the
 sampling preset (one shared-prefix decode step).
 
@@ -223,7 +224,7 @@ def decode_row(cfg, graphdef, state, sizes, shape) -> dict:
 
 def print_row(row):
     gib = lambda k: f"{row[k] / GIB:7.2f}"
-    print(f"{row['preset']:>8} {tuple(row['mesh'])!s:>10} | {gib('params_bytes')} {gib('opt_state_bytes')} "
+    print(f"{row['preset']:>8} {row.get('layer_loop', ''):>8} {tuple(row['mesh'])!s:>10} | {gib('params_bytes')} {gib('opt_state_bytes')} "
           f"{gib('cache_bytes')} | {gib('argument_bytes')} {gib('output_bytes')} {gib('alias_bytes')} "
           f"{gib('temp_bytes')} | {gib('collective_bytes')} | {row['compile_s']:6.1f}", flush=True)
 
@@ -247,6 +248,9 @@ def main(argv=None):
                     help="(data, fsdp, tensor) meshes of the training rows (default: the preset's)")
     ap.add_argument("--sample-meshes", nargs="*", type=mesh_sizes, default=None,
                     help="meshes of the decode rows (default: the preset's; none: no decode rows)")
+    ap.add_argument("--layer-loops", nargs="+", choices=["scan", "unrolled"], default=["scan"],
+                    help="training rows with the layers under one lax.scan (ModelConfig.scan_layers, "
+                         "the default) and / or as a Python loop")
     ap.add_argument("--json", default=None, help="write all figures to this path")
     args = ap.parse_args(argv)
     if jax.device_count() != 8:
@@ -270,12 +274,15 @@ def main(argv=None):
         *train_shape) + f" (one group a row: N={dims['N']} x T={dims['T']}, XLA tree attention "
         f"{XLA_TREE_TILES} tiles, {dims['pairs']} block pairs a row)")
     print("sampling: one shared-prefix decode step, B={} P={} G={} suffix S={}".format(*decode_shape))
-    print(f"{'preset':>8} {'mesh d,f,t':>10} | {'params':>7} {'opt':>7} {'kvcache':>7} | {'args':>7} "
+    print(f"{'preset':>8} {'layers':>8} {'mesh d,f,t':>10} | {'params':>7} {'opt':>7} {'kvcache':>7} | {'args':>7} "
           f"{'outputs':>7} {'aliased':>7} {'temp':>7} | {'collect':>7} | compile s   (GiB per device)")
     rows = []
-    for sizes in train_meshes:
-        rows.append(train_row(cfg, graphdef, state, sizes, train_shape))
-        print_row(rows[-1])
+    for loop in args.layer_loops:
+        loop_cfg = cfg.replace(scan_layers=loop == "scan")
+        loop_graphdef, _ = nnx.split(nnx.eval_shape(lambda c=loop_cfg: init_model(c)))
+        for sizes in train_meshes:
+            rows.append({**train_row(loop_cfg, loop_graphdef, state, sizes, train_shape), "layer_loop": loop})
+            print_row(rows[-1])
     for sizes in sample_meshes:
         rows.append(decode_row(cfg, graphdef, state, sizes, decode_shape))
         print_row(rows[-1])

@@ -112,11 +112,12 @@ def render_memory(payload: dict) -> list[str]:
              f"fp32 weights and AdamW, {payload['compute_dtype']} compute); training: one GRPO train step "
              f"on B={b} groups of P={p} + G={g} × R={r} tokens; GiB per device, compile only "
              f"({payload['machine']}).")
-    header = ("| preset | mesh (data, fsdp, tensor) | params | optimiser | XLA temporaries | "
+    header = ("| preset | layers | mesh (data, fsdp, tensor) | params | optimiser | XLA temporaries | "
               "collective results (loop bodies once) | compile s |")
-    lines = [about, "", header, "|---|---|---|---|---|---|---|"]
+    lines = [about, "", header, "|---|---|---|---|---|---|---|---|"]
     for row in payload["rows"]:
-        lines.append(f"| {row['preset']} | {tuple(row['mesh'])} | {gib(row['params_bytes'])} | "
+        lines.append(f"| {row['preset']} | {row.get('layer_loop', '—')} | {tuple(row['mesh'])} | "
+                     f"{gib(row['params_bytes'])} | "
                      f"{gib(row['opt_state_bytes'])} | **{gib(row['temp_bytes'])}** | "
                      f"{gib(row['collective_bytes'])} | {row['compile_s']:.0f} |")
     return lines
@@ -250,7 +251,8 @@ FIGURES = [
            "rollout tokens/s and KV bytes on SmolLM2-135M's real weights, sql prompts, shared vs "
            "naive (about 10 minutes; needs `python -m experiments.fetch_model smollm2-135m` first)"),
     Figure("memory_fsdp", ("experiments.memory_table", "--model", "qwen2.5-1.5b", "--train-meshes", "1,8,1",
-                           "--sample-meshes", "--json", "{json}"), render_memory,
+                           "--sample-meshes", "--layer-loops", "scan", "unrolled", "--json", "{json}"),
+           render_memory,
            "per-device memory of a 1.5B GRPO train step on an 8-way fsdp mesh (compile only, a few "
            "minutes)"),
     Figure("kernels", ("experiments.kernel_report", "--json", "{json}"), render_kernels,

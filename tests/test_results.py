@@ -62,11 +62,11 @@ def test_other_renderers():
     memory = results.render_memory({
         "model": "qwen2.5-1.5b", "params": 1.54e9, "layers": 28, "compute_dtype": "bfloat16",
         "machine": "m", "train_shape_BPGR": [8, 512, 8, 256],
-        "rows": [{"preset": "training", "mesh": [1, 8, 1], "params_bytes": 3 * 2**29,
+        "rows": [{"preset": "training", "layer_loop": "scan", "mesh": [1, 8, 1], "params_bytes": 3 * 2**29,
                   "opt_state_bytes": 3 * 2**30, "temp_bytes": 5 * 2**30, "collective_bytes": 2**31,
                   "compile_s": 99.6}]})
     assert "B=8 groups of P=512 + G=8 × R=256" in memory[0]
-    assert memory[-1] == "| training | (1, 8, 1) | 1.50 | 3.00 | **5.00** | 2.00 | 100 |"
+    assert memory[-1] == "| training | scan | (1, 8, 1) | 1.50 | 3.00 | **5.00** | 2.00 | 100 |"
     # Every figure renders into a README block that exists.
     readme = results.README.read_text()
     for fig in results.FIGURES:
