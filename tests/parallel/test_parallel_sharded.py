@@ -33,6 +33,7 @@ def test_param_and_optimizer_bytes_per_device():
     assert "memory (1, 4, 2): ok" in run_check("memory")
 
 
+@pytest.mark.slow  # ~8 s: three 8-device compiles (kept out of the default tier's budget)
 def test_activations_are_split_by_rows():
     out = run_check("rows")
     assert all(f"rows {mesh}: ok" in out for mesh in ("(8, 1, 1)", "(1, 8, 1)", "(2, 4, 1)"))
