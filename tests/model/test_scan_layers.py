@@ -101,6 +101,7 @@ def test_scan_equals_loop_bf16_logprobs(layout):
     # Jitted both ways, as training runs it (eagerly each op rounds to bf16 on its own, which
     # alone moves log-probs by ~1e-3 from the compiled program).
     model = _model(dtype="bfloat16", lora=True)
+    model.config = model.config.replace(scan_layers=False)  # whatever the default
     batch, fn, _ = _batch(layout)
     run = lambda gd, p: fn(nnx.merge(gd, p), batch)
     looped = jax.jit(run, static_argnums=0)(*nnx.split(model))[0]

@@ -100,9 +100,9 @@ class PolicyConfig:
     # Rematerialisation in the training forward: none | block (recompute each layer in the
     # backward) | attention (recompute the attention core only).
     remat: str = "none"
-    # The training forward's layers as one lax.scan (faster compiles, less memory; see
-    # ModelConfig.scan_layers) or, false, a Python loop over them.
-    scan_layers: bool = True
+    # The training forward's layers as one lax.scan (faster compiles and less memory on deep
+    # models; see ModelConfig.scan_layers) or, false, a Python loop over them.
+    scan_layers: bool = False
     # LoRA: adapters of this rank on every attention and MLP projection, and only they train in
     # SFT and GRPO (0 = the whole model trains). One device only for now.
     lora_rank: int = 0
