@@ -34,6 +34,7 @@ def smoke(tmp_path_factory):
     return json.loads(path.read_text()), proc.stdout
 
 
+@pytest.mark.slow  # the smoke run of the device check (~40 s, shared by three tests)
 def test_smoke_report_has_environment_and_passing_numerics(smoke):
     report, _ = smoke
     assert report["mode"] == "cpu-smoke" and report["numerics_passed"]
@@ -52,6 +53,7 @@ def test_smoke_report_has_environment_and_passing_numerics(smoke):
         "T=1", "T=5"}
 
 
+@pytest.mark.slow  # the smoke run of the device check (~40 s, shared by three tests)
 def test_smoke_runs_every_section(smoke):
     report, _ = smoke
     assert list(report["sections"]) == [name for name, _, _ in dc.SECTIONS]
@@ -75,6 +77,7 @@ def test_smoke_runs_every_section(smoke):
     assert report["sections"]["speculative"]["result"]["acceptance_rate"] is not None
 
 
+@pytest.mark.slow  # the smoke run of the device check (~40 s, shared by three tests)
 def test_smoke_prints_the_table_last(smoke):
     report, stdout = smoke
     lines = stdout.rstrip("\n").splitlines()

@@ -75,8 +75,11 @@ def _dense_loss_and_grads(graphdef, params, packed, old, adv, norm, cfg):
     return jax.value_and_grad(loss_fn)(params)
 
 
-# naive packs the same trees without sharing: the slowest, and no sharing logic of its own.
-@pytest.mark.parametrize("mode", ["prompt_once", pytest.param("naive", marks=pytest.mark.slow), "three_level"])
+# naive packs the same trees without sharing: the slowest, and no sharing logic of its own;
+# three_level's sharing is also checked in the default tier by
+# test_questions_per_database_iteration_equals_naive_iteration.
+@pytest.mark.parametrize("mode", ["prompt_once", pytest.param("naive", marks=pytest.mark.slow),
+                                  pytest.param("three_level", marks=pytest.mark.slow)])
 def test_micro_batched_gradient_equals_full_batch_and_dense(mode):
     graphdef, params = nnx.split(tiny_model())
     rng = np.random.default_rng(0)
