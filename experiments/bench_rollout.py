@@ -145,6 +145,20 @@ def run(cfg: BenchConfig, model=None) -> list[dict]:
     return results
 
 
+def compare(shared: dict, naive: dict) -> dict:
+    """The shared-vs-naive columns of a row from two `time_variant` results."""
+    return {
+        "kv_bytes_shared": shared["kv_bytes"], "kv_bytes_naive": naive["kv_bytes"],
+        "kv_ratio": naive["kv_bytes"] / shared["kv_bytes"],
+        "tok_s_shared": float(shared["tokens_per_s"]), "tok_s_naive": float(naive["tokens_per_s"]),
+        "s_shared": shared["seconds"], "s_naive": naive["seconds"],
+        "prefill_s_shared": shared["prefill_seconds"], "prefill_s_naive": naive["prefill_seconds"],
+        "speedup": naive["seconds"] / shared["seconds"],
+        "decode_speedup": (naive["seconds"] - naive["prefill_seconds"])
+        / (shared["seconds"] - shared["prefill_seconds"]),
+    }
+
+
 def run_fixed(model, cfg: BenchConfig) -> list[dict]:
     """The preset's (P, G, R) rows: B random prompts of P tokens, shared vs naive."""
     rng = np.random.default_rng(0)
@@ -156,15 +170,7 @@ def run_fixed(model, cfg: BenchConfig) -> list[dict]:
         results.append({
             "P": p, "G": g, "R": r, "B": cfg.batch,
             "ideal_ratio": g * (p + r) / (p + g * r),
-            "kv_bytes_shared": shared["kv_bytes"], "kv_bytes_naive": naive["kv_bytes"],
-            "kv_ratio": naive["kv_bytes"] / shared["kv_bytes"],
-            "tok_s_shared": float(shared["tokens_per_s"]), "tok_s_naive": float(naive["tokens_per_s"]),
-            "s_shared": shared["seconds"], "s_naive": naive["seconds"],
-            "prefill_s_shared": shared["prefill_seconds"], "prefill_s_naive": naive["prefill_seconds"],
-            "speedup": naive["seconds"] / shared["seconds"],
-            "decode_speedup": (naive["seconds"] - naive["prefill_seconds"])
-            / (shared["seconds"] - shared["prefill_seconds"]),
-        })
+            **compare(shared, naive)})
         print_row(results[-1], header=len(results) == 1)
     return results
 
@@ -224,14 +230,7 @@ def run_sql(model, cfg: BenchConfig) -> dict:
            "prompt_lengths": plen.tolist(),
            # KV entries at real lengths: each prompt once + every sample's suffix, over replicated.
            "ideal_ratio": g * (p_sum + b * r) / (p_sum + b * g * r),
-           "kv_bytes_shared": shared["kv_bytes"], "kv_bytes_naive": naive["kv_bytes"],
-           "kv_ratio": naive["kv_bytes"] / shared["kv_bytes"],
-           "tok_s_shared": float(shared["tokens_per_s"]), "tok_s_naive": float(naive["tokens_per_s"]),
-           "s_shared": shared["seconds"], "s_naive": naive["seconds"],
-           "prefill_s_shared": shared["prefill_seconds"], "prefill_s_naive": naive["prefill_seconds"],
-           "speedup": naive["seconds"] / shared["seconds"],
-           "decode_speedup": (naive["seconds"] - naive["prefill_seconds"])
-           / (shared["seconds"] - shared["prefill_seconds"])}
+           **compare(shared, naive)}
     print(f"sql rows ({row['model']}): B={b} prompts of {row['prompt_lengths']} tokens, G={g}, R={r}")
     print(f"tok/s shared {row['tok_s_shared']:.1f} vs naive {row['tok_s_naive']:.1f}: "
           f"{row['speedup']:.2f}x (decode alone {row['decode_speedup']:.2f}x); prefill s "
