@@ -4,7 +4,7 @@ layouts in one process (XLA attention on this CPU).
     python -m experiments.bench_actor_update [--distributions sql reasoning long-prompt uniform schema]
                                              [--preset ci] [--repeats 3] [--hidden-size 256]
                                              [--model smollm2-135m] [--groups B] [--samples G]
-                                             [--json PATH]
+                                             [--variants NAME ...] [--json PATH]
 
 Variants, all on the same groups (B prompts × G completions drawn from a named length
 distribution with a fixed seed):
@@ -99,6 +99,7 @@ DISTRIBUTIONS = {
     "schema": LengthDist(1, SCHEMA_SAMPLES, QUESTION_LENGTHS, COMPLETION_LENGTHS,
                          schema=SCHEMA_LENGTHS, questions=SCHEMA_QUESTIONS),
 }
+VARIANTS = ("padded_naive", "packed_naive", "packed_prompt_once", "packed_three_level")
 # Each packed row holds at most this many tokens (raised to the largest tree when needed).
 TOKEN_BUDGET = 8192
 
@@ -242,10 +243,10 @@ def _measure(step, params, parts, old, adv, repeats):
 
 
 def run_distribution(params, steps, name: str, cfg, repeats: int, seed: int = 0, groups_override: int = 0,
-                     samples_override: int = 0):
-    """Time and measure every variant on one distribution (with `groups_override` prompts
-    (databases for `schema`) and `samples_override` completions each instead of its own B and
-    G); returns the JSON row."""
+                     samples_override: int = 0, variants: tuple[str, ...] = ()):
+    """Time and measure every variant (or those named in `variants`) on one distribution (with
+    `groups_override` prompts (databases for `schema`) and `samples_override` completions each
+    instead of its own B and G); returns the JSON row."""
     dist = DISTRIBUTIONS[name]
     if groups_override:
         dist = dataclasses.replace(dist, groups=groups_override)
@@ -257,6 +258,8 @@ def run_distribution(params, steps, name: str, cfg, repeats: int, seed: int = 0,
     one_row = build_variants(groups, shared, one_row=True)
     scored = sum(len(c) for _, cs in groups for c in cs)
     for variant, (kind, parts, trees) in build_variants(groups, shared).items():
+        if variants and variant not in variants:
+            continue
         real, pairs = tree_counts(trees)
         try:
             row[variant] = _measure(steps[kind], params, parts, old, adv, repeats)
@@ -286,12 +289,14 @@ def run_distribution(params, steps, name: str, cfg, repeats: int, seed: int = 0,
         return base["time_s"] / new["time_s"], (base["temp_bytes"] / new["temp_bytes"]
                                                 if comparable else None)
 
-    naive, once = row["packed_naive"], row["packed_prompt_once"]
-    row["time_ratio_vs_packed_naive"], row["memory_ratio_vs_packed_naive"] = ratios(naive, once)
-    padded = row["padded_naive"]
-    row["time_ratio_vs_padded_naive"] = (padded["time_s"] / once["time_s"]
-                                         if "time_s" in padded else None)
-    if "packed_three_level" in row:
+    once = row.get("packed_prompt_once")
+    if once and "packed_naive" in row:
+        row["time_ratio_vs_packed_naive"], row["memory_ratio_vs_packed_naive"] = ratios(row["packed_naive"], once)
+    if once and "padded_naive" in row:
+        padded = row["padded_naive"]
+        row["time_ratio_vs_padded_naive"] = (padded["time_s"] / once["time_s"]
+                                             if "time_s" in padded else None)
+    if once and "packed_three_level" in row:
         # Three-level sharing against two-level (prompt-once): the multi-level comparison.
         row["three_vs_two_level_ratio"], row["three_vs_two_level_memory_ratio"] = ratios(
             once, row["packed_three_level"], prefix="three_vs_two_level_")
@@ -321,10 +326,15 @@ def main(argv=None):
                     help="prompts per distribution (B; databases for schema); 0 = the distribution's own")
     ap.add_argument("--samples", type=int, default=0,
                     help="completions per prompt (G); 0 = the distribution's own")
+    ap.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS),
+                    help="layouts to run (packed_three_level only where prompts share a schema); e.g. "
+                         "packed_prompt_once packed_three_level for the multi-level comparison alone")
     ap.add_argument("--json", default=None, help="write one row per distribution to this path")
     args = ap.parse_args(argv)
     if args.repeats < 1 or args.groups < 0 or args.samples < 0:
         ap.error("--repeats must be at least 1, --groups and --samples at least 0")
+    if "packed_prompt_once" not in args.variants:
+        ap.error("--variants must include packed_prompt_once (every ratio is taken against it)")
     names = ["uniform", "sql"] if args.preset == "ci" else args.distributions
     if args.model:
         try:
@@ -342,10 +352,12 @@ def main(argv=None):
     print(f"actor update, {machine_note()}; model {args.model or 'benchmark'} d={cfg.hidden_size} "
           f"L={cfg.num_hidden_layers} H={cfg.num_attention_heads} V={cfg.vocab_size} fp32, xla attention")
     rows = [run_distribution(params, steps, n, cfg, args.repeats, groups_override=args.groups,
-                             samples_override=args.samples) for n in names]
+                             samples_override=args.samples, variants=tuple(args.variants)) for n in names]
     print(f"{'distribution':12s} | {'ideal':>6} {'pairs':>6} {'flops':>6} | {'time x packed naive':>19} "
           f"{'mem x packed naive':>18} | {'time x padded naive':>19}")
     for r in rows:
+        if "time_ratio_vs_packed_naive" not in r or "time_ratio_vs_padded_naive" not in r:
+            continue
         padded = r["time_ratio_vs_padded_naive"]
         print(f"{r['distribution']:12s} | {r['ideal_token_ratio']:6.2f} "
               f"{r['attention_pair_ratio']:6.2f} {r['flop_ratio']:6.2f} | "

@@ -158,7 +158,7 @@ def _check_shared_prefix_decode(interpret: bool = False):
     args = (_rand(keys[0], (b, g, t, h, d), jnp.bfloat16), prefix,
             _rand(keys[3], (b, g, s, k, d), jnp.bfloat16),
             _rand(keys[4], (b, g, s, k, d), jnp.bfloat16), jnp.full((b, g), 5, jnp.int32))
-    o = [spd.shared_prefix_decode_attention(*args, impl=impl, interpret=interpret)
+    o = [jax.jit(functools.partial(spd.shared_prefix_decode_attention, impl=impl, interpret=interpret))(*args)
          for impl in ("pallas", "xla")]
     return _rel_err(*o)
 

@@ -72,13 +72,14 @@ def test_logprobs_and_gradients_equal_dense(impl, seed, depths, g, groups, per_r
     _, packed = random_packed(rng, n_groups=groups, g=g, block=16, trees_per_row=per_row,
                               depths=depths)
     graphdef, params = nnx.split(tiny_model())
-    lp, want, mask = _logps(graphdef, params, packed, impl)
+    # Jitted as in training (and ~3x faster on CPU than op-by-op dispatch).
+    lp, want, mask = jax.jit(lambda p: _logps(graphdef, p, packed, impl))(params)
     m = np.asarray(mask)
     assert m.sum() > 0
     assert rel(np.where(m, lp, 0), np.where(m, want, 0)) <= 1e-5
     weights = jnp.asarray(rng.normal(size=mask.shape), jnp.float32)
     packed_loss, dense_loss = _loss(graphdef, packed, impl, weights)
-    got, want_g = jax.grad(packed_loss)(params), jax.grad(dense_loss)(params)
+    got, want_g = jax.jit(jax.grad(packed_loss))(params), jax.jit(jax.grad(dense_loss))(params)
     for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want_g)):
         assert rel(a, b) <= 1e-5
 
@@ -95,7 +96,7 @@ def test_bf16_logprobs_within_1e3_of_dense(impl):
     rng = np.random.default_rng(7)
     _, packed = random_packed(rng, n_groups=3, g=4, block=16, trees_per_row=2, depths=(1, 2, 3))
     graphdef, params = nnx.split(tiny_model("bfloat16"))
-    lp, want, mask = _logps(graphdef, params, packed, impl)
+    lp, want, mask = jax.jit(lambda p: _logps(graphdef, p, packed, impl))(params)
     m = np.asarray(mask)
     assert np.abs(np.where(m, np.asarray(lp) - np.asarray(want), 0)).max() <= 1e-3
 
@@ -116,7 +117,7 @@ def test_per_row_lm_head_equals_the_flat_list():
             w = jnp.asarray(np.random.default_rng(1).normal(size=mask.shape), jnp.float32)
             return jnp.sum(jnp.where(mask, lp * w + ent, 0.0)), (lp, ent, mask)
 
-        return jax.value_and_grad(loss, has_aux=True)(params)
+        return jax.jit(jax.value_and_grad(loss, has_aux=True))(params)
 
     (_, (lp, ent, mask)), grads = run(None)
     (_, (lp_r, ent_r, mask_r)), grads_r = run(ident)

@@ -194,7 +194,7 @@ def check_rows():
         print(f"rows {sizes}: ok ({ratio:.2f}× one row on one device)")
 
 
-def check_generate():
+def check_generate(meshes=((2, 2, 2), (1, 2, 4), (4, 2, 1))):
     cfg = tiny_config(num_key_value_heads=4, num_attention_heads=8)
     model = init_model(cfg, seed=1)
     graphdef, state = nnx.split(model)
@@ -207,7 +207,7 @@ def check_generate():
     # Three roots with two questions each: padded to four roots on a (2, 2, 2) mesh.
     tree = PromptTree(prompts[:3], [[p[:3], p[3:] or [7]] for p in prompts[3:]])
     want_tree = generate(model, tree, 3, scfg, key, mode="shared")
-    for sizes in [(2, 2, 2), (1, 2, 4), (4, 2, 1)]:
+    for sizes in meshes:
         mesh = MeshConfig(*sizes).make()
         sharded = nnx.merge(graphdef, rules.shard_params(state, mesh, "sampling"))
         got = steps.generate_sharded(sharded, prompts, 3, scfg, key, mesh)
@@ -239,7 +239,7 @@ def check_generate():
         print(f"generate {sizes}: ok")
 
 
-def check_kernels():
+def check_kernels(meshes=((2, 2, 1), (1, 2, 4))):
     rng = np.random.default_rng(0)
     b, p, h, k, d = 4, 16, 8, 4, 16
     f = lambda *s: jnp.asarray(rng.normal(size=s), jnp.float32)
@@ -265,7 +265,7 @@ def check_kernels():
     tree_fn = lambda *a: tap.tree_attention(*a, tree.subtree_end_NxT, tree.blocks, interpret=True)
     want_grads = jax.grad(loss(tree_fn), argnums=(0, 1, 2))(q, kk, v)
 
-    for sizes in [(2, 2, 1), (1, 2, 4)]:
+    for sizes in meshes:
         mesh = MeshConfig(*sizes).make(jax.devices()[: int(np.prod(sizes))])
         sharded = lambda *a, m=mesh: kernels.tree_attention_sharded(
             m, *a, tree.subtree_end_NxT, tree.blocks, interpret=True)
@@ -373,5 +373,7 @@ CHECKS = {"train": check_train, "memory": check_memory, "rows": check_rows, "gen
 
 if __name__ == "__main__":
     assert jax.device_count() == 8, jax.devices()
-    for name in sys.argv[1:] or CHECKS:
-        CHECKS[name]()
+    # NAME runs a check on all its meshes, NAME@2,2,2/1,2,4 on those meshes only.
+    for arg in sys.argv[1:] or CHECKS:
+        name, _, only = arg.partition("@")
+        CHECKS[name](**({"meshes": [tuple(map(int, m.split(","))) for m in only.split("/")]} if only else {}))

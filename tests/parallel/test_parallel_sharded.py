@@ -39,13 +39,25 @@ def test_activations_are_split_by_rows():
     assert all(f"rows {mesh}: ok" in out for mesh in ("(8, 1, 1)", "(1, 8, 1)", "(2, 4, 1)"))
 
 
+# One mesh of each in the default tier (every axis split), the others in the slow tier.
 def test_greedy_generation_matches_single_device():
-    assert "generate (2, 2, 2): ok" in run_check("generate")
+    assert "generate (2, 2, 2): ok" in run_check("generate@2,2,2")
+
+
+@pytest.mark.slow
+def test_greedy_generation_matches_single_device_on_more_meshes():
+    out = run_check("generate@1,2,4/4,2,1")
+    assert "generate (1, 2, 4): ok" in out and "generate (4, 2, 1): ok" in out
 
 
 def test_kernels_under_shard_map_match_unsharded():
-    out = run_check("kernels")
+    out = run_check("kernels@1,2,4")
     assert "kernels (1, 2, 4): ok" in out and "rejected as expected" in out
+
+
+@pytest.mark.slow
+def test_kernels_under_shard_map_match_unsharded_on_another_mesh():
+    assert "kernels (2, 2, 1): ok" in run_check("kernels@2,2,1")
 
 
 @pytest.mark.slow  # interpret-mode kernels in 8-device sharded steps (~30 s)

@@ -72,15 +72,17 @@ def _dense_loss_and_grads(graphdef, params, packed, old, adv, norm, cfg):
         lp = packed.from_dense_next_token(lp)
         return policy_loss(lp, old, adv, packed.sample_mask(), norm, cfg)[0]
 
-    return jax.value_and_grad(loss_fn)(params)
+    return jax.jit(jax.value_and_grad(loss_fn))(params)
 
 
 # naive packs the same trees without sharing: the slowest, and no sharing logic of its own;
 # three_level's sharing is also checked in the default tier by
 # test_questions_per_database_iteration_equals_naive_iteration.
+# dr_grpo differs from token_mean only by its constant normaliser: slow tier too.
+@pytest.mark.parametrize("agg", ["token_mean", "seq_mean", pytest.param("dr_grpo", marks=pytest.mark.slow)])
 @pytest.mark.parametrize("mode", ["prompt_once", pytest.param("naive", marks=pytest.mark.slow),
                                   pytest.param("three_level", marks=pytest.mark.slow)])
-def test_micro_batched_gradient_equals_full_batch_and_dense(mode):
+def test_micro_batched_gradient_equals_full_batch_and_dense(mode, agg):
     graphdef, params = nnx.split(tiny_model())
     rng = np.random.default_rng(0)
     if mode == "three_level":
@@ -98,25 +100,24 @@ def test_micro_batched_gradient_equals_full_batch_and_dense(mode):
     old = rng.normal(-4, 0.1, (b, g, r)).astype(np.float32)
     adv = rng.normal(size=(b, g)).astype(np.float32)
     lengths = np.asarray([[len(c) for c in cs] for _, cs in groups])
-    for agg in ("token_mean", "seq_mean", "dr_grpo"):
-        cfg = LossConfig(aggregation=agg)
-        fn = make_grpo_grad_fn(graphdef, cfg, "xla")
-        norm = loss_normaliser(jnp.asarray(sample_mask(lengths, r)), cfg)
-        take = lambda mb, x: jnp.asarray(mb.take_groups(x))
-        full_loss, _, full = fn(params, whole.packed, take(whole, old), take(whole, adv),
-                                take(whole, old), norm)
-        acc, loss_sum = None, 0.0
-        for mb in micro:
-            loss, _, gr = fn(params, mb.packed, take(mb, old), take(mb, adv), take(mb, old), norm)
-            acc, loss_sum = add_grads(acc, gr), loss_sum + float(loss)
-        np.testing.assert_allclose(loss_sum, float(full_loss), rtol=1e-5)
-        for x, y in zip(jax.tree.leaves(acc), jax.tree.leaves(full)):
-            assert max_rel(x, y) <= 1e-5
-        d_loss, d_grads = _dense_loss_and_grads(graphdef, params, whole.packed, take(whole, old),
-                                                take(whole, adv), norm, cfg)
-        np.testing.assert_allclose(float(full_loss), float(d_loss), rtol=1e-5)
-        for x, y in zip(jax.tree.leaves(full), jax.tree.leaves(d_grads)):
-            assert max_rel(x, y) <= 1e-5
+    cfg = LossConfig(aggregation=agg)
+    fn = make_grpo_grad_fn(graphdef, cfg, "xla")
+    norm = loss_normaliser(jnp.asarray(sample_mask(lengths, r)), cfg)
+    take = lambda mb, x: jnp.asarray(mb.take_groups(x))
+    full_loss, _, full = fn(params, whole.packed, take(whole, old), take(whole, adv),
+                            take(whole, old), norm)
+    acc, loss_sum = None, 0.0
+    for mb in micro:
+        loss, _, gr = fn(params, mb.packed, take(mb, old), take(mb, adv), take(mb, old), norm)
+        acc, loss_sum = add_grads(acc, gr), loss_sum + float(loss)
+    np.testing.assert_allclose(loss_sum, float(full_loss), rtol=1e-5)
+    for x, y in zip(jax.tree.leaves(acc), jax.tree.leaves(full)):
+        assert max_rel(x, y) <= 1e-5
+    d_loss, d_grads = _dense_loss_and_grads(graphdef, params, whole.packed, take(whole, old),
+                                            take(whole, adv), norm, cfg)
+    np.testing.assert_allclose(float(full_loss), float(d_loss), rtol=1e-5)
+    for x, y in zip(jax.tree.leaves(full), jax.tree.leaves(d_grads)):
+        assert max_rel(x, y) <= 1e-5
 
 
 class CharTokenizer:

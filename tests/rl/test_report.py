@@ -79,6 +79,21 @@ def test_summary_reports_quarters_and_a_paired_interval():
     json.dumps(out)  # the summary is plain data
 
 
+def test_summary_pairs_the_probe_by_prompt(tmp_path):
+    rows = synthetic_rows(steps=12)
+    first, mid, last = [0.25, 0.5, 0.0, 1.0], [0.25, 0.5, 0.25, 1.0], [0.5, 0.75, 0.25, 1.0]
+    rows += [{"phase": "probe", "step": s, "reward_mean": float(np.mean(r)), "prompt_rewards": r,
+              "group_size": 4} for s, r in ((12, last), (0, first), (6, mid))]  # any log order
+    out = run_summary(rows, [True] * 10, [True] * 10)
+    assert out["probe reward (4 fixed GRPO prompts × G=4, one key), at steps 0 / 6 / 12"] == (
+        "0.438 / 0.500 / 0.625")
+    d = np.asarray(last) - np.asarray(first)
+    lo, hi = d.mean() - 1.96 * d.std(ddof=1) / 2, d.mean() + 1.96 * d.std(ddof=1) / 2
+    assert out["probe reward, last - first, 95% interval (paired by prompt)"] == (
+        f"{d.mean():+.3f} [{lo:+.3f}, {hi:+.3f}]")
+    assert "reward_accuracy.png" in {p.name for p in plot_metrics(rows, tmp_path)}
+
+
 def test_provenance_names_the_commit_packages_and_seeds():
     from zorro_jax.rl.report import provenance
 

@@ -71,6 +71,7 @@ def test_greedy_speculative_iteration_equals_plain_iteration():
         np.testing.assert_array_equal(np.asarray(a), b)
 
 
+@pytest.mark.slow  # ~20 s of compiles; the greedy test above runs the same trainer path
 def test_sampled_iteration_metrics_and_online_refresh():
     _, draft, row, _ = run_iteration(greedy=False, speculative=True, refresh_every=1)
     assert 0.0 <= row["spec_acceptance_rate"] <= 1.0

@@ -304,6 +304,17 @@ def evaluate(policy: Policy, tokenizer, items: list[PromptItem], reward_fn: Rewa
             "n": len(items), "texts": texts, "correct": (rewards >= threshold).tolist()}
 
 
+def probe_rewards(policy: Policy, tokenizer, items: list[PromptItem], group: int, sampler: SamplerConfig,
+                  reward_fn: RewardFn, seed: int = 0, steps: TrainSteps | None = None) -> np.ndarray:
+    """Sampled rewards [len(items), group] of a fixed prompt set, drawn under one fixed key: every
+    call reuses the same random numbers, so a change between two calls comes from the policy, not
+    from which prompts were drawn or from the sampler's noise (the step-to-step rollout reward
+    mixes all three). `steps` (a mesh's `TrainSteps`) generates on its mesh."""
+    _, rewards, *_ = rollout_and_score(policy, tokenizer, items, group, sampler, jax.random.key(seed),
+                                       reward_fn, "prompt_once", steps=steps)
+    return np.asarray(rewards, np.float64)
+
+
 class GRPOTrainer:
     """Holds the jitted steps; `iteration(step, opt_state)` runs one GRPO iteration.
 

@@ -26,7 +26,7 @@ from zorro_jax.parallel.distributed import is_leader, maybe_initialize_distribut
 from zorro_jax.parallel.mesh import MeshConfig
 from zorro_jax.parallel.steps import training_steps
 from zorro_jax.rl.batches import tiles_for
-from zorro_jax.rl.grpo import GRPOConfig, GRPOTrainer, Policy, PromptItem, evaluate
+from zorro_jax.rl.grpo import GRPOConfig, GRPOTrainer, Policy, PromptItem, evaluate, probe_rewards
 from zorro_jax.rl.loop import run_phase
 from zorro_jax.rl.optim import make_optimizer
 from zorro_jax.rl.report import MetricsLog, plot_metrics, provenance, run_summary, write_summary
@@ -137,6 +137,10 @@ class RunConfig:
     keep_checkpoints: int = 2
     # Prompts per greedy evaluation batch (padded to this size: one compiled program).
     eval_batch_size: int = 16
+    # GRPO prompts (a fixed draw from its pool) whose sampled reward, G rollouts each under one
+    # fixed key, is measured at every held-out evaluation: the training reward of one policy
+    # against another on the same prompts and random numbers (0 = off).
+    probe_prompts: int = 64
     # Device mesh (data × fsdp × tensor; one axis may be -1: the rest of the devices). 1 × 1 × 1
     # = one device. Packed rows per micro-batch (sft/grpo .packing.rows_per_micro_batch) must
     # divide over data × fsdp.
@@ -145,6 +149,8 @@ class RunConfig:
     quiet: bool = False
 
     def __post_init__(self):
+        if self.probe_prompts < 0:
+            raise ValueError(f"probe_prompts must be >= 0, got {self.probe_prompts}")
         k = self.data.questions_per_database
         for name, n in (("grpo.prompts_per_step", self.grpo.prompts_per_step),
                         ("sft.batch_size", self.sft.batch_size)):
@@ -403,17 +409,38 @@ def _run(cfg: RunConfig, task, t_start: float) -> dict:
                                 swap=sft_augmenter(task, train_items, encoder, fit) if cfg.sft.literal_swap else None)
         state = run_phase("sft", cfg.sft.steps, step_fn, state, run_dir, log,
                           checkpoint_every=cfg.checkpoint_every, keep=cfg.keep_checkpoints,
-                          later_phases=("eval", "distill", "grpo"), quiet=cfg.quiet,
+                          later_phases=("eval", "probe", "distill", "grpo"), quiet=cfg.quiet,
                           show=lambda r: {"loss": f"{r['loss']:.3f}"})
         phases["sft_seconds"] = time.perf_counter() - t0
     policy = Policy(graphdef, state["params"])
     grpo_opt = make_optimizer(cfg.grpo.optim)
     grpo_steps = mesh_steps(grpo_opt, cfg.grpo.packing)
 
+    # The probe set: a fixed draw of GRPO prompts (none without GRPO steps: nothing to compare).
+    pick = np.random.default_rng(grpo_cfg.seed).permutation(len(grpo_items))[: cfg.probe_prompts]
+    probe_items = [grpo_items[i] for i in sorted(pick)] if grpo_cfg.steps else []
+
+    def logged(phase: str, step: int) -> dict | None:
+        """The row of `phase` at `step` when it is in the log (a resumed run skips its work)."""
+        rows = [r for r in log.rows() if r.get("phase") == phase and r["step"] == step]
+        return rows[-1] if rows else None
+
+    def probe(step: int):
+        """The probe set's sampled reward at `step` (logged as a "probe" row)."""
+        if not probe_items or logged("probe", step):
+            return
+        t0 = time.perf_counter()
+        r = probe_rewards(policy, tok, probe_items, grpo_cfg.group_size, sampler, reward_fn,
+                          seed=grpo_cfg.seed, steps=grpo_steps)
+        log.append({"phase": "probe", "step": step, "reward_mean": float(r.mean()),
+                    "prompt_rewards": r.mean(axis=1).tolist(), "group_size": grpo_cfg.group_size,
+                    "seconds": time.perf_counter() - t0})
+
     def held_out(step: int):
-        rows = [r for r in log.rows() if r.get("phase") == "eval" and r["step"] == step]
-        if rows:
-            return rows[-1]
+        """The held-out evaluation at GRPO step `step` (and the probe's reward), each run once."""
+        probe(step)
+        if (row := logged("eval", step)) is not None:
+            return row
         t0 = time.perf_counter()
         res = evaluate(policy, tok, eval_items, reward_fn, sampler, cfg.eval_batch_size, grpo_cfg.correct_threshold,
                        steps=grpo_steps)

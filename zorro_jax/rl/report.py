@@ -116,6 +116,11 @@ def plot_metrics(rows: list[dict], out_dir: str | Path) -> list[Path]:
             ax.plot(steps, vals, color=color, alpha=0.3, lw=1)
             ax.plot(steps, mean, color=color, label=f"{label} ({window}-step moving average)")
             ax.fill_between(steps, mean - se, mean + se, color=color, alpha=0.2)
+        probes = [r for r in rows if r.get("phase") == "probe"]
+        if probes:
+            ax.plot([r["step"] for r in probes], [r["reward_mean"] for r in probes], "s-", color="C2",
+                    label=f"probe reward ({len(probes[0]['prompt_rewards'])} fixed GRPO prompts, "
+                          "same random numbers)")
         if evals:
             acc = np.asarray([r["accuracy"] for r in evals])
             err = [accuracy_se(r["accuracy"], r["n"]) for r in evals]
@@ -148,8 +153,10 @@ def plot_metrics(rows: list[dict], out_dir: str | Path) -> list[Path]:
 def run_summary(rows: list[dict], before: list[bool], after: list[bool]) -> dict:
     """Figures that do not mislead: held-out accuracy before / after GRPO with standard errors
     and a 95% interval of the paired difference (same tasks), the mean rollout reward of the
-    first and last quarter of GRPO steps (not two single steps), seconds per phase, tokens/s, and
-    the acceptance figures of speculative runs."""
+    first and last quarter of GRPO steps (not two single steps), the probe's reward at each
+    evaluation with a 95% interval of its last - first difference (same prompts and random
+    numbers, paired by prompt), seconds per phase, tokens/s, and the acceptance figures of
+    speculative runs."""
     import numpy as np
 
     out = {}
@@ -163,6 +170,17 @@ def run_summary(rows: list[dict], before: list[bool], after: list[bool]) -> dict
         out["difference after - before, 95% interval (paired, same tasks)"] = (
             f"{d.mean():+.3f} [{d.mean() - 1.96 * se_d:+.3f}, {d.mean() + 1.96 * se_d:+.3f}]")
         out["tasks changed: fixed / broken"] = f"{int((d > 0).sum())} / {int((d < 0).sum())} of {n}"
+    probes = sorted((r for r in rows if r.get("phase") == "probe"), key=lambda r: r["step"])
+    if len(probes) > 1:
+        # The same prompts and random numbers at every probe: paired by prompt.
+        b, a = (np.asarray(probes[i]["prompt_rewards"], np.float64) for i in (0, -1))
+        d = a - b
+        se_d = d.std(ddof=1) / math.sqrt(len(d))
+        name = f"probe reward ({len(d)} fixed GRPO prompts × G={probes[0]['group_size']}, one key)"
+        out[f"{name}, at steps {' / '.join(str(r['step']) for r in probes)}"] = " / ".join(
+            f"{r['reward_mean']:.3f}" for r in probes)
+        out["probe reward, last - first, 95% interval (paired by prompt)"] = (
+            f"{d.mean():+.3f} [{d.mean() - 1.96 * se_d:+.3f}, {d.mean() + 1.96 * se_d:+.3f}]")
     grpo = [r for r in rows if r.get("phase") == "grpo"]
     if grpo:
         q = max(1, len(grpo) // 4)
