@@ -239,6 +239,12 @@ FIGURES = [
                                  "--distributions", "sql", "reasoning", "uniform",
                                  "--json", "{json}"), render_actor_update,
            "bench_actor_update at d=512, the three distributions that fit one step (about 12 minutes)"),
+    Figure("actor_update_schema_wide", ("experiments.bench_actor_update", "--hidden-size", "512",
+                                        "--distributions", "schema", "--variants", "packed_prompt_once",
+                                        "packed_three_level", "--repeats", "2", "--json", "{json}"),
+           render_actor_update,
+           "three- vs two-level actor update on schema prompts at d=512 (the naive layouts left out: "
+           "they do not fit one step at this width; about 10 minutes)"),
     Figure("actor_update_smollm2", ("experiments.bench_actor_update", "--model", "smollm2-135m",
                                     "--distributions", "sql", "--groups", "1", "--samples", "4",
                                     "--repeats", "1", "--json", "{json}"), render_actor_update,

@@ -15,7 +15,7 @@ from zorro_jax.model.config import ModelConfig
 from zorro_jax.model.forward import dense_logprobs
 from zorro_jax.model.transformer import init_model
 from zorro_jax.rl.batches import PackingConfig, group_trees, pack_groups, sample_mask, shared_runs
-from zorro_jax.rl.grpo import GRPOConfig, GRPOTrainer, Policy, PromptItem
+from zorro_jax.rl.grpo import GRPOConfig, GRPOTrainer, Policy, PromptItem, probe_rewards
 from zorro_jax.rl.losses import LossConfig, loss_normaliser, policy_loss
 from zorro_jax.rl.optim import OptimConfig, make_optimizer
 from zorro_jax.rl.steps import add_grads, make_apply_fn, make_grpo_grad_fn
@@ -203,3 +203,22 @@ def test_questions_per_database_iteration_equals_naive_iteration():
     with pytest.raises(ValueError, match="multiple"):
         GRPOTrainer(policy, opt, make_apply_fn(opt), CharTokenizer(), items, count_reward,
                     dataclasses.replace(base, prompts_per_step=3), questions_per_key=2)
+
+
+def mean_id_reward(texts, tasks):
+    """A reward every token moves: the mean completion token id / VOCAB."""
+    r = [np.mean([int(t) for t in text.split()]) / VOCAB if text.split() else 0.0 for text in texts]
+    return np.asarray(r, np.float32), [None] * len(texts)
+
+
+def test_probe_rewards_repeat_their_draw_under_one_seed():
+    """The probe reuses its random numbers: the same policy gives the same rewards, another seed
+    another draw (so a change between two probes is the policy's)."""
+    items = [PromptItem(task=0, prompt_ids=p) for p in ([3, 9, 4], [5, 6, 8, 12, 3])]
+    sampler = SamplerConfig(max_new_tokens=6, temperature=1.0, eos_token_ids=(2,), attention_impl="xla")
+    policy = Policy(*nnx.split(tiny_model(seed=3)))
+    draw = lambda seed: probe_rewards(policy, CharTokenizer(), items, 8, sampler, mean_id_reward, seed=seed)
+    first = draw(0)
+    assert first.shape == (2, 8) and first.dtype == np.float64
+    np.testing.assert_array_equal(draw(0), first)
+    assert (draw(1) != first).any()
