@@ -150,6 +150,12 @@ def plot_metrics(rows: list[dict], out_dir: str | Path) -> list[Path]:
     return written
 
 
+def paired_interval(d) -> str:
+    """"mean [low, high]": the mean of paired differences `d` with its normal 95% interval."""
+    se = d.std(ddof=1) / math.sqrt(len(d)) if len(d) > 1 else math.nan
+    return f"{d.mean():+.3f} [{d.mean() - 1.96 * se:+.3f}, {d.mean() + 1.96 * se:+.3f}]"
+
+
 def run_summary(rows: list[dict], before: list[bool], after: list[bool]) -> dict:
     """Figures that do not mislead: held-out accuracy before / after GRPO with standard errors
     and a 95% interval of the paired difference (same tasks), the mean rollout reward of the
@@ -164,23 +170,19 @@ def run_summary(rows: list[dict], before: list[bool], after: list[bool]) -> dict
     if n and len(after) == n:
         b, a = np.asarray(before, np.float64), np.asarray(after, np.float64)
         d = a - b
-        se_d = d.std(ddof=1) / math.sqrt(n) if n > 1 else math.nan
         out["held-out accuracy before GRPO (± s.e.)"] = f"{b.mean():.3f} ± {accuracy_se(b.mean(), n):.3f}"
         out["held-out accuracy after GRPO (± s.e.)"] = f"{a.mean():.3f} ± {accuracy_se(a.mean(), n):.3f}"
-        out["difference after - before, 95% interval (paired, same tasks)"] = (
-            f"{d.mean():+.3f} [{d.mean() - 1.96 * se_d:+.3f}, {d.mean() + 1.96 * se_d:+.3f}]")
+        out["difference after - before, 95% interval (paired, same tasks)"] = paired_interval(d)
         out["tasks changed: fixed / broken"] = f"{int((d > 0).sum())} / {int((d < 0).sum())} of {n}"
     probes = sorted((r for r in rows if r.get("phase") == "probe"), key=lambda r: r["step"])
     if len(probes) > 1:
         # The same prompts and random numbers at every probe: paired by prompt.
         b, a = (np.asarray(probes[i]["prompt_rewards"], np.float64) for i in (0, -1))
         d = a - b
-        se_d = d.std(ddof=1) / math.sqrt(len(d))
         name = f"probe reward ({len(d)} fixed GRPO prompts × G={probes[0]['group_size']}, one key)"
         out[f"{name}, at steps {' / '.join(str(r['step']) for r in probes)}"] = " / ".join(
             f"{r['reward_mean']:.3f}" for r in probes)
-        out["probe reward, last - first, 95% interval (paired by prompt)"] = (
-            f"{d.mean():+.3f} [{d.mean() - 1.96 * se_d:+.3f}, {d.mean() + 1.96 * se_d:+.3f}]")
+        out["probe reward, last - first, 95% interval (paired by prompt)"] = paired_interval(d)
     grpo = [r for r in rows if r.get("phase") == "grpo"]
     if grpo:
         q = max(1, len(grpo) // 4)
