@@ -150,7 +150,15 @@ def test_hostile_suite(env):
     task = Task(
         "h/0", "shop", db, "How many rows have a below 10?", "SELECT COUNT(*) FROM t WHERE a < 10"
     )
-    config = RewardConfig(threads=1, executor=ExecutorConfig(timeout_s=TIMEOUT_S, row_cap=5000))
+    # The memory bombs (exploding recursive string, huge repeat) run until DuckDB's memory limit
+    # stops them, and DuckDB sees an interrupt only between operations, not inside one 256 MiB
+    # string concat: their time is memory traffic up to the limit. At the default 512MB that is
+    # 0.5-1.2 s here, and 2.4 s once on a slow day (CI failed on it); 256MB halves the traffic, so
+    # the bound below checks that the sandbox stops them, not the machine's memory bandwidth.
+    config = RewardConfig(
+        threads=1,
+        executor=ExecutorConfig(timeout_s=TIMEOUT_S, row_cap=5000, memory_limit="256MB"),
+    )
     watch = Inotify(canary)
     try:
         with RewardFn(config) as fn:
