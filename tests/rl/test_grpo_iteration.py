@@ -160,6 +160,8 @@ def test_prompt_once_iteration_equals_naive_iteration():
     assert e1["texts"] == e2["texts"]  # identical rollouts with the same key
     assert np.asarray(e1["rewards"]).std() > 0  # advantages are non-zero: the update is non-trivial
     np.testing.assert_allclose(r1["loss"], r2["loss"], rtol=1e-5)
+    flat = [len(set(g.tolist())) == 1 for g in np.asarray(e1["rewards"])]
+    assert r1["zero_signal_groups"] == pytest.approx(np.mean(flat))
     _, p0 = nnx.split(tiny_model(seed=3))
     moved = max(float(np.abs(np.asarray(a) - np.asarray(b)).max())
                 for a, b in zip(jax.tree.leaves(p1), jax.tree.leaves(p0)))

@@ -27,7 +27,8 @@ def synthetic_rows(steps=12, speculative=False):
                  ("time_rollout", "time_reward", "time_logprobs", "time_update")}
         row = {"phase": "grpo", "step": s, "prompts": 8, "group_size": 16,
                "reward_mean": float(rng.uniform(0.2, 0.6)), "accuracy": float(rng.uniform(0.1, 0.5)),
-               "generated_tokens": 1000, **parts, "time_total": sum(parts.values())}
+               "generated_tokens": 1000, "zero_signal_groups": 0.5 if s <= 3 else 0.25, **parts,
+               "time_total": sum(parts.values())}
         if speculative:
             row.update(time_draft_est=0.3 * parts["time_rollout"], time_verify_est=0.6 * parts["time_rollout"],
                        spec_acceptance_rate=0.5, spec_tokens_per_forward=2.5)
@@ -75,6 +76,8 @@ def test_summary_reports_quarters_and_a_paired_interval():
     grpo = [r for r in rows if r["phase"] == "grpo"]
     first = np.mean([r["reward_mean"] for r in grpo[:3]])
     assert out["rollout reward, first quarter of GRPO steps (3 steps, ± s.e.)"].startswith(f"{first:.3f} ±")
+    assert out["groups with one reward for all G (no advantage signal), first / last quarter"] == (
+        "0.500 / 0.250")
     assert out["seconds per GRPO step, total"] == pytest.approx(np.mean([r["time_total"] for r in grpo]))
     json.dumps(out)  # the summary is plain data
 

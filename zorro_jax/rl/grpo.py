@@ -445,6 +445,8 @@ class GRPOTrainer:
             "prompts": len(items), "group_size": cfg.group_size,
             "reward_mean": float(rewards.mean()),
             "accuracy": float((rewards >= cfg.correct_threshold).mean()),
+            # Groups whose G rewards are all equal: zero advantage, so no gradient from them.
+            "zero_signal_groups": float((np.ptp(rewards, axis=1) < 1e-6).mean()),
             "loss": float(np.sum([float(x) for x in losses]) / cfg.epochs),
             "clip_fraction": mean_metric("clip_fraction"),
             "kl": mean_metric("kl"),

@@ -161,7 +161,7 @@ def run_summary(rows: list[dict], before: list[bool], after: list[bool]) -> dict
     and a 95% interval of the paired difference (same tasks), the mean rollout reward of the
     first and last quarter of GRPO steps (not two single steps), the probe's reward at each
     evaluation with a 95% interval of its last - first difference (same prompts and random
-    numbers, paired by prompt), seconds per phase, tokens/s, and the acceptance figures of
+    numbers, paired by prompt), the share of groups with no advantage signal, seconds per phase, tokens/s, and the acceptance figures of
     speculative runs."""
     import numpy as np
 
@@ -191,6 +191,10 @@ def run_summary(rows: list[dict], before: list[bool], after: list[bool]) -> dict
             se = rewards.std(ddof=1) / math.sqrt(len(part)) if len(part) > 1 else math.nan
             out[f"rollout reward, {name} quarter of GRPO steps ({len(part)} steps, ± s.e.)"] = (
                 f"{rewards.mean():.3f} ± {se:.3f}")
+        if "zero_signal_groups" in grpo[0]:
+            share = [np.mean([r["zero_signal_groups"] for r in part]) for part in (grpo[:q], grpo[-q:])]
+            out["groups with one reward for all G (no advantage signal), first / last quarter"] = (
+                f"{share[0]:.3f} / {share[1]:.3f}")
         for k in phase_parts(grpo) + ["time_total"]:
             out[f"seconds per GRPO step, {k[5:]}"] = float(np.mean([r.get(k, 0.0) for r in grpo]))
         out["generated tokens / s (rollout phase)"] = float(
