@@ -22,7 +22,8 @@ ARGS = ["--sft.steps", "2", "--sft.batch_size", "8", "--grpo.steps", "2", "--grp
 
 
 def train(run_dir, *extra):
-    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=8", "JAX_PLATFORMS": "cpu"}
+    flags = os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"
+    env = {**os.environ, "XLA_FLAGS": flags.strip(), "JAX_PLATFORMS": "cpu"}
     proc = subprocess.run([sys.executable, "-m", "experiments.train", "--run_dir", str(run_dir), *ARGS, *extra],
                           cwd=ROOT, env=env, capture_output=True, text=True, timeout=900, check=False)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-6000:]
