@@ -161,8 +161,8 @@ def run_summary(rows: list[dict], before: list[bool], after: list[bool]) -> dict
     and a 95% interval of the paired difference (same tasks), the mean rollout reward of the
     first and last quarter of GRPO steps (not two single steps), the probe's reward at each
     evaluation with a 95% interval of its last - first difference (same prompts and random
-    numbers, paired by prompt), the share of groups with no advantage signal, seconds per phase, tokens/s, and the acceptance figures of
-    speculative runs."""
+    numbers, paired by prompt), the share of groups with no advantage signal, seconds per phase,
+    tokens/s, and the acceptance figures of speculative runs."""
     import numpy as np
 
     out = {}
